@@ -1,0 +1,38 @@
+# semsearch: the two README commands are `make demo` and `make test`.
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+TORCH_SPEC ?= torch==2.13.0
+SAMPLE_INDEX ?= data/index/sample
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+.PHONY: install demo test lint sample-index reranker bench container-test clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -d $(VENV) || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q "$(TORCH_SPEC)"
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $@
+
+sample-index: install
+	@if [ -e $(SAMPLE_INDEX)/current ]; then echo "sample index present: $(SAMPLE_INDEX)"; else \
+	  $(BIN)/python -m indexer build --input data/sample/wordnet_glosses.jsonl.gz --output $(SAMPLE_INDEX); fi
+
+demo: sample-index
+	$(BIN)/python -m app --index $(SAMPLE_INDEX) --host $(HOST) --port $(PORT) \
+	  $$(test -f models/reranker/config.json && echo --reranker models/reranker)
+
+test: install
+	$(BIN)/python -m pytest
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

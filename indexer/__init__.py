@@ -1,0 +1,1 @@
+"""The offline batch indexer: ``python -m indexer --help``."""

@@ -1,0 +1,262 @@
+"""``python -m indexer``: build, update, inspect and verify semsearch indexes.
+
+Exit codes: 0 success (also with rejects under the threshold), 1 data or runtime error,
+2 usage error (bad flags).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from semsearch.errors import SemsearchError
+
+log = logging.getLogger("indexer")
+
+app = typer.Typer(
+    name="indexer",
+    help="Build, update, inspect and verify semsearch indexes (FAISS + SQLite + manifest.json).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+class PoolingOpt(str, Enum):
+    mean = "mean"
+    cls = "cls"
+
+
+class BackendOpt(str, Enum):
+    torch = "torch"
+    onnx = "onnx"
+    onnx_int8 = "onnx-int8"
+
+
+class IndexTypeOpt(str, Enum):
+    flat = "flat"
+    hnsw = "hnsw"
+    ivf = "ivf"
+    sq8 = "sq8"
+    pq = "pq"
+    hnsw_sq8 = "hnsw-sq8"
+    binary = "binary"
+    auto = "auto"
+
+
+class OnDuplicateOpt(str, Enum):
+    error = "error"
+    keep_last = "keep-last"
+
+
+IndexArg = Annotated[Path, typer.Option("--index", "-i", help="Index root directory (or a version directory).")]
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    for noisy in ("httpx", "urllib3", "huggingface_hub", "transformers", "sentence_transformers", "faiss"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+@app.callback()
+def _root(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False) -> None:
+    _setup_logging(verbose)
+
+
+def _parse_params(values: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for v in values:
+        key, sep, val = v.partition("=")
+        if not sep:
+            raise typer.BadParameter(f"expected key=value, got {v!r}", param_hint="--index-param")
+        out[key.strip()] = val.strip()
+    return out
+
+
+def _emit(obj: dict[str, Any]) -> None:
+    typer.echo(json.dumps(obj, indent=2, ensure_ascii=False, default=str))
+
+
+@app.command()
+def build(
+    input: Annotated[list[Path], typer.Option("--input", help="Input file(s): .txt .jsonl .csv .tsv, optionally .gz.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Index root directory (created if missing).")],
+    model: Annotated[str | None, typer.Option(help="Model: hub name or local folder. Default: packaged all-MiniLM-L6-v2.")] = None,
+    pooling: Annotated[PoolingOpt, typer.Option(help="Pooling of token outputs into a sentence vector.")] = PoolingOpt.mean,
+    backend: Annotated[BackendOpt, typer.Option(help="Inference backend for encoding.")] = BackendOpt.torch,
+    index_type: Annotated[IndexTypeOpt, typer.Option(help="FAISS index type; auto picks by corpus size.")] = IndexTypeOpt.flat,
+    index_param: Annotated[list[str] | None, typer.Option(help="Index parameter key=value (M, ef_construction, ef_search, nlist, nprobe, pq_m, rescore).")] = None,
+    batch_size: Annotated[int, typer.Option(min=1, max=4096, help="Encoding batch size.")] = 64,
+    max_seq_length: Annotated[int | None, typer.Option(min=8, help="Token limit per sentence (longer is truncated and counted).")] = None,
+    text_field: Annotated[str, typer.Option(help="Text column/field for .jsonl/.csv/.tsv.")] = "text",
+    id_field: Annotated[str, typer.Option(help="Id column/field (optional in the data; auto ids otherwise).")] = "id",
+    split_sentences: Annotated[bool, typer.Option("--split-sentences", help="Split documents into sentences (keeps doc id and offsets).")] = False,
+    max_chars: Annotated[int, typer.Option(min=1, help="Reject rows whose text is longer than this.")] = 20_000,
+    max_rejects: Annotated[str, typer.Option(help="Fail without publishing above this many rejects: a count or a share like 1%.")] = "1%",
+    on_duplicate: Annotated[OnDuplicateOpt, typer.Option(help="Duplicate ids: fail, or let the later row win.")] = OnDuplicateOpt.error,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted build of the same inputs and options.")] = False,
+    keep: Annotated[int | None, typer.Option(min=1, help="After publishing, keep only the newest N versions.")] = None,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Build a new index version from input files and publish it atomically."""
+    from indexer.pipeline import BuildOptions, run_build
+
+    opts = BuildOptions(
+        inputs=input, output=output, model=model, pooling=pooling.value,  # type: ignore[arg-type]
+        backend=backend.value, index_type=index_type.value,  # type: ignore[arg-type]
+        index_params=_parse_params(index_param or []), batch_size=batch_size, max_seq_length=max_seq_length,
+        text_field=text_field, id_field=id_field, split_sentences=split_sentences, max_chars=max_chars,
+        max_rejects=max_rejects, on_duplicate=on_duplicate.value, resume=resume, keep=keep,  # type: ignore[arg-type]
+        progress=progress,
+    )
+    _report(run_build(opts))
+
+
+@app.command()
+def add(
+    input: Annotated[list[Path], typer.Option("--input", help="Input file(s) with rows to append or upsert.")],
+    index: IndexArg,
+    batch_size: Annotated[int, typer.Option(min=1, max=4096)] = 64,
+    text_field: Annotated[str, typer.Option()] = "text",
+    id_field: Annotated[str, typer.Option()] = "id",
+    split_sentences: Annotated[bool, typer.Option("--split-sentences")] = False,
+    max_chars: Annotated[int, typer.Option(min=1)] = 20_000,
+    max_rejects: Annotated[str, typer.Option()] = "1%",
+    on_duplicate: Annotated[OnDuplicateOpt, typer.Option(help="An id already in the index: replace it (default) or fail.")] = OnDuplicateOpt.keep_last,
+    resume: Annotated[bool, typer.Option("--resume")] = False,
+    keep: Annotated[int | None, typer.Option(min=1)] = None,
+    progress: Annotated[bool, typer.Option()] = True,
+) -> None:
+    """Append/upsert rows by id into a new version (same model, pooling and index type as the index)."""
+    from indexer.pipeline import BuildOptions, run_build
+
+    opts = BuildOptions(
+        inputs=input, output=index, batch_size=batch_size, text_field=text_field, id_field=id_field,
+        split_sentences=split_sentences, max_chars=max_chars, max_rejects=max_rejects,
+        on_duplicate=on_duplicate.value, resume=resume, keep=keep, progress=progress,  # type: ignore[arg-type]
+    )
+    _report(run_build(opts, incremental=True))
+
+
+@app.command()
+def delete(
+    index: IndexArg,
+    ids: Annotated[list[str], typer.Option("--ids", help="User ids to delete (repeat the option or separate by commas).")],
+    missing_ok: Annotated[bool, typer.Option("--missing-ok", help="Delete the ids found even if some are absent.")] = False,
+    keep: Annotated[int | None, typer.Option(min=1)] = None,
+) -> None:
+    """Publish a new version without the given ids."""
+    from indexer.pipeline import run_delete
+
+    flat = [i.strip() for v in ids for i in v.split(",") if i.strip()]
+    _report(run_delete(index, flat, keep=keep, missing_ok=missing_ok))
+
+
+def _report(result: Any) -> None:
+    parts = [f"published {result.version}: {result.count} sentences"]
+    if result.added:
+        parts.append(f"{result.added} rows indexed")
+    if result.deleted:
+        parts.append(f"{result.deleted} removed")
+    if result.resumed_rows:
+        parts.append(f"{result.resumed_rows} rows resumed from checkpoint")
+    if result.truncated:
+        parts.append(f"{result.truncated} truncated to the model's token limit")
+    if result.rejects:
+        parts.append(f"{result.rejects} rows rejected (see {result.rejects_file})")
+    if result.pruned:
+        parts.append(f"pruned {', '.join(result.pruned)}")
+    parts.append(f"{result.seconds:.1f}s")
+    typer.echo("; ".join(parts))
+
+
+@app.command()
+def search(
+    query: Annotated[str, typer.Argument(help="The query text.")],
+    index: IndexArg,
+    k: Annotated[int, typer.Option("-k", "--k", min=1, max=1000, help="Number of results.")] = 10,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Quick look from the terminal: the k nearest sentences to QUERY."""
+    from semsearch.encoder import Encoder
+    from semsearch.index import SearchIndex
+
+    idx = SearchIndex.load(index)
+    m = idx.manifest
+    encoder = Encoder(model=m.model, pooling=m.pooling, backend=m.backend,  # type: ignore[arg-type]
+                      max_seq_length=m.max_seq_length)
+    idx.check_encoder(encoder.fingerprint, encoder.name, encoder.pooling)
+    hits = idx.search(encoder.encode([query]), k)[0]
+    if as_json:
+        _emit({"query": query, "index_version": idx.version, "results": [h.to_dict() for h in hits]})
+        return
+    for rank, h in enumerate(hits, 1):
+        typer.echo(f"{rank:>3}  {h.score:.4f}  [{h.id}]  {h.text}")
+
+
+@app.command()
+def info(
+    index: IndexArg,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the manifest summary as JSON.")] = False,
+) -> None:
+    """Show what an index holds: count, model, pooling, index type, version, files."""
+    from semsearch.layout import IndexRoot, resolve_version_dir
+    from semsearch.manifest import Manifest
+
+    directory = resolve_version_dir(index)
+    m = Manifest.read(directory)
+    summary = {**m.summary(), "path": str(directory), "versions": IndexRoot(index).versions(), "build": m.build,
+               "libraries": m.libraries}
+    if as_json:
+        _emit(summary)
+        return
+    for key, value in summary.items():
+        typer.echo(f"{key:>18}: {value}")
+
+
+@app.command()
+def verify(
+    index: IndexArg,
+    quick: Annotated[bool, typer.Option("--quick", help="Skip file checksums.")] = False,
+) -> None:
+    """Check an index version's integrity; exit 1 with a precise message per problem."""
+    from semsearch.index import verify as run_verify
+
+    problems = run_verify(index, full=not quick)
+    if problems:
+        for p in problems:
+            typer.echo(f"FAIL: {p}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"OK: {index} verified")
+
+
+def main() -> None:
+    """Console-script entry point: map semsearch errors to exit code 1 with one clear line."""
+    try:
+        app(standalone_mode=False)
+    except SemsearchError as e:
+        typer.echo(f"error: {e.message}", err=True)
+        sys.exit(1)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except typer.Abort:
+        typer.echo("aborted", err=True)
+        sys.exit(130)
+    except Exception as e:  # click usage errors carry exit code 2
+        import click
+
+        if isinstance(e, click.ClickException):
+            e.show()
+            sys.exit(e.exit_code)
+        raise

@@ -1,0 +1,488 @@
+"""ONNX inference for the bi-encoder transformer and the cross-encoder, cached by model fingerprint.
+
+The already-loaded transformers model is exported once with ``torch.onnx.export`` (the
+torch.export-based exporter; the TorchScript exporter is the fallback) and, for ``onnx-int8``,
+dynamically quantised with onnxruntime. Files live in ``<cache_dir>/<fingerprint>-<kind>/``::
+
+    model.onnx        float32 export (variant "onnx")
+    model-int8.onnx   int8 dynamic quantisation (variant "onnx-int8")
+    meta.json         fingerprint, kind, library versions, opset, how each variant was built
+
+Every file is written to a temporary name and moved into place with ``os.replace``, so a crash or a
+concurrent build never leaves a half-written model; present files are always reused, never rebuilt.
+Measurements behind the chosen settings: ``docs/onnx_notes.md``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import inspect
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+import uuid
+import warnings
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import onnxruntime
+    import torch
+
+log = logging.getLogger(__name__)
+
+Kind = Literal["encoder", "cross-encoder"]
+Variant = Literal["onnx", "onnx-int8"]
+
+KINDS: tuple[str, ...] = ("encoder", "cross-encoder")
+VARIANTS: tuple[str, ...] = ("onnx", "onnx-int8")
+
+_FILES: dict[str, str] = {"onnx": "model.onnx", "onnx-int8": "model-int8.onnx"}
+_OUTPUT_NAMES: dict[str, str] = {"encoder": "last_hidden_state", "cross-encoder": "logits"}
+_WEIGHT_SUFFIXES = (".safetensors", ".bin")
+_MAX_SINGLE_FILE_BYTES = 1_900_000_000  # protobuf's 2 GiB limit, with margin for the graph itself
+_LEGACY_OPSET = 17  # only used by the TorchScript fallback exporter
+
+# int8 dynamic quantisation settings, chosen by measurement (docs/onnx_notes.md).
+QUANT_PER_CHANNEL = True
+QUANT_REDUCE_RANGE = False
+QUANT_OP_TYPES: tuple[str, ...] = ("MatMul",)
+# Run onnxruntime's transformer optimizer (model_type "bert") on the float graph before quantising.
+USE_TRANSFORMER_OPTIMIZER = False
+_OPTIMIZER_MODEL_TYPES = frozenset({"bert", "roberta", "xlm-roberta", "camembert", "distilbert", "electra"})
+
+
+def default_cache_dir() -> Path:
+    """``$SEMSEARCH_CACHE_DIR/onnx``, else ``~/.cache/semsearch/onnx``."""
+    base = os.environ.get("SEMSEARCH_CACHE_DIR")
+    root = Path(base).expanduser() if base else Path.home() / ".cache" / "semsearch"
+    return root / "onnx"
+
+
+def model_fingerprint(model_dir: Path) -> str:
+    """Short sha256 over the weight files and ``config.json`` of a local HF model folder."""
+    model_dir = Path(model_dir)
+    files = sorted(
+        p
+        for p in model_dir.iterdir()
+        if p.is_file() and (p.suffix in _WEIGHT_SUFFIXES or p.name == "config.json")
+    )
+    if not any(p.suffix in _WEIGHT_SUFFIXES for p in files):
+        raise RuntimeError(f"no weight files (*.safetensors, *.bin) in model folder {model_dir}")
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(path.name.encode("utf-8") + b"\0")
+        with path.open("rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
+        digest.update(b"\0")
+    return digest.hexdigest()[:16]
+
+
+class OnnxModel:
+    """A cached ONNX export of a HF transformer, run with onnxruntime."""
+
+    def __init__(
+        self,
+        hf_model: torch.nn.Module,
+        model_dir: Path | None,
+        fingerprint: str,
+        kind: Kind,
+        variant: Variant,
+        cache_dir: Path | None = None,
+        num_threads: int | None = None,
+    ) -> None:
+        if kind not in KINDS:
+            raise ValueError(f"unknown ONNX model kind {kind!r}; choose one of: {', '.join(KINDS)}")
+        if variant not in VARIANTS:
+            raise ValueError(f"unknown ONNX variant {variant!r}; choose one of: {', '.join(VARIANTS)}")
+        self.kind: Kind = kind
+        self.variant: Variant = variant
+        self.fingerprint = fingerprint
+        self.folder = (
+            Path(cache_dir if cache_dir is not None else default_cache_dir()) / f"{fingerprint}-{kind}"
+        )
+        self._exported = False
+        float_path = self.folder / _FILES["onnx"]
+        target = self.folder / _FILES[variant]
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise RuntimeError(f"cannot create ONNX cache folder {self.folder}: {e}") from e
+
+        if target.is_file():
+            log.info("reusing cached ONNX model %s", target)
+        else:
+            if float_path.is_file():
+                log.info("reusing cached ONNX model %s", float_path)
+            else:
+                started = time.perf_counter()
+                info = _export(hf_model, kind, float_path)
+                self._exported = True
+                self._update_meta(model_dir, "onnx", info)
+                log.info("exported ONNX model to %s in %.1fs", float_path, time.perf_counter() - started)
+            if variant == "onnx-int8":
+                started = time.perf_counter()
+                info = _quantize(float_path, target, _model_type(hf_model))
+                self._exported = True
+                self._update_meta(model_dir, "onnx-int8", info)
+                log.info("quantised ONNX model to %s in %.1fs", target, time.perf_counter() - started)
+        self._path = target
+        self._session = _session(target, num_threads)
+        self._input_names = [i.name for i in self._session.get_inputs()]
+        self._output_name = _OUTPUT_NAMES[kind]
+
+    @property
+    def path(self) -> Path:
+        """The ``.onnx`` file this model runs."""
+        return self._path
+
+    @property
+    def exported(self) -> bool:
+        """True if this construction built a file (export or quantisation), False if all came from cache."""
+        return self._exported
+
+    @property
+    def input_names(self) -> list[str]:
+        """The graph inputs, e.g. ``input_ids``, ``attention_mask``[, ``token_type_ids``]."""
+        return list(self._input_names)
+
+    def run(self, features: Mapping[str, np.ndarray]) -> np.ndarray:
+        """Run on tokenizer output; returns float32 last_hidden_state (B, T, H) or logits (B, L)."""
+        if "input_ids" not in features or "attention_mask" not in features:
+            raise ValueError("features need 'input_ids' and 'attention_mask'")
+        shape = np.shape(features["input_ids"])
+        feeds: dict[str, np.ndarray] = {}
+        for name in self._input_names:
+            if name in features:
+                feeds[name] = np.ascontiguousarray(features[name], dtype=np.int64)
+            elif name == "token_type_ids":
+                feeds[name] = np.zeros(shape, dtype=np.int64)
+            else:
+                raise ValueError(f"ONNX model input {name!r} missing from features")
+        (out,) = self._session.run([self._output_name], feeds)
+        return np.asarray(out, dtype=np.float32)
+
+    def _update_meta(self, model_dir: Path | None, variant: str, info: dict[str, Any]) -> None:
+        """Record how ``variant`` was built in ``meta.json`` (read-modify-write, atomic replace)."""
+        import onnx
+        import onnxruntime
+        import torch
+
+        path = self.folder / "meta.json"
+        meta: dict[str, Any] = {}
+        if path.is_file():
+            try:
+                meta = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                meta = {}
+        variants: dict[str, Any] = meta["variants"] if isinstance(meta.get("variants"), dict) else {}
+        variants[variant] = {
+            "file": _FILES[variant],
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "torch": torch.__version__,
+            "onnx": onnx.__version__,
+            "onnxruntime": onnxruntime.__version__,
+            **info,
+        }
+        meta.update(
+            {
+                "fingerprint": self.fingerprint,
+                "kind": self.kind,
+                "variant": variant,  # the variant built last; details per variant below
+                "model_dir": str(model_dir) if model_dir is not None else None,
+                "torch": torch.__version__,
+                "onnx": onnx.__version__,
+                "onnxruntime": onnxruntime.__version__,
+                "variants": variants,
+            }
+        )
+        if "opset" in info:
+            meta["opset"] = info["opset"]
+        with _atomic_path(path) as tmp:
+            tmp.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+class _ExportWrapper:
+    """Builds a ``torch.nn.Module`` with explicit tensor inputs that returns one output tensor."""
+
+    @staticmethod
+    def build(hf_model: torch.nn.Module, kind: Kind, with_token_types: bool) -> torch.nn.Module:
+        import torch
+
+        attr = _OUTPUT_NAMES[kind]
+
+        class WithTypes(torch.nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.model = hf_model
+
+            def forward(
+                self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor
+            ) -> torch.Tensor:
+                out = self.model(
+                    input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
+                )
+                return getattr(out, attr)
+
+        class WithoutTypes(torch.nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.model = hf_model
+
+            def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+                return getattr(self.model(input_ids=input_ids, attention_mask=attention_mask), attr)
+
+        return WithTypes() if with_token_types else WithoutTypes()
+
+
+def _takes_token_types(hf_model: torch.nn.Module) -> bool:
+    try:
+        params = inspect.signature(hf_model.forward).parameters
+    except (TypeError, ValueError):
+        return False
+    return "token_type_ids" in params
+
+
+def _model_type(hf_model: torch.nn.Module) -> str | None:
+    config = getattr(hf_model, "config", None)
+    value = getattr(config, "model_type", None)
+    return value if isinstance(value, str) else None
+
+
+def _example_inputs(hf_model: torch.nn.Module, batch: int, seq: int, seed: int) -> dict[str, torch.Tensor]:
+    """Random but valid token ids with some padding; batch and seq must be >= 2 (no 0/1 specialisation)."""
+    import torch
+
+    config = getattr(hf_model, "config", None)
+    vocab = int(getattr(config, "vocab_size", 1000) or 1000)
+    device = next(hf_model.parameters()).device
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(low=min(1000, vocab - 1), high=vocab, size=(batch, seq), generator=gen)
+    mask = torch.ones(batch, seq, dtype=torch.long)
+    mask[-1, seq // 2 :] = 0  # one padded row
+    return {
+        "input_ids": ids.to(device),
+        "attention_mask": mask.to(device),
+        "token_type_ids": torch.zeros(batch, seq, dtype=torch.long, device=device),
+    }
+
+
+def _export(hf_model: torch.nn.Module, kind: Kind, dst: Path) -> dict[str, Any]:
+    """Export ``hf_model`` to ``dst`` (atomically) and check it against torch; returns meta info."""
+    import onnx
+    import torch
+
+    n_bytes = sum(p.numel() * p.element_size() for p in hf_model.parameters())
+    if n_bytes > _MAX_SINGLE_FILE_BYTES:
+        raise RuntimeError(
+            f"ONNX export failed: model weights ({n_bytes / 1e9:.1f} GB) exceed the 2 GB single-file limit"
+        )
+    with_types = _takes_token_types(hf_model)
+    names = ["input_ids", "attention_mask"] + (["token_type_ids"] if with_types else [])
+    wrapper = _ExportWrapper.build(hf_model, kind, with_types)
+    example = _example_inputs(hf_model, batch=2, seq=8, seed=0)
+    args = tuple(example[n] for n in names)
+    output = _OUTPUT_NAMES[kind]
+    was_training = hf_model.training
+    wrapper.eval()  # also puts hf_model in eval mode; restored below
+    errors: list[str] = []
+    try:
+        with _atomic_path(dst) as tmp:
+            exporter = ""
+            for dynamo in (True, False):
+                try:
+                    with torch.no_grad(), _quiet_export():
+                        _torch_export(wrapper, args, names, output, tmp, dynamo=dynamo)
+                    exporter = "dynamo" if dynamo else "torchscript"
+                    break
+                except Exception as e:  # the exporters raise many types; we report them all
+                    errors.append(
+                        f"{'dynamo' if dynamo else 'torchscript'} exporter: {type(e).__name__}: {e}"
+                    )
+                    log.warning("ONNX %s", errors[-1].splitlines()[0][:500])
+            if not exporter:
+                raise RuntimeError(f"ONNX export of the {kind} failed: " + " | ".join(errors))
+            max_diff = _check_export(wrapper, tmp, names, output, hf_model, kind)
+            model = onnx.load(str(tmp), load_external_data=False)
+            opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    finally:
+        hf_model.train(was_training)
+    return {"exporter": exporter, "opset": opset, "inputs": names, "max_abs_diff_vs_torch": max_diff}
+
+
+def _torch_export(
+    wrapper: torch.nn.Module,
+    args: tuple[torch.Tensor, ...],
+    names: list[str],
+    output: str,
+    path: Path,
+    *,
+    dynamo: bool,
+) -> None:
+    import torch
+
+    if dynamo:
+        batch = torch.export.Dim("batch")
+        seq = torch.export.Dim("sequence")
+        torch.onnx.export(
+            wrapper,
+            args,
+            str(path),
+            input_names=names,
+            output_names=[output],
+            dynamic_shapes=tuple({0: batch, 1: seq} for _ in names),
+            dynamo=True,
+            external_data=False,
+            verbose=False,
+        )
+    else:
+        axes = {n: {0: "batch", 1: "sequence"} for n in names}
+        axes[output] = {0: "batch", 1: "sequence"} if output == "last_hidden_state" else {0: "batch"}
+        torch.onnx.export(
+            wrapper,
+            args,
+            str(path),
+            input_names=names,
+            output_names=[output],
+            dynamic_axes=axes,
+            opset_version=_LEGACY_OPSET,
+            dynamo=False,
+            do_constant_folding=True,
+        )
+    if not path.is_file() or path.stat().st_size == 0:
+        raise RuntimeError(f"exporter wrote no model to {path}")
+
+
+def _check_export(
+    wrapper: torch.nn.Module, path: Path, names: list[str], output: str, hf_model: torch.nn.Module, kind: Kind
+) -> float:
+    """Compare the ONNX graph with torch on inputs of a different shape than the export example."""
+    import torch
+
+    example = _example_inputs(hf_model, batch=3, seq=13, seed=1)
+    with torch.no_grad():
+        expected = wrapper(*(example[n] for n in names)).float().cpu().numpy()
+    session = _session(path, num_threads=None)
+    (got,) = session.run([output], {n: example[n].cpu().numpy() for n in names})
+    got = np.asarray(got, dtype=np.float32)
+    if got.shape != expected.shape:
+        raise RuntimeError(
+            f"ONNX export of the {kind} is wrong: output shape {got.shape} != torch {expected.shape}"
+        )
+    if kind == "encoder":  # padded positions carry no meaning; compare real tokens only
+        mask = example["attention_mask"].cpu().numpy().astype(bool)
+        got, expected = got[mask], expected[mask]
+    max_diff = float(np.max(np.abs(got - expected)))
+    scale = max(1.0, float(np.max(np.abs(expected))))
+    if not max_diff <= 1e-3 * scale:
+        raise RuntimeError(f"ONNX export of the {kind} does not match torch (max abs diff {max_diff:.3g})")
+    return max_diff
+
+
+def _quantize(src: Path, dst: Path, model_type: str | None) -> dict[str, Any]:
+    """int8 dynamic quantisation of ``src`` (optionally ORT-optimised first) to ``dst``, atomically."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    info: dict[str, Any] = {
+        "weight_type": "QInt8",
+        "per_channel": QUANT_PER_CHANNEL,
+        "reduce_range": QUANT_REDUCE_RANGE,
+        "op_types": list(QUANT_OP_TYPES),
+        "transformer_optimizer": False,
+    }
+    with tempfile.TemporaryDirectory(dir=dst.parent, prefix=".quant-") as work, _atomic_path(dst) as tmp:
+        source = src
+        if USE_TRANSFORMER_OPTIMIZER and model_type in _OPTIMIZER_MODEL_TYPES:
+            optimized = Path(work) / "optimized.onnx"
+            if _optimize_transformer(src, optimized):
+                source = optimized
+                info["transformer_optimizer"] = True
+        try:
+            with _quiet_export():
+                quantize_dynamic(
+                    source,
+                    tmp,
+                    op_types_to_quantize=list(QUANT_OP_TYPES),
+                    per_channel=QUANT_PER_CHANNEL,
+                    reduce_range=QUANT_REDUCE_RANGE,
+                    weight_type=QuantType.QInt8,
+                )
+        except Exception as e:
+            raise RuntimeError(f"int8 quantisation of {src} failed: {type(e).__name__}: {e}") from e
+    return info
+
+
+def _optimize_transformer(src: Path, dst: Path) -> bool:
+    """onnxruntime's BERT graph fusions (offline); False (and the plain graph is used) if they fail."""
+    try:
+        from onnxruntime.transformers import optimizer
+
+        with _quiet_export():
+            optimized = optimizer.optimize_model(str(src), model_type="bert", opt_level=0)
+        optimized.save_model_to_file(str(dst))
+    except Exception as e:  # optional speed-up only
+        log.warning("onnxruntime transformer optimizer failed, quantising the plain graph: %s", e)
+        return False
+    return True
+
+
+def _session(path: Path, num_threads: int | None) -> onnxruntime.InferenceSession:
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = int(num_threads or os.cpu_count() or 1)
+    options.inter_op_num_threads = 1
+    options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3  # errors only; ORT warns about unused initialisers otherwise
+    try:
+        return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as e:
+        raise RuntimeError(
+            f"onnxruntime cannot load {path}: {e}; delete the folder {path.parent} to rebuild it"
+        ) from e
+
+
+@contextlib.contextmanager
+def _atomic_path(dst: Path) -> Iterator[Path]:
+    """Yield a unique temporary path next to ``dst``; move it onto ``dst`` if the block succeeds."""
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp{dst.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, dst)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _quiet_export() -> Iterator[None]:
+    """Keep the exporter's chatter out of the way: stdout goes to stderr (CLI output stays clean),
+    its warnings are muted and its INFO loggers (onnxscript, onnx_ir, torch.onnx) raised to ERROR."""
+    root = logging.getLogger()
+    saved: list[tuple[logging.Logger, int]] = []
+    for name in ("onnxscript", "onnx_ir", "torch.onnx"):
+        logger = logging.getLogger(name)
+        saved.append((logger, logger.level))
+        logger.setLevel(logging.ERROR)
+    root.addFilter(_drop_root_info)  # onnxruntime.quantization logs INFO on the root logger itself
+    try:
+        with contextlib.redirect_stdout(sys.stderr), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        root.removeFilter(_drop_root_info)
+        for logger, level in saved:
+            logger.setLevel(level)
+
+
+def _drop_root_info(record: logging.LogRecord) -> bool:
+    """A filter on the root logger sees only records logged on it directly, not propagated ones."""
+    return record.levelno >= logging.WARNING

@@ -1,0 +1,268 @@
+"""Streaming input readers: ``.txt``, ``.jsonl``, ``.csv``, ``.tsv`` and their ``.gz`` variants.
+
+Readers yield :class:`Record` or :class:`Reject` one row at a time (memory does not grow with the
+corpus). A bad row never stops the stream: it becomes a ``Reject`` with its line number and reason,
+and the caller decides when there are too many.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import json
+import re
+import sys
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from semsearch.errors import InvalidInputError
+from semsearch.store import Record
+
+FORMATS = ("txt", "jsonl", "csv", "tsv")
+DEFAULT_MAX_CHARS = 20_000
+_RAW_SNIPPET = 200
+
+
+@dataclass
+class Reject:
+    """A row the reader refused."""
+
+    source: str
+    line: int
+    reason: str
+    raw: str = ""
+
+
+def detect_format(path: Path) -> str:
+    suffixes = [s.lower() for s in path.suffixes]
+    if suffixes and suffixes[-1] == ".gz":
+        suffixes = suffixes[:-1]
+    ext = suffixes[-1].lstrip(".") if suffixes else ""
+    if ext == "json":
+        ext = "jsonl"
+    if ext not in FORMATS:
+        raise InvalidInputError(
+            f"cannot tell the format of {path} from its extension; use one of: "
+            + ", ".join(f".{f}" for f in FORMATS) + " (optionally .gz)"
+        )
+    return ext
+
+
+def _open_binary(path: Path) -> IO[bytes]:
+    if not path.is_file():
+        raise InvalidInputError(f"input file {path} does not exist")
+    if path.suffix.lower() == ".gz":
+        fh = gzip.open(path, "rb")
+        try:
+            fh.peek(1)
+        except gzip.BadGzipFile as e:
+            fh.close()
+            raise InvalidInputError(f"{path} has a .gz extension but is not gzip data: {e}") from e
+        return fh  # type: ignore[return-value]
+    return path.open("rb")
+
+
+def _decoded_lines(fh: IO[bytes], source: str) -> Iterator[tuple[int, str | None, bytes]]:
+    """(line number, decoded text or None if not UTF-8, raw bytes) for every line."""
+    for lineno, raw in enumerate(fh, start=1):
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            yield lineno, None, raw
+            continue
+        if lineno == 1:
+            text = text.lstrip("\ufeff")
+        yield lineno, text.rstrip("\r\n"), raw
+
+
+def _check_text(text: Any, max_chars: int) -> str | None:
+    """The reason a text value is unusable, or None."""
+    if not isinstance(text, str):
+        return f"text must be a string, got {type(text).__name__}"
+    if not text.strip():
+        return "empty text"
+    if len(text) > max_chars:
+        return f"text has {len(text)} characters, over the limit of {max_chars} (--max-chars)"
+    if "\x00" in text:
+        return "text contains NUL bytes (binary data?)"
+    return None
+
+
+def _snippet(raw: bytes | str) -> str:
+    if isinstance(raw, bytes):
+        raw = raw.decode("utf-8", errors="backslashreplace")
+    return raw[:_RAW_SNIPPET]
+
+
+def read_txt(path: Path, max_chars: int) -> Iterator[Record | Reject]:
+    src = str(path)
+    with _open_binary(path) as fh:
+        for lineno, text, raw in _decoded_lines(fh, src):
+            if text is None:
+                yield Reject(src, lineno, "not valid UTF-8", _snippet(raw))
+                continue
+            if not text.strip():
+                continue  # blank lines separate nothing in a one-sentence-per-line file
+            reason = _check_text(text, max_chars)
+            if reason:
+                yield Reject(src, lineno, reason, _snippet(text))
+                continue
+            yield Record(text=text.strip(), source=f"{path.name}:{lineno}")
+
+
+def _valid_id(value: Any) -> bool:
+    return (isinstance(value, int) and not isinstance(value, bool)) or (isinstance(value, str) and value != "")
+
+
+def read_jsonl(path: Path, text_field: str, id_field: str, max_chars: int) -> Iterator[Record | Reject]:
+    src = str(path)
+    with _open_binary(path) as fh:
+        for lineno, line, raw in _decoded_lines(fh, src):
+            if line is None:
+                yield Reject(src, lineno, "not valid UTF-8", _snippet(raw))
+                continue
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                yield Reject(src, lineno, f"invalid JSON: {e.msg} at column {e.colno}", _snippet(line))
+                continue
+            if not isinstance(obj, dict):
+                yield Reject(src, lineno, f"expected a JSON object, got {type(obj).__name__}", _snippet(line))
+                continue
+            if text_field not in obj:
+                yield Reject(src, lineno, f"missing field {text_field!r}", _snippet(line))
+                continue
+            text = obj.pop(text_field)
+            reason = _check_text(text, max_chars)
+            if reason:
+                yield Reject(src, lineno, reason, _snippet(line))
+                continue
+            ext_id = obj.pop(id_field, None)
+            if ext_id is not None and not _valid_id(ext_id):
+                yield Reject(src, lineno, f"{id_field!r} must be a non-empty string or an integer", _snippet(line))
+                continue
+            yield Record(text=text.strip(), ext_id=ext_id, metadata=obj, source=f"{path.name}:{lineno}")
+
+
+def read_delimited(
+    path: Path, delimiter: str, text_field: str, id_field: str, max_chars: int
+) -> Iterator[Record | Reject]:
+    src = str(path)
+    csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
+    with _open_binary(path) as fh:
+        text_stream = io.TextIOWrapper(fh, encoding="utf-8", errors="strict", newline="")
+        reader = csv.reader(text_stream, delimiter=delimiter)
+        try:
+            header = next(reader)
+        except StopIteration:
+            return
+        except UnicodeDecodeError as e:
+            raise InvalidInputError(f"{path}: the header line is not valid UTF-8") from e
+        header = [h.lstrip("\ufeff").strip() for h in header]
+        if text_field not in header:
+            raise InvalidInputError(
+                f"{path}: no column {text_field!r} in the header ({', '.join(header)}); set --text-field"
+            )
+        text_col = header.index(text_field)
+        id_col = header.index(id_field) if id_field in header else None
+        while True:
+            try:
+                row = next(reader)
+            except StopIteration:
+                break
+            except UnicodeDecodeError:
+                # The reader's position is lost; report and stop this file rather than mis-number lines.
+                yield Reject(src, reader.line_num + 1, "not valid UTF-8 (rest of file skipped)")
+                break
+            except csv.Error as e:
+                yield Reject(src, reader.line_num, f"malformed CSV: {e}")
+                continue
+            lineno = reader.line_num
+            if not row or all(not c.strip() for c in row):
+                continue
+            if len(row) != len(header):
+                yield Reject(
+                    src, lineno, f"expected {len(header)} fields, got {len(row)}", _snippet(delimiter.join(row))
+                )
+                continue
+            text = row[text_col]
+            reason = _check_text(text, max_chars)
+            if reason:
+                yield Reject(src, lineno, reason, _snippet(delimiter.join(row)))
+                continue
+            ext_id: str | None = row[id_col].strip() if id_col is not None else None
+            if id_col is not None and not ext_id:
+                yield Reject(src, lineno, f"empty id in column {id_field!r}", _snippet(delimiter.join(row)))
+                continue
+            metadata = {h: v for i, (h, v) in enumerate(zip(header, row, strict=True)) if i not in (text_col, id_col)}
+            yield Record(text=text.strip(), ext_id=ext_id, metadata=metadata, source=f"{path.name}:{lineno}")
+
+
+# Sentence boundaries: end punctuation followed by whitespace and an upper-case letter, digit or quote;
+# common abbreviations are protected. Simple, fast, deterministic, and offsets are exact.
+_ABBREV = r"(?<!\b[A-Z])(?<!\bMr)(?<!\bMrs)(?<!\bMs)(?<!\bDr)(?<!\bSt)(?<!\bvs)(?<!\betc)(?<!\be\.g)(?<!\bi\.e)(?<!\bFig)(?<!\bal)"
+_BOUNDARY = re.compile(_ABBREV + r"[.!?][\"')\]]*\s+(?=[\"'(\[]?[A-Z0-9])")
+
+
+def split_sentences(text: str) -> Iterator[tuple[int, int]]:
+    """(start, end) character offsets of the sentences of ``text`` (whitespace trimmed)."""
+    pos = 0
+    for m in _BOUNDARY.finditer(text):
+        end = m.end()
+        yield from _trimmed(text, pos, end)
+        pos = end
+    yield from _trimmed(text, pos, len(text))
+
+
+def _trimmed(text: str, start: int, end: int) -> Iterator[tuple[int, int]]:
+    while start < end and text[start].isspace():
+        start += 1
+    while end > start and text[end - 1].isspace():
+        end -= 1
+    if end > start:
+        yield start, end
+
+
+def explode(record: Record, doc_number: int) -> Iterator[Record]:
+    """Turn one document record into sentence records keeping document id and offsets."""
+    doc_id = str(record.ext_id) if record.ext_id is not None else f"doc{doc_number}"
+    for n, (start, end) in enumerate(split_sentences(record.text)):
+        yield Record(
+            text=record.text[start:end],
+            ext_id=f"{doc_id}#{n}",
+            metadata=record.metadata,
+            doc_id=doc_id,
+            start=start,
+            end=end,
+            source=record.source,
+        )
+
+
+def read_inputs(
+    paths: Iterable[Path],
+    text_field: str = "text",
+    id_field: str = "id",
+    split: bool = False,
+    max_chars: int = DEFAULT_MAX_CHARS,
+) -> Iterator[Record | Reject]:
+    """All rows of all inputs in order; with ``split``, documents become sentences."""
+    doc_number = 0
+    for path in paths:
+        fmt = detect_format(path)
+        if fmt == "txt":
+            rows: Iterator[Record | Reject] = read_txt(path, max_chars)
+        elif fmt == "jsonl":
+            rows = read_jsonl(path, text_field, id_field, max_chars)
+        else:
+            rows = read_delimited(path, "," if fmt == "csv" else "\t", text_field, id_field, max_chars)
+        for row in rows:
+            if split and isinstance(row, Record):
+                doc_number += 1
+                yield from explode(row, doc_number)
+            else:
+                yield row

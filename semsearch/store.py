@@ -1,0 +1,169 @@
+"""The SQLite document store of an index version: ids, text, source offsets, JSON metadata.
+
+``iid`` is the int64 id used in FAISS (``add_with_ids``); ``ext_id`` is the user's id, kept with its
+type (int or str) so that search results always return exactly the id the user gave. An FTS5 table
+(BM25) over the text serves lexical and hybrid search.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from semsearch.errors import CorruptIndexError
+
+DOCS_DB = "docs.sqlite"
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS docs (
+    iid       INTEGER PRIMARY KEY,
+    ext_id    TEXT NOT NULL UNIQUE,
+    id_is_int INTEGER NOT NULL DEFAULT 0,
+    text      TEXT NOT NULL,
+    doc_id    TEXT,
+    start     INTEGER,
+    "end"     INTEGER,
+    source    TEXT,
+    metadata  TEXT NOT NULL DEFAULT '{}'
+);
+CREATE TABLE IF NOT EXISTS rejects (
+    n      INTEGER PRIMARY KEY,
+    source TEXT NOT NULL,
+    line   INTEGER NOT NULL,
+    reason TEXT NOT NULL,
+    raw    TEXT
+);
+CREATE TABLE IF NOT EXISTS build_state (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+"""
+
+FTS_SCHEMA = """
+CREATE VIRTUAL TABLE IF NOT EXISTS docs_fts USING fts5(
+    text, content='docs', content_rowid='iid', tokenize='porter unicode61'
+);
+"""
+
+UserId = int | str
+
+
+@dataclass
+class Record:
+    """One sentence to index, as read from the input."""
+
+    text: str
+    ext_id: UserId | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    doc_id: str | None = None
+    start: int | None = None
+    end: int | None = None
+    source: str | None = None  # "file:line"
+
+
+@dataclass
+class Doc:
+    """A stored sentence, as returned by search."""
+
+    iid: int
+    id: UserId
+    text: str
+    metadata: dict[str, Any]
+    doc_id: str | None = None
+    start: int | None = None
+    end: int | None = None
+    source: str | None = None
+
+
+def connect(path: Path, readonly: bool = False) -> sqlite3.Connection:
+    if readonly:
+        if not path.is_file():
+            raise CorruptIndexError(f"{path} is missing")
+        conn = sqlite3.connect(f"file:{path}?mode=ro&immutable=1", uri=True, check_same_thread=False)
+    else:
+        conn = sqlite3.connect(path, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.executescript(SCHEMA)
+    return conn
+
+
+def _row_to_doc(row: Sequence[Any]) -> Doc:
+    iid, ext_id, is_int, text, doc_id, start, end, source, metadata = row
+    return Doc(
+        iid=iid,
+        id=int(ext_id) if is_int else ext_id,
+        text=text,
+        metadata=json.loads(metadata),
+        doc_id=doc_id,
+        start=start,
+        end=end,
+        source=source,
+    )
+
+
+_COLUMNS = 'iid, ext_id, id_is_int, text, doc_id, start, "end", source, metadata'
+
+
+class DocStore:
+    """Read access to a finished version's documents (thread-safe for reads)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            self.conn = connect(path, readonly=True)
+            self.conn.execute("SELECT 1 FROM docs LIMIT 1").fetchall()
+        except sqlite3.DatabaseError as e:
+            raise CorruptIndexError(f"{path} is not a readable semsearch SQLite store: {e}") from e
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def count(self) -> int:
+        return int(self.conn.execute("SELECT COUNT(*) FROM docs").fetchone()[0])
+
+    def get(self, iids: Iterable[int]) -> dict[int, Doc]:
+        ids = [int(i) for i in iids]
+        out: dict[int, Doc] = {}
+        for start in range(0, len(ids), 900):  # SQLite's bound-parameter limit
+            part = ids[start : start + 900]
+            marks = ",".join("?" * len(part))
+            for row in self.conn.execute(f"SELECT {_COLUMNS} FROM docs WHERE iid IN ({marks})", part):
+                doc = _row_to_doc(row)
+                out[doc.iid] = doc
+        return out
+
+    def iids(self) -> list[int]:
+        return [r[0] for r in self.conn.execute("SELECT iid FROM docs ORDER BY iid")]
+
+    def iter_docs(self) -> Iterator[Doc]:
+        for row in self.conn.execute(f"SELECT {_COLUMNS} FROM docs ORDER BY iid"):
+            yield _row_to_doc(row)
+
+    def iids_for_ext_ids(self, ext_ids: Sequence[UserId]) -> dict[str, int]:
+        keys = [str(e) for e in ext_ids]
+        out: dict[str, int] = {}
+        for start in range(0, len(keys), 900):
+            part = keys[start : start + 900]
+            marks = ",".join("?" * len(part))
+            out.update(self.conn.execute(f"SELECT ext_id, iid FROM docs WHERE ext_id IN ({marks})", part))
+        return out
+
+
+def corpus_checksum(conn: sqlite3.Connection) -> str:
+    """sha256 over (id, text, metadata) of every row in iid order: the content identity of a version."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for ext_id, text, metadata in conn.execute("SELECT ext_id, text, metadata FROM docs ORDER BY iid"):
+        digest.update(ext_id.encode())
+        digest.update(b"\x1f")
+        digest.update(text.encode())
+        digest.update(b"\x1f")
+        digest.update(metadata.encode())
+        digest.update(b"\x1e")
+    return digest.hexdigest()

@@ -1,0 +1,337 @@
+"""Cross-encoder training (semsearch.training) and reranking (semsearch.rerank) with the real MiniLM model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from semsearch import training
+from semsearch.errors import InvalidInputError, ModelLoadError
+from semsearch.rerank import (
+    RERANKER_META_FILE,
+    FeatureBackend,
+    FusionConfig,
+    Reranker,
+    available_backends,
+    fuse,
+    register_backend,
+    zscore,
+)
+from semsearch.training import (
+    EarlyStopping,
+    RelevanceExample,
+    ScoredPair,
+    read_scored_pairs,
+    train_cross_encoder,
+    tune_fusion_weight,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+STSB = REPO / "data" / "stsb"
+
+QUERY = "A man is playing a guitar."
+TEXTS = [
+    "A man plays the guitar.",
+    "A woman is slicing an onion.",
+    "Someone is playing an instrument.",
+    "The stock market fell sharply today.",
+]
+
+
+@pytest.fixture(scope="module")
+def stsb_slices() -> tuple[list[ScoredPair], list[ScoredPair]]:
+    train = read_scored_pairs(STSB / "stsb_train.tsv")
+    dev = read_scored_pairs(STSB / "stsb_dev.tsv")
+    return train[:64], dev[:32]
+
+
+def _train(out: Path, train: list[ScoredPair], dev: list[ScoredPair], **kwargs: Any) -> training.TrainResult:
+    options: dict[str, Any] = {"epochs": 1, "batch_size": 16, "seed": 7, "show_progress": False}
+    options.update(kwargs)
+    return train_cross_encoder(output_dir=out, scored=train, dev=dev, **options)
+
+
+@pytest.fixture(scope="module")
+def trained(
+    tmp_path_factory: pytest.TempPathFactory, stsb_slices: tuple[list[ScoredPair], list[ScoredPair]]
+) -> tuple[Path, training.TrainResult]:
+    out = tmp_path_factory.mktemp("reranker") / "model"
+    train, dev = stsb_slices
+    return out, _train(out, train, dev, test=dev[:16])
+
+
+@pytest.fixture(scope="module")
+def reranker(trained: tuple[Path, training.TrainResult]) -> Reranker:
+    return Reranker(trained[0])
+
+
+# ------------------------------------------------------------------------------------------------- data
+
+
+def test_stsb_copies_read_completely() -> None:
+    assert len(read_scored_pairs(STSB / "stsb_train.tsv")) == 5749
+    dev = read_scored_pairs(STSB / "stsb_dev.tsv")
+    assert len(dev) == 1500
+    assert all(0.0 <= p.score <= 5.0 for p in dev)
+    assert not (STSB / "stsb_test.tsv").exists()  # the test split stays out of the repo
+    for name in ("LICENSE.txt", "SOURCE.txt", "readme.txt", "README.md"):
+        assert (STSB / name).is_file()
+
+
+def test_read_scored_pairs_rejects_bad_files(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("a\tb\n1\t2\n", encoding="utf-8")
+    with pytest.raises(InvalidInputError, match="missing column"):
+        read_scored_pairs(bad)
+    quotes = tmp_path / "quotes.tsv"
+    quotes.write_text('sentence1\tsentence2\tscore\n"Hi, he said\tit\'s "fine\t2.5\n', encoding="utf-8")
+    assert read_scored_pairs(quotes) == [ScoredPair('"Hi, he said', "it's \"fine", 2.5)]
+
+
+def test_relevance_examples_drop_known_positives() -> None:
+    examples = [
+        RelevanceExample("q1", ("pos 1",), ("given neg",)),
+        RelevanceExample("q2", ("pos 2", "pos 3")),
+    ]
+    calls: list[tuple[list[str], int]] = []
+
+    def miner(queries: list[str], k: int) -> list[list[str]]:
+        calls.append((queries, k))
+        return [["pos 1", "mined a", "given neg", "mined b"], [" pos 3", "mined c"]]
+
+    pairs, stats = training._relevance_examples(examples, miner, 5, 2)
+    assert calls == [(["q1", "q2"], 5)]
+    assert [(p.text_a, p.text_b, p.label) for p in pairs] == [
+        ("q1", "pos 1", 1.0),
+        ("q1", "given neg", 0.0),
+        ("q1", "mined a", 0.0),
+        ("q2", "pos 2", 1.0),
+        ("q2", "pos 3", 1.0),
+        ("q2", "mined c", 0.0),
+    ]
+    assert not any(p.symmetric for p in pairs)
+    assert stats == {
+        "queries": 2,
+        "positives": 3,
+        "given_negatives": 1,
+        "mined_negatives": 2,
+        "dropped_positives": 2,
+    }
+
+
+# ---------------------------------------------------------------------------------------------- fusion math
+
+
+def test_zscore_and_fuse_on_hand_made_numbers() -> None:
+    np.testing.assert_allclose(zscore([1.0, 2.0, 3.0]), [-1.224744871, 0.0, 1.224744871])
+    np.testing.assert_array_equal(zscore([4.0, 4.0]), [0.0, 0.0])  # constant list: no information
+    np.testing.assert_allclose(zscore([3.0], mean=1.0, std=2.0), [1.0])
+    # per-list: z(ce) = [-1.2247, 0, 1.2247], z(cos) = [1.2247, 0, -1.2247]
+    np.testing.assert_allclose(fuse([1.0, 2.0, 3.0], [30.0, 20.0, 10.0], 0.5), [0.0, 0.0, 0.0], atol=1e-12)
+    np.testing.assert_allclose(
+        fuse([1.0, 2.0, 3.0], [30.0, 20.0, 10.0], 0.25), [-0.612372436, 0.0, 0.612372436], atol=1e-9
+    )
+    np.testing.assert_allclose(fuse([1.0, 5.0], [0.0, 1.0], 0.0), [-1.0, 1.0])
+    # fixed (dev) statistics for independent pairs
+    stats = {"ce_mean": 1.0, "ce_std": 2.0, "cos_mean": 0.5, "cos_std": 0.25}
+    np.testing.assert_allclose(fuse([3.0], [1.0], 0.4, stats), [0.6 * 1.0 + 0.4 * 2.0])
+    with pytest.raises(InvalidInputError):
+        fuse([1.0, 2.0], [1.0], 0.5)
+
+
+def test_tune_fusion_weight_picks_best_dev_weight() -> None:
+    gold = np.array([0.0, 1.0, 2.0, 3.0, 4.0, 5.0])
+    ce = np.array([1.0, 0.0, 2.0, 4.0, 3.0, 5.0])  # two swapped neighbours
+    cos = np.array([0.1, 0.2, 0.3, 0.4, 0.5, 0.6])  # perfect ranking
+    weight, best, curve = tune_fusion_weight(ce, cos, gold, grid=(0.0, 0.5, 1.0))
+    assert curve["0.00"] < 1.0
+    assert best == pytest.approx(1.0)
+    assert weight == 0.5  # ties go to the smaller weight: 0.5 already ranks perfectly
+    assert tune_fusion_weight(cos, ce, gold, grid=(0.0, 0.5, 1.0))[0] == 0.0
+
+
+def test_fusion_config_parsing() -> None:
+    assert FusionConfig.from_json(None) is None
+    assert FusionConfig.from_json({"mode": "none"}) is None
+    config = FusionConfig.from_json({"mode": "zscore", "weight": 0.3})
+    assert config == FusionConfig(weight=0.3, mode="zscore", pairwise_stats=None)
+    with pytest.raises(ModelLoadError):
+        FusionConfig.from_json({"mode": "rrf", "weight": 0.3})
+    with pytest.raises(ModelLoadError):
+        FusionConfig.from_json({"mode": "zscore", "weight": 1.5})
+
+
+def test_early_stopping_counter() -> None:
+    stopper = EarlyStopping(patience=2)
+    assert stopper.update(0.5) and stopper.update(0.7)
+    assert not stopper.update(0.6) and not stopper.should_stop
+    assert not stopper.update(0.7) and stopper.should_stop  # equal is no improvement
+    assert stopper.best == 0.7
+
+
+# -------------------------------------------------------------------------------------------- training
+
+
+def test_training_writes_a_loadable_reranker_folder(
+    trained: tuple[Path, training.TrainResult], reranker: Reranker
+) -> None:
+    out, result = trained
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "model_card.md", RERANKER_META_FILE):
+        assert (out / name).is_file(), name
+    meta = json.loads((out / RERANKER_META_FILE).read_text(encoding="utf-8"))
+    assert meta == result.metadata
+    assert meta["num_labels"] == 1 and meta["seed"] == 7
+    assert meta["data"]["train_scored"]["rows"] == 64 and meta["data"]["dev"]["rows"] == 32
+    assert len(meta["data"]["train_scored"]["sha256"]) == 64
+    assert meta["hyperparameters"]["batch_size"] == 16
+    assert [h["epoch"] for h in meta["history"]] == [1] and meta["best_epoch"] == 1
+    assert set(meta["dev_metrics"]) >= {"cosine_spearman", "both_orders_spearman", "fusion_spearman"}
+    assert set(meta["test_metrics"]) >= {"cosine_spearman", "both_orders_spearman", "fusion_spearman"}
+    assert meta["fusion"]["mode"] == "zscore" and 0.0 <= meta["fusion"]["weight"] <= 1.0
+    assert meta["dev_metrics"]["fusion_spearman"] >= meta["dev_metrics"]["both_orders_spearman"] - 1e-12
+    assert set(meta["timings"]) >= {"train_seconds", "total_seconds"}
+    assert "torch" in meta["versions"]
+    assert "Spearman" in (out / "model_card.md").read_text(encoding="utf-8")
+    assert not list(out.parent.glob(".model.partial-*"))
+
+    scores = reranker.score(QUERY, TEXTS)
+    assert scores.shape == (4,) and np.all((scores > 0.0) & (scores < 1.0))
+    info = reranker.info()
+    assert info["path"] == str(out.resolve())
+    assert info["trained_on"]["train_scored"]["rows"] == 64
+    assert info["fusion"] == {"mode": "zscore", "weight": meta["fusion"]["weight"], "scope": "per_query"}
+    json.dumps(info)
+
+
+def test_output_folder_is_not_clobbered(
+    tmp_path: Path, stsb_slices: tuple[list[ScoredPair], list[ScoredPair]]
+) -> None:
+    (tmp_path / "keep.txt").write_text("x", encoding="utf-8")
+    with pytest.raises(InvalidInputError):
+        _train(tmp_path, *stsb_slices)
+    with pytest.raises(InvalidInputError, match="not a reranker folder"):
+        _train(tmp_path, *stsb_slices, overwrite=True)
+
+
+def test_same_seed_gives_identical_scores(
+    tmp_path: Path,
+    trained: tuple[Path, training.TrainResult],
+    reranker: Reranker,
+    stsb_slices: tuple[list[ScoredPair], list[ScoredPair]],
+) -> None:
+    train, dev = stsb_slices
+    result = _train(tmp_path / "again", train, dev, fusion=False)
+    again = Reranker(result.output_dir)
+    np.testing.assert_array_equal(
+        again.logits([(QUERY, t) for t in TEXTS]), reranker.logits([(QUERY, t) for t in TEXTS])
+    )
+    assert result.history[0].dev_metric == trained[1].history[0].dev_metric
+    assert result.history[0].train_loss == trained[1].history[0].train_loss
+
+
+def test_scores_match_cross_encoder_predict(
+    trained: tuple[Path, training.TrainResult], reranker: Reranker
+) -> None:
+    from sentence_transformers import CrossEncoder
+
+    expected = CrossEncoder(str(trained[0])).predict([(QUERY, t) for t in TEXTS], show_progress_bar=False)
+    got = reranker.score(QUERY, TEXTS)  # no retrieval scores: sigmoid(logit), like predict
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    assert list(np.argsort(-got, kind="stable")) == list(np.argsort(-expected, kind="stable"))
+    assert [i for i, _ in reranker.rank(QUERY, TEXTS)] == list(np.argsort(-expected, kind="stable"))
+
+
+def test_fused_scores_use_per_query_zscores(reranker: Reranker) -> None:
+    assert reranker.fusion is not None
+    retrieval = [0.9, 0.1, 0.5, 0.05]
+    logits = reranker.logits([(QUERY, t) for t in TEXTS])
+    w = reranker.fusion.weight
+    expected = (1 - w) * zscore(logits) + w * zscore(retrieval)
+    np.testing.assert_allclose(reranker.score(QUERY, TEXTS, retrieval), expected, rtol=1e-6, atol=1e-9)
+    with pytest.raises(InvalidInputError):
+        reranker.score(QUERY, TEXTS, retrieval[:2])
+    assert reranker.score(QUERY, []).shape == (0,)
+
+
+def test_score_pairs_symmetric_and_fused(reranker: Reranker) -> None:
+    pairs = [(QUERY, t) for t in TEXTS]
+    forward = reranker.logits(pairs).astype(np.float64)
+    backward = reranker.logits([(b, a) for a, b in pairs]).astype(np.float64)
+    mean = (forward + backward) / 2
+    sym = reranker.score_pairs(pairs)  # trained as symmetric: both orders by default
+    np.testing.assert_allclose(sym, 1 / (1 + np.exp(-mean)), rtol=1e-5)
+    np.testing.assert_allclose(
+        reranker.score_pairs(pairs, symmetric=False), 1 / (1 + np.exp(-forward)), rtol=1e-5
+    )
+    cos = [0.8, 0.1, 0.6, 0.0]
+    assert reranker.fusion is not None and reranker.fusion.pairwise_stats is not None
+    stats = reranker.fusion.pairwise_stats
+    w = reranker.fusion.weight
+    expected = (1 - w) * (mean - stats["ce_mean"]) / stats["ce_std"] + w * (
+        np.array(cos) - stats["cos_mean"]
+    ) / stats["cos_std"]
+    np.testing.assert_allclose(reranker.score_pairs(pairs, cosine_scores=cos), expected, rtol=1e-5)
+
+
+def test_fusion_can_be_disabled_or_overridden(trained: tuple[Path, training.TrainResult]) -> None:
+    plain = Reranker(trained[0], fusion=False)
+    assert plain.fusion is None and plain.info()["fusion"] is None
+    scores = plain.score(QUERY, TEXTS, [0.9, 0.1, 0.5, 0.05])  # retrieval scores ignored: sigmoid
+    assert np.all((scores > 0) & (scores < 1))
+    heavy = Reranker(trained[0], fusion_weight=1.0)
+    np.testing.assert_allclose(
+        heavy.score(QUERY, TEXTS, [0.9, 0.1, 0.5, 0.05]), zscore([0.9, 0.1, 0.5, 0.05])
+    )
+
+
+def test_backend_hook(trained: tuple[Path, training.TrainResult], reranker: Reranker) -> None:
+    with pytest.raises(InvalidInputError, match="unknown reranker backend"):
+        Reranker(trained[0], backend="no-such-backend")
+
+    def factory(cross_encoder: Any, context: Any) -> FeatureBackend:
+        assert context.model_dir == trained[0].resolve()
+
+        def run(features: dict[str, Any]) -> torch.Tensor:
+            with torch.inference_mode():
+                return cross_encoder(features)["scores"]
+
+        return FeatureBackend(cross_encoder, run)
+
+    register_backend("test-features", factory)
+    assert "test-features" in available_backends()
+    hooked = Reranker(trained[0], backend="test-features")
+    np.testing.assert_allclose(hooked.score(QUERY, TEXTS), reranker.score(QUERY, TEXTS), rtol=1e-5, atol=1e-6)
+    assert hooked.info()["backend"] == "test-features"
+
+
+def test_missing_model_is_a_load_error(tmp_path: Path) -> None:
+    with pytest.raises(ModelLoadError):
+        Reranker(tmp_path / "nothing-here")
+
+
+def test_early_stopping_keeps_best_epoch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stsb_slices: tuple[list[ScoredPair], list[ScoredPair]]
+) -> None:
+    """Scripted dev metric 0.5, 0.9, 0.7 with patience 1: stop after epoch 3, ship epoch 2's weights."""
+    train, dev = stsb_slices
+    probe = [(QUERY, t) for t in TEXTS]
+    scripted = iter([0.5, 0.9, 0.7, 0.95])
+    seen: list[np.ndarray] = []
+
+    def fake_eval(model: Any, dev_pairs: Any, batch_size: int) -> float:
+        seen.append(training.predict_logits(model, probe))
+        return next(scripted)
+
+    monkeypatch.setattr(training, "_evaluate_scored", fake_eval)
+    result = _train(tmp_path / "es", train[:32], dev, epochs=4, patience=1, fusion=False, learning_rate=1e-4)
+    assert [h.dev_metric for h in result.history] == [0.5, 0.9, 0.7]
+    assert result.best_epoch == 2 and result.best_dev_metric == 0.9 and result.stopped_early
+    assert result.metadata["best_epoch"] == 2
+    kept = Reranker(result.output_dir).logits(probe)
+    np.testing.assert_allclose(kept, seen[1], atol=1e-5)
+    assert not np.allclose(kept, seen[2], atol=1e-5)  # epoch 3 differed: the test is meaningful
