@@ -107,6 +107,7 @@ def build(
     on_duplicate: Annotated[OnDuplicateOpt, typer.Option(help="Duplicate ids: fail, or let the later row win.")] = OnDuplicateOpt.error,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted build of the same inputs and options.")] = False,
     keep: Annotated[int | None, typer.Option(min=1, help="After publishing, keep only the newest N versions.")] = None,
+    chunk_size: Annotated[int, typer.Option(min=1, help="Rows per checkpoint (the unit --resume restarts from).")] = 4096,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Build a new index version from input files and publish it atomically."""
@@ -118,7 +119,7 @@ def build(
         index_params=_parse_params(index_param or []), batch_size=batch_size, max_seq_length=max_seq_length,
         text_field=text_field, id_field=id_field, split_sentences=split_sentences, max_chars=max_chars,
         max_rejects=max_rejects, on_duplicate=on_duplicate.value, resume=resume, keep=keep,  # type: ignore[arg-type]
-        progress=progress,
+        chunk_size=chunk_size, progress=progress,
     )
     _report(run_build(opts))
 
@@ -239,6 +240,23 @@ def verify(
             typer.echo(f"FAIL: {p}", err=True)
         raise typer.Exit(1)
     typer.echo(f"OK: {index} verified")
+
+
+def _register_extra_commands() -> None:
+    """Commands that live in their own modules (eval, train-reranker) attach themselves here."""
+    import importlib
+
+    for name in ("indexer.eval_cmd", "indexer.train_cmd"):
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name != name:
+                raise
+            continue
+        module.register(app)
+
+
+_register_extra_commands()
 
 
 def main() -> None:

@@ -1,0 +1,279 @@
+"""Search modes over a loaded index: the one entry point the CLI, the service and eval share.
+
+Modes (``Hit.score`` is each mode's own score; ``Hit.dense_score`` / ``Hit.lexical_score`` carry
+the components where computed):
+
+* ``dense``: FAISS over the bi-encoder vectors; ``score`` = cosine similarity (= ``dense_score``).
+* ``lexical``: BM25 over the SQLite FTS5 table (:mod:`semsearch.lexical`); ``score`` = BM25
+  (``-bm25()``, higher is better; = ``lexical_score``); ``dense_score`` is filled in when query
+  vectors are given.
+* ``hybrid``: the top ``depth`` candidates of both, fused (:class:`HybridParams`). ``score`` is the
+  fused score (RRF: ``w/(rrf_k + rank_dense) + (1-w)/(rrf_k + rank_lexical)``, a list the document is
+  not in adds 0; ``minmax``/``zscore``: ``w·norm(cosine) + (1-w)·norm(bm25)`` over the candidate
+  union). Every hybrid hit carries its exact cosine in ``dense_score`` (e.g. for reranker fusion)
+  and its BM25 in ``lexical_score`` (0.0 when it matches no query term).
+
+``filter`` (:mod:`semsearch.filters`) restricts every mode to the rows whose metadata match; the
+result is the true top k among those rows (a hybrid's candidate lists are the filtered top lists).
+The default mode is ``dense``: see docs/quality.md for the measurements behind that choice and
+behind :data:`DEFAULT_HYBRID`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, Literal, get_args
+
+import numpy as np
+
+from semsearch.encoder import check_choice
+from semsearch.errors import InvalidInputError
+from semsearch.filters import CompiledFilter, compile_filter, matching_iids
+from semsearch.index import Hit, SearchIndex
+from semsearch.lexical import bm25_scores, bm25_search
+
+if TYPE_CHECKING:
+    from semsearch.rerank import Reranker
+
+log = logging.getLogger(__name__)
+
+Mode = Literal["dense", "lexical", "hybrid"]
+MODES: tuple[str, ...] = get_args(Mode)
+DEFAULT_MODE: Mode = "dense"
+FusionMethod = Literal["rrf", "minmax", "zscore"]
+FUSION_METHODS: tuple[str, ...] = get_args(FusionMethod)
+MAX_DEPTH = 10_000
+
+
+@dataclass(frozen=True)
+class HybridParams:
+    """How ``hybrid`` fuses dense and lexical candidates.
+
+    ``depth``: candidates taken from each retriever (at least k); ``rrf_k``: the RRF rank constant;
+    ``weight``: the dense share w in [0, 1] (lexical gets 1 - w), for every method.
+    """
+
+    method: FusionMethod = "rrf"
+    rrf_k: int = 60
+    depth: int = 100
+    weight: float = 0.5
+
+    def __post_init__(self) -> None:
+        check_choice(self.method, FUSION_METHODS, "fusion method")
+        if not 0.0 <= self.weight <= 1.0:
+            raise InvalidInputError(f"fusion weight must be in [0, 1], got {self.weight}")
+        if self.rrf_k < 0:
+            raise InvalidInputError(f"rrf_k must be >= 0, got {self.rrf_k}")
+        if not 1 <= self.depth <= MAX_DEPTH:
+            raise InvalidInputError(f"hybrid candidate depth must be in 1..{MAX_DEPTH}, got {self.depth}")
+
+
+# Tuned on SciFact train queries (bench/quality.py tune-fusion; docs/quality.md).
+DEFAULT_HYBRID = HybridParams(method="rrf", rrf_k=60, depth=100, weight=0.5)
+
+
+@dataclass
+class Candidate:
+    """One hybrid candidate: its component scores and 1-based ranks (None: not in that list)."""
+
+    iid: int
+    dense: float | None = None
+    lexical: float | None = None
+    dense_rank: int | None = None
+    lexical_rank: int | None = None
+    fused: float = 0.0
+
+
+def search(
+    index: SearchIndex,
+    queries: Sequence[str],
+    query_vectors: np.ndarray | None,
+    k: int,
+    mode: Mode = DEFAULT_MODE,
+    filter: dict[str, Any] | None = None,
+    *,
+    hybrid: HybridParams | None = None,
+) -> list[list[Hit]]:
+    """Top-k hits per query, best first (one list per query, in order).
+
+    ``query_vectors`` are the encoded ``queries`` (needed for dense and hybrid; optional for
+    lexical, where they only fill in ``dense_score``). ``filter`` restricts results to rows whose
+    metadata match (see :mod:`semsearch.filters`); ``hybrid`` overrides :data:`DEFAULT_HYBRID`.
+    """
+    check_choice(mode, MODES, "search mode")
+    if k < 1:
+        raise InvalidInputError(f"k must be >= 1, got {k}")
+    if query_vectors is not None:
+        query_vectors = np.ascontiguousarray(query_vectors, dtype=np.float32)
+        if query_vectors.ndim != 2 or len(query_vectors) != len(queries):
+            raise InvalidInputError(
+                f"{len(queries)} queries but query vectors of shape {tuple(query_vectors.shape)}"
+            )
+    elif mode != "lexical":
+        raise InvalidInputError(f"{mode} search needs the encoded query vectors")
+    compiled = compile_filter(filter)
+    allowed = matching_iids(index.docs.conn, compiled, index) if compiled else None
+    if not queries:
+        return []
+    if allowed is not None and len(allowed) == 0:
+        return [[] for _ in queries]
+    if mode == "dense":
+        assert query_vectors is not None
+        results = index.search(query_vectors, k, allowed)
+        for row in results:
+            for h in row:
+                h.dense_score = h.score
+        return results
+    if mode == "lexical":
+        return _lexical(index, queries, query_vectors, k, compiled)
+    assert query_vectors is not None
+    return _hybrid(index, queries, query_vectors, k, compiled, allowed, hybrid or DEFAULT_HYBRID)
+
+
+def _lexical(
+    index: SearchIndex,
+    queries: Sequence[str],
+    query_vectors: np.ndarray | None,
+    k: int,
+    compiled: CompiledFilter,
+) -> list[list[Hit]]:
+    rows: list[list[Candidate]] = []
+    for text in queries:
+        scores, iids = bm25_search(index.docs.conn, text, k, compiled.where or None, compiled.params)
+        rows.append(
+            [Candidate(int(i), lexical=float(s), fused=float(s)) for s, i in zip(scores, iids, strict=True)]
+        )
+    if query_vectors is not None:
+        _fill_dense(index, query_vectors, rows)
+    return _to_hits(index, rows)
+
+
+def _hybrid(
+    index: SearchIndex,
+    queries: Sequence[str],
+    query_vectors: np.ndarray,
+    k: int,
+    compiled: CompiledFilter,
+    allowed: np.ndarray | None,
+    params: HybridParams,
+) -> list[list[Hit]]:
+    depth = max(params.depth, k)
+    d_scores, d_iids = index.vectors.search(query_vectors, depth, allowed)
+    rows: list[list[Candidate]] = []
+    for qi, text in enumerate(queries):
+        cands: dict[int, Candidate] = {}
+        for rank, (s, i) in enumerate(zip(d_scores[qi], d_iids[qi], strict=True), start=1):
+            if i >= 0:
+                cands[int(i)] = Candidate(int(i), dense=float(s), dense_rank=rank)
+        l_scores, l_iids = bm25_search(index.docs.conn, text, depth, compiled.where or None, compiled.params)
+        for rank, (s, i) in enumerate(zip(l_scores, l_iids, strict=True), start=1):
+            c = cands.setdefault(int(i), Candidate(int(i)))
+            c.lexical, c.lexical_rank = float(s), rank
+        rows.append(list(cands.values()))
+    if params.method != "rrf":  # score fusion needs both scores of every candidate
+        _fill_dense(index, query_vectors, rows)
+        _fill_lexical(index, queries, rows)
+    ranked = [fuse(row, params)[:k] for row in rows]
+    if params.method == "rrf":  # only the returned hits need their missing component
+        _fill_dense(index, query_vectors, ranked)
+        _fill_lexical(index, queries, ranked)
+    return _to_hits(index, ranked)
+
+
+def fuse(cands: list[Candidate], params: HybridParams) -> list[Candidate]:
+    """Set ``fused`` on each candidate and sort best first (ties: higher cosine, then lower iid)."""
+    w = params.weight
+    if params.method == "rrf":
+        for c in cands:
+            c.fused = (w / (params.rrf_k + c.dense_rank) if c.dense_rank else 0.0) + (
+                (1.0 - w) / (params.rrf_k + c.lexical_rank) if c.lexical_rank else 0.0
+            )
+    elif cands:
+        dense = _normalize(np.array([c.dense if c.dense is not None else -1.0 for c in cands]), params.method)
+        lex = _normalize(np.array([c.lexical or 0.0 for c in cands]), params.method)
+        for c, d, lx in zip(cands, dense, lex, strict=True):
+            c.fused = float(w * d + (1.0 - w) * lx)
+    return sorted(cands, key=lambda c: (-c.fused, -(c.dense if c.dense is not None else -np.inf), c.iid))
+
+
+def _normalize(x: np.ndarray, method: str) -> np.ndarray:
+    if method == "minmax":
+        span = float(x.max() - x.min())
+        return (x - x.min()) / span if span > 0 else np.zeros_like(x)
+    std = float(x.std())
+    return (x - x.mean()) / std if std > 0 else np.zeros_like(x)
+
+
+def _fill_dense(index: SearchIndex, query_vectors: np.ndarray, rows: list[list[Candidate]]) -> None:
+    """Exact cosine for candidates that lack it (one gather per query)."""
+    for qi, row in enumerate(rows):
+        missing = [c for c in row if c.dense is None]
+        if not missing:
+            continue
+        iids = np.array([[c.iid for c in missing]], dtype=np.int64)
+        scores = index.vectors.exact_scores(query_vectors[qi : qi + 1], iids)[0]
+        for c, s in zip(missing, scores, strict=True):
+            c.dense = float(s)
+
+
+def _fill_lexical(index: SearchIndex, queries: Sequence[str], rows: list[list[Candidate]]) -> None:
+    """BM25 for candidates that lack it (0.0 for a row that matches no query term)."""
+    for text, row in zip(queries, rows, strict=True):
+        missing = [c for c in row if c.lexical is None]
+        if not missing:
+            continue
+        found = bm25_scores(index.docs.conn, text, [c.iid for c in missing])
+        for c in missing:
+            c.lexical = found.get(c.iid, 0.0)
+
+
+def _to_hits(index: SearchIndex, rows: list[list[Candidate]]) -> list[list[Hit]]:
+    docs = index.docs.get({c.iid for row in rows for c in row})
+    out: list[list[Hit]] = []
+    for row in rows:
+        hits: list[Hit] = []
+        for c in row:
+            doc = docs.get(c.iid)
+            if doc is None:
+                continue
+            hits.append(
+                Hit(
+                    doc.id,
+                    doc.text,
+                    c.fused,
+                    doc.metadata,
+                    doc.iid,
+                    doc.doc_id,
+                    doc.start,
+                    doc.end,
+                    dense_score=c.dense,
+                    lexical_score=c.lexical,
+                )
+            )
+        out.append(hits)
+    return out
+
+
+def rerank(
+    reranker: Reranker, queries: Sequence[str], results: Sequence[Sequence[Hit]], k: int, batch_size: int = 32
+) -> list[list[Hit]]:
+    """Rerank each query's hits with a cross-encoder and keep the top k.
+
+    The new ``score`` is :meth:`Reranker.score` (fused with the hits' cosine when the reranker
+    configures fusion; the cosine is ``dense_score``, or ``score`` for plain dense hits).
+    """
+    out: list[list[Hit]] = []
+    for query, hits in zip(queries, results, strict=True):
+        if not hits:
+            out.append([])
+            continue
+        cos = [h.dense_score for h in hits]
+        retrieval = None if any(c is None for c in cos) else [float(c) for c in cos if c is not None]
+        scores = reranker.score(
+            query, [h.text for h in hits], retrieval_scores=retrieval, batch_size=batch_size
+        )
+        order = np.argsort(-scores, kind="stable")[:k]
+        out.append([replace(hits[int(i)], score=float(scores[int(i)])) for i in order])
+    return out

@@ -1,0 +1,75 @@
+"""The bi-encoder: pooling really differs, CLS is the first token, vectors are unit length."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from semsearch.encoder import Encoder, pool_and_normalize
+from semsearch.errors import InvalidInputError
+
+TEXTS = [
+    "A man is playing a guitar.",
+    "The quick brown fox jumps over the lazy dog near the river bank.",
+    "cats",
+    "Stock markets fell sharply on Monday after the announcement.",
+]
+
+
+@pytest.fixture(scope="module")
+def cls_encoder():
+    return Encoder(pooling="cls")
+
+
+def _token_outputs(enc: Encoder, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    feats = enc.tokenizer(texts, padding=True, truncation=True, max_length=enc.max_seq_length, return_tensors="pt")
+    with torch.inference_mode():
+        hidden = enc._st[0].auto_model(**feats).last_hidden_state
+    return hidden.numpy(), feats["attention_mask"].numpy()
+
+
+def test_vectors_are_unit_length_and_ordered(encoder):
+    vecs = encoder.encode(TEXTS)
+    assert vecs.shape == (len(TEXTS), 384) and vecs.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-5)
+    # Length-sorted batching must not permute the output: encoding one by one gives the same rows.
+    singles = np.vstack([encoder.encode([t]) for t in TEXTS])
+    np.testing.assert_allclose(vecs, singles, atol=1e-5)
+
+
+def test_mean_pooling_is_masked_token_average(encoder):
+    hidden, mask = _token_outputs(encoder, TEXTS)
+    expected = pool_and_normalize(hidden, mask, "mean")
+    np.testing.assert_allclose(encoder.encode(TEXTS), expected, atol=1e-5)
+
+
+def test_cls_pooling_uses_the_first_token(cls_encoder, encoder):
+    hidden, _ = _token_outputs(cls_encoder, TEXTS)
+    first = hidden[:, 0, :] / np.linalg.norm(hidden[:, 0, :], axis=1, keepdims=True)
+    cls_vecs = cls_encoder.encode(TEXTS)
+    np.testing.assert_allclose(cls_vecs, first, atol=1e-5)
+    # ... and it is not the model's own (mean) pooling in disguise.
+    cosines = (cls_vecs * encoder.encode(TEXTS)).sum(axis=1)
+    assert (cosines < 0.95).all(), cosines
+    assert cls_encoder.model_pooling == "mean"  # the shipped model pools by mean; we overrode it
+
+
+def test_truncation_is_counted():
+    enc = Encoder(max_seq_length=16)
+    before = enc.stats.truncated
+    enc.encode(["short one", "word " * 40, "another " * 30])
+    assert enc.stats.truncated - before == 2
+    assert enc.max_seq_length == 16
+
+
+def test_semantics_sanity(encoder):
+    a, b, c = encoder.encode(["A man is playing a guitar.", "Someone plays an instrument.", "The stock market fell."])
+    assert float(a @ b) > float(a @ c) + 0.2
+
+
+def test_bad_choices_list_the_valid_ones():
+    with pytest.raises(InvalidInputError, match="mean, cls"):
+        Encoder(pooling="max")  # type: ignore[arg-type]
+    with pytest.raises(InvalidInputError, match="torch, onnx, onnx-int8"):
+        Encoder(backend="tensorrt")  # type: ignore[arg-type]
