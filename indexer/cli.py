@@ -260,21 +260,12 @@ _register_extra_commands()
 
 
 def main() -> None:
-    """Console-script entry point: map semsearch errors to exit code 1 with one clear line."""
+    """Console-script entry point: semsearch errors become exit code 1 with one clear line.
+
+    Usage errors (exit 2), ``typer.Exit`` codes and Ctrl-C are handled by typer's standalone mode.
+    """
     try:
-        app(standalone_mode=False)
+        app()
     except SemsearchError as e:
         typer.echo(f"error: {e.message}", err=True)
         sys.exit(1)
-    except typer.Exit as e:
-        sys.exit(e.exit_code)
-    except typer.Abort:
-        typer.echo("aborted", err=True)
-        sys.exit(130)
-    except Exception as e:  # click usage errors carry exit code 2
-        import click
-
-        if isinstance(e, click.ClickException):
-            e.show()
-            sys.exit(e.exit_code)
-        raise

@@ -66,7 +66,7 @@ def resolve_params(index_type: str, n: int, dim: int, given: dict[str, Any] | No
             raise InvalidInputError(f"unknown index parameter {key!r}; valid: {', '.join(PARAM_TYPES)}")
     p: dict[str, Any] = {}
     if index_type in ("hnsw", "hnsw-sq8"):
-        p.update(M=32, ef_construction=80, ef_search=64)
+        p.update(M=32, ef_construction=100, ef_search=128)
     if index_type in ("ivf", "pq"):
         nlist = given.get("nlist") or default_nlist(n)
         p.update(nlist=nlist, nprobe=max(1, min(nlist, max(8, nlist // 8))))
