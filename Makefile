@@ -36,3 +36,7 @@ lint: install
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+
+# Docker image + compose stack, tested for real in a local engine (tests/container/run.sh, docs/docker.md).
+container-test:
+	bash tests/container/run.sh
