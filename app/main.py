@@ -1,0 +1,71 @@
+"""The app factory: ``create_app(settings)``; ``uvicorn --factory app.main:create_app`` reads the environment.
+
+The lifespan loads the model, index and reranker once (in a worker thread), starts the micro-batcher and
+the reload poller, and stops them again on shutdown (uvicorn turns SIGTERM into a graceful shutdown:
+in-flight requests finish first).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.staticfiles import StaticFiles
+
+from app.errors import install_error_handlers
+from app.metrics import Metrics, MetricsMiddleware
+from app.routes import admin, embed, rerank, search, status, web
+from app.runtime import Runtime
+from app.security import ApiKeyMiddleware, BodyLimitMiddleware
+from app.serving import Services
+from app.settings import Settings, get_settings
+from semsearch import __version__
+
+log = logging.getLogger(__name__)
+
+DESCRIPTION = """Semantic search over a semsearch index (sentence embeddings + FAISS), with optional
+cross-encoder reranking. Every error has the shape `{"error": {"code", "message", "detail"}}`.
+When an API key is configured, send `Authorization: Bearer <key>`."""
+
+
+def create_app(settings: Settings | None = None, *, services: Services | None = None) -> FastAPI:
+    """Build the service. ``settings`` default to the environment (:func:`get_settings`); ``services``
+    may be loaded beforehand (``python -m app`` does, to fail before binding the port)."""
+    settings = settings or get_settings()
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        loaded = services if services is not None else await asyncio.to_thread(Services.load, settings)
+        runtime = Runtime.start(settings, loaded, metrics)
+        app.state.runtime = runtime
+        try:
+            yield
+        finally:
+            await runtime.stop()
+            log.info("semsearch stopped")
+
+    app = FastAPI(title="semsearch", version=__version__, description=DESCRIPTION, lifespan=lifespan)
+    app.state.settings = settings
+    app.state.metrics = metrics
+    app.state.runtime = None
+    install_error_handlers(app)
+    for module in (search, embed, rerank, status, admin, web):
+        app.include_router(module.router)
+    app.mount("/static", StaticFiles(directory=web.STATIC_DIR), name="static")
+    # added innermost first: metrics sees everything, CORS answers preflights before the key check
+    app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
+    app.add_middleware(ApiKeyMiddleware, api_key=settings.api_key_bytes())
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type"],
+        )
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    return app

@@ -1,0 +1,97 @@
+"""Prometheus metrics: one ``CollectorRegistry`` per app (tests run several apps in one process)."""
+
+from __future__ import annotations
+
+import time
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+class Metrics:
+    """The service's metrics, registered in their own registry."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "semsearch_http_requests_total",
+            "HTTP requests by route template, method and status.",
+            ("method", "route", "status"),
+            registry=r,
+        )
+        self.latency = Histogram(
+            "semsearch_http_request_duration_seconds",
+            "HTTP request latency by route template, method and status.",
+            ("method", "route", "status"),
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.encode_batch_size = Histogram(
+            "semsearch_encode_batch_size",
+            "Texts per Encoder.encode call (micro-batch size).",
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
+        self.encode_seconds = Histogram(
+            "semsearch_encode_batch_seconds",
+            "Time of one micro-batch: encode plus search.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.queue_depth = Gauge(
+            "semsearch_queue_depth",
+            "Requests waiting for the encoder worker.",
+            registry=r,
+        )
+        self.rerank_in_flight = Gauge(
+            "semsearch_rerank_in_flight",
+            "Rerank requests queued or running.",
+            registry=r,
+        )
+        self.rerank_seconds = Histogram(
+            "semsearch_rerank_seconds",
+            "Cross-encoder scoring time per request.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.index_size = Gauge("semsearch_index_size", "Sentences in the served index version.", registry=r)
+        self.reloads = Counter(
+            "semsearch_reloads_total",
+            "Index reload attempts by outcome (reloaded, failed).",
+            ("outcome",),
+            registry=r,
+        )
+
+
+class MetricsMiddleware:
+    """Counts and times every HTTP request under its route *template* (``/search``, never raw paths)."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            route = scope.get("route")
+            template = getattr(route, "path", None) or "unmatched"
+            labels = (scope["method"], template, str(status))
+            self.metrics.requests.labels(*labels).inc()
+            self.metrics.latency.labels(*labels).observe(time.perf_counter() - started)

@@ -1,0 +1,1 @@
+"""One router per feature: search, embed, rerank, status, admin, web page."""

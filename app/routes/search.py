@@ -1,0 +1,123 @@
+"""``/search`` (POST and GET) and ``/search/batch``: micro-batched retrieval, optional reranking."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query
+
+from app.batcher import SearchSpec
+from app.deps import RuntimeDep
+from app.errors import invalid
+from app.runtime import Runtime
+from app.schemas import (
+    BatchSearchRequest,
+    BatchSearchResponse,
+    ErrorResponse,
+    SearchHit,
+    SearchOptions,
+    SearchRequest,
+    SearchResponse,
+    Source,
+    check_range,
+    check_text,
+)
+from semsearch.index import Hit
+from semsearch.search import Mode
+
+router = APIRouter(tags=["search"])
+
+RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse, "description": what}
+    for status, what in (
+        (422, "Invalid input (blank or too long query, k out of range, bad filter or mode)."),
+        (429, "Overloaded: the queue is full; see Retry-After."),
+        (503, "Not ready, or rerank requested without a configured reranker."),
+    )
+}
+
+
+def _hit(hit: Hit, reranked: bool) -> SearchHit:
+    return SearchHit(
+        id=hit.id,
+        text=hit.text,
+        score=hit.score,
+        metadata=hit.metadata,
+        source=Source(doc_id=hit.doc_id, start=hit.start, end=hit.end) if hit.doc_id is not None else None,
+        retrieval_score=hit.dense_score if reranked else None,
+    )
+
+
+async def run_search(
+    rt: Runtime, queries: Sequence[str], opts: SearchOptions
+) -> tuple[list[list[SearchHit]], str]:
+    """Retrieve (micro-batched) and, when asked, rerank the top ``candidates`` of each query."""
+    if opts.rerank:
+        rt.reranking.require()  # 503 before any work: rerank is never silently skipped
+    fetch = max(opts.k, opts.candidates) if opts.rerank else opts.k
+    spec = SearchSpec(fetch, opts.mode, opts.filter, cosines=opts.rerank)
+    outcome = await rt.batcher.search(queries, spec)
+    rows = await rt.reranking.rerank(queries, outcome.hits, opts.k) if opts.rerank else outcome.hits
+    return [[_hit(h, opts.rerank) for h in row] for row in rows], outcome.index_version
+
+
+def _took_ms(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000, 3)
+
+
+@router.post("/search", response_model=SearchResponse, response_model_exclude_none=True, responses=RESPONSES)
+async def search(body: SearchRequest, rt: RuntimeDep) -> SearchResponse:
+    """Top-k sentences for a query, best first (score = cosine; the reranker's score with `rerank`)."""
+    started = time.perf_counter()
+    body.check_limits(rt.settings)
+    rows, version = await run_search(rt, [body.query], body)
+    return SearchResponse(
+        results=rows[0], took_ms=_took_ms(started), index_version=version, reranked=body.rerank
+    )
+
+
+@router.get("/search", response_model=SearchResponse, response_model_exclude_none=True, responses=RESPONSES)
+async def search_get(
+    rt: RuntimeDep,
+    q: Annotated[str, Query(min_length=1, description="The query text.")],
+    k: Annotated[int, Query(ge=1, description="Number of results (1..max_k).")] = 10,
+    mode: Annotated[Mode, Query(description="dense, lexical or hybrid.")] = "dense",
+    filter: Annotated[str | None, Query(description='Metadata filter as JSON, e.g. {"pos":"n"}.')] = None,
+    rerank: Annotated[bool, Query(description="Rerank with the cross-encoder.")] = False,
+    candidates: Annotated[int, Query(ge=1, description="Hits rescored when reranking.")] = 50,
+) -> SearchResponse:
+    """`POST /search` for browsers and curl: `GET /search?q=a+large+wild+cat&k=5`."""
+    started = time.perf_counter()
+    s = rt.settings
+    if not q.strip():
+        raise invalid(["query", "q"], "must not be empty or only whitespace")
+    check_text(["query", "q"], q, s.max_query_chars, "SEMSEARCH_MAX_QUERY_CHARS")
+    check_range(["query", "k"], k, s.max_k, "SEMSEARCH_MAX_K")
+    check_range(["query", "candidates"], candidates, s.max_candidates, "SEMSEARCH_MAX_CANDIDATES")
+    parsed: dict[str, Any] | None = None
+    if filter is not None:
+        try:
+            parsed = json.loads(filter)
+        except json.JSONDecodeError as e:
+            raise invalid(["query", "filter"], f"is not valid JSON: {e}", "json_invalid") from e
+        if not isinstance(parsed, dict):
+            raise invalid(["query", "filter"], "must be a JSON object", "dict_type")
+    opts = SearchOptions(k=k, mode=mode, filter=parsed, rerank=rerank, candidates=candidates)
+    rows, version = await run_search(rt, [q], opts)
+    return SearchResponse(results=rows[0], took_ms=_took_ms(started), index_version=version, reranked=rerank)
+
+
+@router.post(
+    "/search/batch", response_model=BatchSearchResponse, response_model_exclude_none=True, responses=RESPONSES
+)
+async def search_batch(body: BatchSearchRequest, rt: RuntimeDep) -> BatchSearchResponse:
+    """Several queries at once, encoded in one batch; one result list per query, in order."""
+    started = time.perf_counter()
+    body.check_limits(rt.settings)
+    rows, version = await run_search(rt, body.queries, body)
+    return BatchSearchResponse(
+        results=rows, took_ms=_took_ms(started), index_version=version, reranked=body.rerank
+    )

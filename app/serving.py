@@ -1,0 +1,159 @@
+"""What the service serves: the encoder, the current index version (swappable) and the optional reranker.
+
+Loop-agnostic and HTTP-free; :meth:`Services.load` is the whole startup check: the index loads and
+passes its quick integrity checks, the encoder is the one recorded in the manifest (same fingerprint
+and pooling, ``check_encoder``), and the reranker, when configured, loads.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from app.settings import Settings
+from semsearch.encoder import Encoder
+from semsearch.index import SearchIndex
+from semsearch.rerank import Reranker
+
+log = logging.getLogger(__name__)
+
+
+class _Served:
+    """One loaded version and how many batches are using it."""
+
+    __slots__ = ("index", "retired", "users")
+
+    def __init__(self, index: SearchIndex) -> None:
+        self.index = index
+        self.users = 0
+        self.retired = False
+
+
+class IndexHolder:
+    """The current :class:`SearchIndex`, swapped atomically on reload.
+
+    Users borrow the version that is current when they start (:meth:`use`) and finish on it even
+    if a reload swaps in another; a replaced version is closed when its last user returns it.
+    """
+
+    def __init__(self, index: SearchIndex) -> None:
+        self._lock = threading.Lock()
+        self._served = _Served(index)
+
+    @property
+    def current(self) -> SearchIndex:
+        """The current version, for metadata only (searches go through :meth:`use`)."""
+        return self._served.index
+
+    @contextmanager
+    def use(self) -> Iterator[SearchIndex]:
+        with self._lock:
+            served = self._served
+            served.users += 1
+        try:
+            yield served.index
+        finally:
+            with self._lock:
+                served.users -= 1
+                close = served.retired and served.users == 0
+            if close:
+                _close(served.index)
+
+    def swap(self, index: SearchIndex) -> SearchIndex:
+        """Make ``index`` current; returns the previous version (closed once unused)."""
+        with self._lock:
+            old = self._served
+            self._served = _Served(index)
+            old.retired = True
+            close = old.users == 0
+        if close:
+            _close(old.index)
+        return old.index
+
+    def close(self) -> None:
+        with self._lock:
+            self._served.retired = True
+            close = self._served.users == 0
+        if close:
+            _close(self._served.index)
+
+
+def _close(index: SearchIndex) -> None:
+    log.debug("closing index version %s", index.directory)
+    index.close()
+
+
+def version_name(index: SearchIndex) -> str:
+    """The version directory's name (what ``current`` points at), e.g. ``v000002``."""
+    return index.directory.name
+
+
+def set_threads(n: int) -> None:
+    """Intra-op threads of torch and FAISS (OpenMP) for this process."""
+    import faiss
+    import torch
+
+    torch.set_num_threads(n)
+    faiss.omp_set_num_threads(n)
+
+
+def load_index(path: Path, encoder: Encoder) -> SearchIndex:
+    """Load and check an index version for ``encoder``; a refused version is closed again."""
+    index = SearchIndex.load(path, mmap=True, check=True)
+    try:
+        index.check_encoder(encoder.fingerprint, encoder.name, encoder.pooling)
+    except Exception:
+        index.close()
+        raise
+    return index
+
+
+@dataclass
+class Services:
+    """The loaded encoder, index and reranker of one service instance."""
+
+    encoder: Encoder
+    indexes: IndexHolder
+    reranker: Reranker | None
+
+    @classmethod
+    def load(cls, settings: Settings) -> Services:
+        """Load everything or raise the core error that says why not (nothing half-started)."""
+        set_threads(settings.workers_threads)
+        index = SearchIndex.load(settings.index, mmap=True, check=True)
+        m = index.manifest
+        try:
+            encoder = Encoder(
+                model=settings.model or m.model,
+                pooling=m.pooling,  # type: ignore[arg-type]
+                backend=settings.backend or m.backend,  # type: ignore[arg-type]
+                max_seq_length=m.max_seq_length,
+                num_threads=settings.workers_threads,
+            )
+            index.check_encoder(encoder.fingerprint, encoder.name, encoder.pooling)
+            reranker = Reranker(settings.reranker) if settings.reranker else None
+            encoder.encode(["warm-up"])  # the first forward pass is slow; pay it before serving
+            if reranker is not None:
+                reranker.score("warm-up", ["warm-up"])
+        except Exception:
+            index.close()
+            raise
+        log.info(
+            "serving index %s (%s, %d sentences) with %s (pooling %s, backend %s), %d threads, reranker %s",
+            index.directory,
+            m.version,
+            m.count,
+            encoder.name,
+            encoder.pooling,
+            encoder.backend,
+            settings.workers_threads,
+            settings.reranker or "none",
+        )
+        return cls(encoder, IndexHolder(index), reranker)
+
+    def close(self) -> None:
+        self.indexes.close()

@@ -1,0 +1,202 @@
+"""The service's one settings class: every option, from ``SEMSEARCH_*`` environment variables or the CLI.
+
+``python -m app`` builds its flags from these fields (``--max-k`` for ``max_k``); ``create_app()`` without
+arguments reads the environment through :func:`get_settings` (cached); tests pass their own ``Settings``.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from semsearch.encoder import Backend
+from semsearch.errors import SemsearchError
+from semsearch.layout import resolve_version_dir
+
+ENV_PREFIX = "SEMSEARCH_"
+LogLevel = Literal["debug", "info", "warning", "error"]
+
+
+def default_threads() -> int:
+    """CPU cores this process may run on (affinity-aware)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+class Settings(BaseSettings):
+    """Service configuration. Field ``x`` is env ``SEMSEARCH_X`` and flag ``--x`` (underscores as dashes)."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", validate_default=True)
+
+    # --- what to serve
+    index: Path = Field(
+        description="Index root directory (follows its `current` version) or a version directory."
+    )
+    model: str | None = Field(
+        None,
+        description="Expected encoder model; startup is refused if it is not the model the index was "
+        "built with. Default: the manifest's model.",
+    )
+    backend: Backend | None = Field(
+        None, description="Encoder backend (torch, onnx, onnx-int8). Default: the manifest's."
+    )
+    reranker: str | None = Field(
+        None, description="Cross-encoder reranker: a local folder (e.g. from `make reranker`) or a hub name."
+    )
+    # --- network
+    host: str = Field("127.0.0.1", description="Interface to bind.")
+    port: int = Field(8000, ge=0, le=65535, description="TCP port (0 picks a free one).")
+    api_key: SecretStr | None = Field(
+        None,
+        description="If set, every route except /health, the web page and the API docs needs "
+        "`Authorization: Bearer KEY`; admin routes are refused (403) while it is unset.",
+    )
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated origins allowed by CORS (`*` for any). Empty: CORS off.",
+    )
+    # --- limits
+    max_query_chars: int = Field(1000, ge=1, le=100_000, description="Longest accepted query (characters).")
+    max_k: int = Field(100, ge=1, le=10_000, description="Largest accepted `k`.")
+    max_batch_queries: int = Field(
+        64, ge=1, le=10_000, description="Most queries in one /search/batch request."
+    )
+    max_embed_texts: int = Field(64, ge=1, le=10_000, description="Most texts in one /embed request.")
+    max_text_chars: int = Field(
+        4000, ge=1, le=1_000_000, description="Longest text accepted by /embed and /rerank."
+    )
+    max_rerank_texts: int = Field(200, ge=1, le=10_000, description="Most texts in one /rerank request.")
+    max_body_bytes: int = Field(
+        2_000_000,
+        ge=1024,
+        le=1_000_000_000,
+        description="Largest accepted request body (bytes); larger is 413.",
+    )
+    max_candidates: int = Field(
+        200,
+        ge=1,
+        le=10_000,
+        description="Largest `candidates` (bi-encoder hits rescored) for /search with rerank.",
+    )
+    # --- concurrency
+    workers_threads: int = Field(
+        default_factory=default_threads,
+        ge=1,
+        le=1024,
+        description="Threads for torch and FAISS (intra-op). Default: the cores this process may use.",
+    )
+    batch_window_ms: float = Field(
+        2.0,
+        ge=0,
+        le=1000,
+        description="How long the micro-batcher waits for more requests after the first one.",
+    )
+    max_batch: int = Field(
+        32,
+        ge=1,
+        le=4096,
+        description="Most texts encoded in one micro-batch; 1 disables batching (baseline).",
+    )
+    max_queue: int = Field(
+        256,
+        ge=1,
+        le=1_000_000,
+        description="Requests waiting for the encoder (and for the reranker) before 429.",
+    )
+    retry_after_s: int = Field(1, ge=1, le=3600, description="`Retry-After` seconds sent with 429.")
+    # --- operations
+    reload_poll_s: float = Field(
+        2.0,
+        ge=0,
+        le=86_400,
+        description="Seconds between checks of the index's `current` version; 0 disables polling.",
+    )
+    log_level: LogLevel = Field("info", description="Log level of `python -m app`.")
+    access_log: bool = Field(True, description="Log one line per HTTP request (uvicorn access log).")
+
+    @field_validator("index")
+    @classmethod
+    def _index_exists(cls, value: Path) -> Path:
+        path = value.expanduser()
+        if not path.exists():
+            raise ValueError(
+                f"{path} does not exist; build an index with "
+                f"`python -m indexer build --input FILE --output {path}` "
+                "or point SEMSEARCH_INDEX / --index at one"
+            )
+        try:
+            resolve_version_dir(path)
+        except SemsearchError as e:
+            raise ValueError(e.message) from e
+        return path.resolve()
+
+    @field_validator("model", "reranker", "api_key", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("reranker")
+    @classmethod
+    def _reranker_path(cls, value: str | None) -> str | None:
+        if value is not None and value.startswith((".", "/", "~")) and not Path(value).expanduser().exists():
+            raise ValueError(f"reranker folder {value} does not exist; train one with `make reranker`")
+        return value
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [o.strip() for o in value.split(",") if o.strip()]
+        return value
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins_are_urls(cls, value: list[str]) -> list[str]:
+        bad = [o for o in value if o != "*" and not o.startswith(("http://", "https://"))]
+        if bad:
+            raise ValueError(f"CORS origins must be `*` or start with http:// or https://, got {bad}")
+        return value
+
+    @property
+    def batching(self) -> bool:
+        """False for the unbatched baseline (``max_batch=1``)."""
+        return self.max_batch > 1
+
+    def api_key_bytes(self) -> bytes | None:
+        return self.api_key.get_secret_value().encode() if self.api_key is not None else None
+
+
+class ConfigError(ValueError):
+    """Settings could not be built; the message names the env variables / flags to fix."""
+
+
+def explain(error: ValidationError) -> str:
+    """A validation error as lines naming both the env variable and the flag."""
+    lines = []
+    for e in error.errors(include_url=False):
+        field = str(e["loc"][0]) if e["loc"] else "?"
+        where = f"{ENV_PREFIX}{field.upper()} / --{field.replace('_', '-')}"
+        msg = e["msg"].removeprefix("Value error, ")
+        lines.append(f"{where}: {msg}")
+    return "invalid semsearch settings:\n  " + "\n  ".join(lines)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Settings from the environment plus ``overrides``; a :class:`ConfigError` that reads well on failure."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as e:
+        raise ConfigError(explain(e)) from None
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings from the environment (cached; tests build their own ``Settings``)."""
+    return load_settings()

@@ -1,0 +1,303 @@
+"""HTTP benchmark of the search service: micro-batched server vs an unbatched baseline, same run.
+
+Starts the real server (``python -m app``, a subprocess) twice on the sample index: once with the
+default micro-batching and once with ``SEMSEARCH_MAX_BATCH=1`` (every request encoded alone). Each is
+driven by closed-loop asyncio httpx clients at several concurrency levels with real ~30-token
+queries (WordNet glosses of 26-34 tokens), for a fixed duration per level after a warm-up. Prints a
+table (queries/s, p50, p99, mean encode batch size from /metrics), and saves JSON + a PNG plot with
+the machine description under ``bench/results/``.
+
+    python bench/http_bench.py --index data/index/sample          # make sample-index builds it
+    python bench/http_bench.py --index /tmp/idx --duration 5 --concurrency 1 8 32
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gzip
+import json
+import os
+import platform
+import random
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE = REPO / "data" / "sample" / "wordnet_glosses.jsonl.gz"
+RESULTS = REPO / "bench" / "results"
+SERVING_RE = re.compile(r"semsearch serving .* at (http://\S+?)/ ")
+SERVERS: dict[str, dict[str, str]] = {
+    "micro-batched": {},  # the defaults: 2 ms window, up to 32 texts per encode
+    "unbatched": {"SEMSEARCH_MAX_BATCH": "1"},  # baseline: each request encoded alone
+}
+
+
+@dataclass
+class Level:
+    server: str
+    concurrency: int
+    requests: int
+    errors: int
+    seconds: float
+    qps: float
+    p50_ms: float
+    p99_ms: float
+    mean_ms: float
+    mean_batch: float
+
+
+def load_queries(n: int, lo: int = 26, hi: int = 34, seed: int = 0) -> list[str]:
+    """Real sentences of lo..hi tokens (the model's own tokenizer, special tokens included)."""
+    from transformers import AutoTokenizer
+
+    from semsearch.models import resolve_model
+
+    tokenizer = AutoTokenizer.from_pretrained(str(resolve_model(None).path))
+    with gzip.open(SAMPLE, "rt", encoding="utf-8") as fh:
+        texts = [json.loads(line)["text"] for line in fh]
+    lengths = [len(ids) for ids in tokenizer(texts)["input_ids"]]
+    picked = [t for t, n_tok in zip(texts, lengths, strict=True) if lo <= n_tok <= hi]
+    random.Random(seed).shuffle(picked)
+    return picked[:n]
+
+
+def machine() -> dict[str, Any]:
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:
+        usable = os.cpu_count() or 0
+    import torch
+
+    return {
+        "cpu": cpu,
+        "logical_cores": os.cpu_count(),
+        "usable_cores": usable,
+        "loadavg_at_start": list(os.getloadavg()),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+    }
+
+
+class Server:
+    """``python -m app`` on a free port; stopped with SIGTERM."""
+
+    def __init__(self, index: Path, env: dict[str, str]) -> None:
+        full_env = {k: v for k, v in os.environ.items() if not k.startswith("SEMSEARCH_")}
+        full_env.update({"SEMSEARCH_ACCESS_LOG": "false", "SEMSEARCH_RELOAD_POLL_S": "0", **env})
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "app", "--index", str(index), "--port", "0"],
+            cwd=REPO,
+            env=full_env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self.url = ""
+        self.lines: list[str] = []
+        self._ready = threading.Event()
+        threading.Thread(target=self._read, daemon=True).start()
+        if not self._ready.wait(300) or not self.url:
+            self.stop()
+            raise SystemExit("server did not start:\n" + "".join(self.lines))
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line)
+            if m := SERVING_RE.search(line):
+                self.url = m.group(1)
+                self._ready.set()
+        self._ready.set()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+def batch_totals(client: httpx.Client) -> tuple[float, float]:
+    """(encode calls, texts encoded) so far, from /metrics."""
+    text = client.get("/metrics").text
+    count = re.search(r"^semsearch_encode_batch_size_count (\S+)$", text, re.MULTILINE)
+    total = re.search(r"^semsearch_encode_batch_size_sum (\S+)$", text, re.MULTILINE)
+    return (float(count.group(1)) if count else 0.0, float(total.group(1)) if total else 0.0)
+
+
+async def drive(
+    url: str, queries: list[str], concurrency: int, duration: float, k: int
+) -> tuple[list[float], int]:
+    """Closed loop: each of ``concurrency`` clients sends its next query when the last one returns."""
+    latencies: list[float] = []
+    errors = 0
+    deadline = time.perf_counter() + duration
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
+
+        async def user(i: int) -> None:
+            nonlocal errors
+            j = i
+            while time.perf_counter() < deadline:
+                started = time.perf_counter()
+                response = await client.post("/search", json={"query": queries[j % len(queries)], "k": k})
+                if response.status_code == 200:
+                    latencies.append(time.perf_counter() - started)
+                else:
+                    errors += 1
+                j += concurrency
+
+        await asyncio.gather(*(user(i) for i in range(concurrency)))
+    return latencies, errors
+
+
+def run_server(name: str, index: Path, queries: list[str], args: argparse.Namespace) -> list[Level]:
+    server = Server(index, SERVERS[name])
+    levels = []
+    try:
+        with httpx.Client(base_url=server.url, timeout=60) as client:
+            asyncio.run(drive(server.url, queries, max(args.concurrency), args.warmup, args.k))  # warm-up
+            for concurrency in args.concurrency:
+                calls0, texts0 = batch_totals(client)
+                started = time.perf_counter()
+                latencies, errors = asyncio.run(
+                    drive(server.url, queries, concurrency, args.duration, args.k)
+                )
+                seconds = time.perf_counter() - started
+                calls1, texts1 = batch_totals(client)
+                ms = np.asarray(latencies) * 1000
+                level = Level(
+                    server=name,
+                    concurrency=concurrency,
+                    requests=len(latencies),
+                    errors=errors,
+                    seconds=round(seconds, 2),
+                    qps=round(len(latencies) / seconds, 1),
+                    p50_ms=round(float(np.percentile(ms, 50)), 1),
+                    p99_ms=round(float(np.percentile(ms, 99)), 1),
+                    mean_ms=round(float(ms.mean()), 1),
+                    mean_batch=round((texts1 - texts0) / max(1.0, calls1 - calls0), 2),
+                )
+                levels.append(level)
+                print(
+                    f"  {name:>13}  c={concurrency:<3} {level.qps:7.1f} q/s  p50 {level.p50_ms:7.1f} ms  "
+                    f"p99 {level.p99_ms:7.1f} ms  batch {level.mean_batch:5.2f}  errors {errors}",
+                    flush=True,
+                )
+    finally:
+        server.stop()
+    return levels
+
+
+def table(levels: list[Level]) -> str:
+    lines = [
+        "| server | concurrency | requests | queries/s | p50 ms | p99 ms | mean encode batch | errors |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for lv in levels:
+        lines.append(
+            f"| {lv.server} | {lv.concurrency} | {lv.requests} | {lv.qps:.1f} | {lv.p50_ms:.1f} | "
+            f"{lv.p99_ms:.1f} | {lv.mean_batch:.2f} | {lv.errors} |"
+        )
+    return "\n".join(lines)
+
+
+def plot(levels: list[Level], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_qps, ax_p99) = plt.subplots(1, 2, figsize=(10, 4))
+    for i, name in enumerate(SERVERS):
+        rows = [lv for lv in levels if lv.server == name]
+        xs = [lv.concurrency for lv in rows]
+        color = f"C{i}"
+        ax_qps.plot(xs, [lv.qps for lv in rows], marker="o", color=color, label=name)
+        ax_p99.plot(xs, [lv.p99_ms for lv in rows], marker="o", color=color, label=f"{name} p99")
+        ax_p99.plot(
+            xs, [lv.p50_ms for lv in rows], marker=".", linestyle="--", color=color, label=f"{name} p50"
+        )
+    for ax, ylabel in ((ax_qps, "queries/s"), (ax_p99, "latency (ms)")):
+        ax.set_xscale("log", base=2)
+        ax.set_xticks([lv.concurrency for lv in levels if lv.server == next(iter(SERVERS))])
+        ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        ax.set_xlabel("concurrent clients")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--index", type=Path, default=REPO / "data" / "index" / "sample", help="index root")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per concurrency level")
+    parser.add_argument("--warmup", type=float, default=3.0, help="seconds of warm-up per server")
+    parser.add_argument("--k", type=int, default=10)
+    parser.add_argument("--queries", type=int, default=500)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    if not (args.index / "current").exists() and not (args.index / "manifest.json").exists():
+        parser.error(f"{args.index} is not an index; build the sample one with `make sample-index`")
+    queries = load_queries(args.queries)
+    info = machine()
+    print(
+        f"{len(queries)} queries of 26-34 tokens; {info['cpu']}, {info['usable_cores']} usable cores, "
+        f"load average {info['loadavg_at_start']}",
+        flush=True,
+    )
+    levels: list[Level] = []
+    for name in SERVERS:
+        levels += run_server(name, args.index, queries, args)
+    info["loadavg_at_end"] = list(os.getloadavg())
+    command = "python bench/http_bench.py " + " ".join(sys.argv[1:])
+    print()
+    print(table(levels))
+    args.out.mkdir(parents=True, exist_ok=True)
+    result = {
+        "command": command,
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": info,
+        "index": str(args.index),
+        "queries": {"count": len(queries), "tokens": "26-34", "source": "WordNet glosses (data/sample)"},
+        "settings": {"duration_s": args.duration, "warmup_s": args.warmup, "k": args.k, "servers": SERVERS},
+        "levels": [asdict(lv) for lv in levels],
+        "table": table(levels),
+    }
+    (args.out / "http_bench.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    title = f"semsearch /search, k={args.k}, {info['cpu']} ({info['usable_cores']} cores)"
+    plot(levels, args.out / "http_bench.png", title)
+    print(f"\nsaved {args.out / 'http_bench.json'} and {args.out / 'http_bench.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,165 @@
+"""Serving a cross-encoder reranker: /rerank, /search with rerank, /info, and the limits.
+
+The reranker is a real (untrained) CrossEncoder on the packaged MiniLM weights with a fresh one-output
+head and a hand-written ``semsearch_reranker.json`` configuring z-score fusion, so both scoring paths
+of ``Reranker.score`` are served. Its order is arbitrary but deterministic, which is what these tests
+need: the service must return exactly the reranker's order, never the retrieval order.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from fastapi.testclient import TestClient
+
+from app.main import create_app
+from app.runtime import Runtime
+from app.settings import Settings
+from semsearch.models import resolve_model
+from semsearch.rerank import RERANKER_META_FILE, Reranker
+from semsearch.search import search as core_search
+
+pytest_plugins = ["app_fixtures"]
+
+Check = Callable[..., dict[str, Any]]
+QUERY = "a large wild cat"
+
+
+@pytest.fixture(scope="session")
+def reranker_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from sentence_transformers import CrossEncoder
+
+    out = tmp_path_factory.mktemp("reranker") / "model"
+    torch.manual_seed(0)
+    CrossEncoder(str(resolve_model(None).path), num_labels=1).save(str(out))
+    meta = {
+        "base_model": "sentence-transformers/all-MiniLM-L6-v2",
+        "fusion": {"mode": "zscore", "weight": 0.3},
+    }
+    (out / RERANKER_META_FILE).write_text(json.dumps(meta))
+    return out
+
+
+@pytest.fixture(scope="module")
+def rclient(app_settings: Callable[..., Settings], reranker_dir: Path) -> Iterator[TestClient]:
+    app = create_app(app_settings(reranker=str(reranker_dir)))
+    with TestClient(app) as test_client:
+        yield test_client
+
+
+@pytest.fixture(scope="module")
+def runtime(rclient: TestClient) -> Runtime:
+    rt: Runtime = rclient.app.state.runtime  # type: ignore[attr-defined]
+    return rt
+
+
+@pytest.fixture(scope="module")
+def reranker(runtime: Runtime) -> Reranker:
+    assert runtime.services.reranker is not None
+    return runtime.services.reranker
+
+
+def test_info_shows_the_reranker_and_its_card(rclient: TestClient, reranker_dir: Path) -> None:
+    info = rclient.get("/info").json()["reranker"]
+    assert info["configured"] is True and info["status"] == "loaded"
+    assert info["path"] == str(reranker_dir.resolve()) and info["kind"] == "cross-encoder"
+    assert info["fusion"] == {"mode": "zscore", "weight": 0.3, "scope": "per_query"}
+    assert info["base_model"] == "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def test_rerank_route_returns_the_cross_encoder_order(rclient: TestClient, reranker: Reranker) -> None:
+    texts = [
+        "a spoon for soup",
+        "a lion resting in the grass",
+        "the price of oil rose",
+        "a small domestic cat",
+        "to run quickly",
+        "a tiger in the jungle",
+    ]
+    response = rclient.post("/rerank", json={"query": QUERY, "texts": texts})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert set(body) == {"results", "took_ms", "model"}
+    expected = reranker.score(QUERY, texts)
+    order = np.argsort(-expected, kind="stable")
+    results = body["results"]
+    assert [r["index"] for r in results] == order.tolist()
+    assert all(texts[r["index"]] == r["text"] for r in results)
+    np.testing.assert_allclose([r["score"] for r in results], expected[order], rtol=1e-5)
+    top = rclient.post("/rerank", json={"query": QUERY, "texts": texts, "top_k": 2}).json()["results"]
+    assert [r["index"] for r in top] == order[:2].tolist()
+
+
+def test_search_with_rerank_applies_the_cross_encoder(
+    rclient: TestClient, runtime: Runtime, reranker: Reranker
+) -> None:
+    """Fails if rerank were skipped: the order and scores must be the reranker's, not the cosine's."""
+    k, candidates = 5, 20
+    response = rclient.post(
+        "/search", json={"query": QUERY, "k": k, "rerank": True, "candidates": candidates}
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["reranked"] is True
+    results = body["results"]
+    assert len(results) == k and all(
+        set(r) >= {"id", "text", "score", "retrieval_score", "metadata"} for r in results
+    )
+
+    vectors = runtime.services.encoder.encode([QUERY])
+    with runtime.services.indexes.use() as index:
+        hits = core_search(index, [QUERY], vectors, candidates)[0]
+    cosines = [h.score for h in hits]
+    expected = reranker.score(QUERY, [h.text for h in hits], retrieval_scores=cosines)
+    order = np.argsort(-expected, kind="stable")[:k]
+    assert [r["id"] for r in results] == [hits[i].id for i in order]
+    np.testing.assert_allclose([r["score"] for r in results], expected[order], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        [r["retrieval_score"] for r in results], [cosines[i] for i in order], rtol=1e-5
+    )
+    assert all(abs(r["score"] - r["retrieval_score"]) > 1e-6 for r in results)
+    scores = [r["score"] for r in results]
+    assert scores == sorted(scores, reverse=True)
+
+    plain = rclient.post("/search", json={"query": QUERY, "k": k}).json()
+    assert plain["reranked"] is False and all("retrieval_score" not in r for r in plain["results"])
+
+
+def test_get_and_batch_search_rerank_too(rclient: TestClient) -> None:
+    single = rclient.post("/search", json={"query": QUERY, "k": 3, "rerank": True}).json()
+    got = rclient.get("/search", params={"q": QUERY, "k": 3, "rerank": "true"}).json()
+    batch = rclient.post(
+        "/search/batch", json={"queries": [QUERY, "to run fast"], "k": 3, "rerank": True}
+    ).json()
+    assert got["reranked"] is True and batch["reranked"] is True
+    assert [r["id"] for r in got["results"]] == [r["id"] for r in single["results"]]
+    assert [r["id"] for r in batch["results"][0]] == [r["id"] for r in single["results"]]
+
+
+def test_rerank_in_hybrid_mode_keeps_the_cosine_as_retrieval_score(rclient: TestClient) -> None:
+    body = rclient.post("/search", json={"query": QUERY, "k": 3, "rerank": True, "mode": "hybrid"}).json()
+    assert body["reranked"] is True
+    assert all(-1.0 <= r["retrieval_score"] <= 1.0 for r in body["results"])
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/rerank", {"query": QUERY, "texts": []}),
+        ("/rerank", {"query": QUERY, "texts": ["t"] * 201}),
+        ("/rerank", {"query": QUERY, "texts": ["x" * 4001]}),
+        ("/rerank", {"query": " ", "texts": ["a"]}),
+        ("/rerank", {"query": QUERY, "texts": ["a"], "top_k": 0}),
+        ("/rerank", {"query": QUERY, "texts": "a"}),
+        ("/search", {"query": QUERY, "rerank": True, "candidates": 201}),
+        ("/search", {"query": QUERY, "rerank": "yes"}),
+    ],
+)
+def test_rerank_limits_are_422(rclient: TestClient, check_error: Check, path: str, body: Any) -> None:
+    check_error(rclient.post(path, json=body), 422, "invalid_input")

@@ -1,0 +1,126 @@
+"""Settings (one pydantic-settings class, SEMSEARCH_* env), the CLI built from it, and startup refusals."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+
+from app.__main__ import build_parser, main, parse_settings
+from app.main import create_app
+from app.settings import ConfigError, Settings, get_settings, load_settings
+from semsearch.models import resolve_model
+
+pytest_plugins = ["app_fixtures"]
+pytestmark = pytest.mark.usefixtures("app_clean_env")
+
+
+def test_environment_variables_configure_everything(app_index: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SEMSEARCH_INDEX", str(app_index))
+    monkeypatch.setenv("SEMSEARCH_MAX_K", "7")
+    monkeypatch.setenv("SEMSEARCH_API_KEY", "s3cret-key")
+    monkeypatch.setenv("SEMSEARCH_CORS_ORIGINS", "http://a.example, https://b.example")
+    monkeypatch.setenv("SEMSEARCH_BATCH_WINDOW_MS", "0")
+    monkeypatch.setenv("SEMSEARCH_BACKEND", "torch")
+    s = Settings()  # type: ignore[call-arg]
+    assert s.index == app_index.resolve() and s.max_k == 7 and s.batch_window_ms == 0
+    assert s.cors_origins == ["http://a.example", "https://b.example"]
+    assert s.api_key_bytes() == b"s3cret-key"
+    assert "s3cret" not in repr(s) and "s3cret" not in str(s.model_dump())
+    get_settings.cache_clear()
+    try:
+        assert get_settings() is get_settings()
+        assert create_app().state.settings.max_k == 7  # what `uvicorn --factory app.main:create_app` does
+    finally:
+        get_settings.cache_clear()
+
+
+def test_defaults(app_index: Path) -> None:
+    s = Settings(index=app_index)
+    assert (s.host, s.port, s.max_k, s.max_batch, s.batch_window_ms, s.reload_poll_s) == (
+        "127.0.0.1",
+        8000,
+        100,
+        32,
+        2.0,
+        2.0,
+    )
+    assert s.api_key is None and s.reranker is None and s.cors_origins == [] and s.workers_threads >= 1
+    assert Settings(index=app_index, api_key="  ").api_key is None  # blank means unset
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        ({"index": None}, ["SEMSEARCH_INDEX / --index", "required"]),
+        ({"index": "/does/not/exist"}, ["SEMSEARCH_INDEX", "does not exist", "python -m indexer build"]),
+        ({"max_k": 0}, ["SEMSEARCH_MAX_K / --max-k"]),
+        ({"backend": "tensorflow"}, ["SEMSEARCH_BACKEND", "onnx-int8"]),
+        ({"cors_origins": "ftp://x"}, ["SEMSEARCH_CORS_ORIGINS", "http://"]),
+        ({"reranker": "./no/such/folder"}, ["SEMSEARCH_RERANKER", "make reranker"]),
+        ({"batch_window_ms": -1}, ["SEMSEARCH_BATCH_WINDOW_MS"]),
+    ],
+)
+def test_invalid_settings_fail_fast_with_a_helpful_message(
+    app_index: Path, overrides: dict[str, object], expected: list[str]
+) -> None:
+    values = {k: v for k, v in {"index": app_index, **overrides}.items() if v is not None}
+    with pytest.raises(ConfigError) as info:
+        load_settings(**values)
+    for text in expected:
+        assert text in str(info.value)
+
+
+def test_an_empty_directory_is_not_an_index(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no published index"):
+        load_settings(index=tmp_path)
+
+
+def test_cli_flags_map_to_settings_and_win_over_env(app_index: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SEMSEARCH_MAX_K", "9")
+    monkeypatch.setenv("SEMSEARCH_PORT", "9999")
+    s = parse_settings(
+        ["--index", str(app_index), "--workers-threads", "3", "--max-k", "5", "--no-access-log"]
+    )
+    assert (s.workers_threads, s.max_k, s.port, s.access_log) == (3, 5, 9999, False)
+    help_text = build_parser().format_help()
+    for flag in (
+        "--index",
+        "--workers-threads",
+        "--reranker",
+        "SEMSEARCH_MAX_QUEUE",
+        "--api-key",
+        "--cors-origins",
+    ):
+        assert flag in help_text
+
+
+def test_cli_bad_arguments_exit_2(app_index: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        parse_settings(["--index", str(app_index), "--max-k", "lots"])
+    assert info.value.code == 2
+    assert "SEMSEARCH_MAX_K / --max-k" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:
+        parse_settings(["--index", str(app_index), "--backend", "jax"])
+    assert info.value.code == 2
+
+
+def test_startup_refuses_a_model_that_is_not_the_index_model(
+    app_index: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """SEMSEARCH_MODEL naming another model: `python -m app` exits 1 naming both models."""
+    packaged = resolve_model(None).path
+    other = tmp_path / "other-model"
+    other.mkdir()
+    for f in packaged.iterdir():
+        if f.name != "config.json":
+            (other / f.name).symlink_to(f)
+    config = json.loads((packaged / "config.json").read_text())
+    config["semsearch_test_variant"] = True  # a different fingerprint, same architecture
+    (other / "config.json").write_text(json.dumps(config))
+    with caplog.at_level(logging.ERROR):
+        status = main(["--index", str(app_index), "--model", str(other), "--port", "0"])
+    assert status == 1
+    assert "sentence-transformers/all-MiniLM-L6-v2" in caplog.text and str(other) in caplog.text
