@@ -29,10 +29,26 @@ demo: sample-index
 test: install
 	$(BIN)/python -m pytest
 
+# The default reranker: a cross-encoder fine-tuned here from the packaged MiniLM on STS-B train
+# (dev for early stopping and fusion tuning; the test split is only reported when ../shared is there).
+STSB_TEST := ../shared/data/stsb/stsb_test.tsv
+reranker: install
+	@start=$$(date +%s); \
+	$(BIN)/python -m indexer train-reranker --scored data/stsb/stsb_train.tsv --dev data/stsb/stsb_dev.tsv \
+	  $$(test -f $(STSB_TEST) && echo --test $(STSB_TEST)) --output models/reranker --overwrite; \
+	echo "make reranker took $$(( ($$(date +%s) - start) / 60 )) min $$(( ($$(date +%s) - start) % 60 )) s"
+
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+
+# The quick benchmarks (a few minutes each on 2 cores); results in bench/results/, see docs/benchmarks.md.
+bench: install
+	$(BIN)/python bench/bench_encode.py --rounds 1 --scifact-docs 400
+	$(BIN)/python bench/bench_search.py --sizes 100000
+	$(BIN)/python bench/bench_rerank.py
+	$(BIN)/python bench/bench_seed_headline.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -114,11 +114,11 @@ def build(
     from indexer.pipeline import BuildOptions, run_build
 
     opts = BuildOptions(
-        inputs=input, output=output, model=model, pooling=pooling.value,  # type: ignore[arg-type]
-        backend=backend.value, index_type=index_type.value,  # type: ignore[arg-type]
+        inputs=input, output=output, model=model, pooling=pooling.value,
+        backend=backend.value, index_type=index_type.value,
         index_params=_parse_params(index_param or []), batch_size=batch_size, max_seq_length=max_seq_length,
         text_field=text_field, id_field=id_field, split_sentences=split_sentences, max_chars=max_chars,
-        max_rejects=max_rejects, on_duplicate=on_duplicate.value, resume=resume, keep=keep,  # type: ignore[arg-type]
+        max_rejects=max_rejects, on_duplicate=on_duplicate.value, resume=resume, keep=keep,
         chunk_size=chunk_size, progress=progress,
     )
     _report(run_build(opts))
@@ -145,7 +145,7 @@ def add(
     opts = BuildOptions(
         inputs=input, output=index, batch_size=batch_size, text_field=text_field, id_field=id_field,
         split_sentences=split_sentences, max_chars=max_chars, max_rejects=max_rejects,
-        on_duplicate=on_duplicate.value, resume=resume, keep=keep, progress=progress,  # type: ignore[arg-type]
+        on_duplicate=on_duplicate.value, resume=resume, keep=keep, progress=progress,
     )
     _report(run_build(opts, incremental=True))
 
@@ -194,10 +194,7 @@ def search(
     from semsearch.index import SearchIndex
 
     idx = SearchIndex.load(index)
-    m = idx.manifest
-    encoder = Encoder(model=m.model, pooling=m.pooling, backend=m.backend,  # type: ignore[arg-type]
-                      max_seq_length=m.max_seq_length)
-    idx.check_encoder(encoder.fingerprint, encoder.name, encoder.pooling)
+    encoder = Encoder.from_manifest(idx.manifest)
     hits = idx.search(encoder.encode([query]), k)[0]
     if as_json:
         _emit({"query": query, "index_version": idx.version, "results": [h.to_dict() for h in hits]})

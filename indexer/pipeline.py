@@ -137,10 +137,10 @@ def _estimate_rows(paths: list[Path]) -> int | None:
 
     total = 0
     for p in paths:
-        opener = gzip.open if p.suffix.lower() == ".gz" else open
         try:
-            with opener(p, "rb") as fh:  # type: ignore[operator]
-                total += sum(block.count(b"\n") for block in iter(lambda fh=fh: fh.read(1 << 20), b""))
+            with gzip.open(p, "rb") if p.suffix.lower() == ".gz" else p.open("rb") as fh:
+                while block := fh.read(1 << 20):
+                    total += block.count(b"\n")
         except OSError:
             return None
     return total
@@ -341,14 +341,7 @@ def _make_encoder(opts: BuildOptions, base: Manifest | None) -> Encoder:
     if base is None:
         return Encoder(model=opts.model, pooling=opts.pooling, backend=opts.backend,
                        max_seq_length=opts.max_seq_length)
-    encoder = Encoder(model=base.model, pooling=base.pooling,  # type: ignore[arg-type]
-                      backend=base.backend, max_seq_length=base.max_seq_length)  # type: ignore[arg-type]
-    if encoder.fingerprint != base.model_fingerprint:
-        raise ModelMismatchError(
-            f"the index was built with model {base.model!r} fingerprint {base.model_fingerprint}, but that name "
-            f"now resolves to fingerprint {encoder.fingerprint}; rebuild with `build` instead of `add`"
-        )
-    return encoder
+    return Encoder.from_manifest(base)
 
 
 def run_build(opts: BuildOptions, incremental: bool = False) -> BuildResult:

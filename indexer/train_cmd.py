@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -17,7 +18,7 @@ def read_relevance_pairs(path: Path, query_field: str, positive_field: str) -> l
     """(query, positive) pairs from a .jsonl[.gz] file; a missing field is an error naming the line."""
     opener = gzip.open if path.suffix == ".gz" else open
     pairs: list[tuple[str, str]] = []
-    with opener(path, "rt", encoding="utf-8") as fh:  # type: ignore[operator]
+    with opener(path, "rt", encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, 1):
             if not line.strip():
                 continue
@@ -34,16 +35,13 @@ def read_relevance_pairs(path: Path, query_field: str, positive_field: str) -> l
     return pairs
 
 
-def index_miner(index_dir: Path):  # type: ignore[no-untyped-def]
+def index_miner(index_dir: Path) -> Callable[[list[str], int], list[list[str]]]:
     """A ``mine_negatives(queries, k)`` callable: top-k texts from an index built with our bi-encoder."""
     from semsearch.encoder import Encoder
     from semsearch.index import SearchIndex
 
     index = SearchIndex.load(index_dir)
-    m = index.manifest
-    encoder = Encoder(model=m.model, pooling=m.pooling, backend=m.backend,  # type: ignore[arg-type]
-                      max_seq_length=m.max_seq_length)
-    index.check_encoder(encoder.fingerprint, encoder.name, encoder.pooling)
+    encoder = Encoder.from_manifest(index.manifest)
 
     def mine(queries: list[str], k: int) -> list[list[str]]:
         vectors = encoder.encode(queries, progress=True, desc="mining negatives")

@@ -14,12 +14,15 @@ import time
 from pathlib import Path
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, cast, get_args
 
 import numpy as np
 
-from semsearch.errors import InvalidInputError, ModelLoadError
+from semsearch.errors import InvalidInputError, ModelLoadError, ModelMismatchError
 from semsearch.models import ResolvedModel, model_fingerprint, resolve_model
+
+if TYPE_CHECKING:
+    from semsearch.manifest import Manifest
 
 log = logging.getLogger(__name__)
 
@@ -79,10 +82,13 @@ class Encoder:
             base = SentenceTransformer(str(self.resolved.path), device="cpu")
         except Exception as e:
             raise ModelLoadError(f"could not load model {self.resolved.name!r}: {e}") from e
-        transformer = base[0]
+        transformer: Any = base[0]
         if self.max_seq_length is not None:
             transformer.max_seq_length = self.max_seq_length
-        self.dim = int(base.get_embedding_dimension())
+        dim = base.get_embedding_dimension()
+        if not dim:
+            raise ModelLoadError(f"model {self.resolved.name!r} does not report an embedding dimension")
+        self.dim = int(dim)
         self.model_pooling = next(
             (getattr(m, "pooling_mode", None) for m in base if hasattr(m, "pooling_mode")), None
         )
@@ -90,7 +96,7 @@ class Encoder:
             modules=[transformer, PoolingModule(self.dim, pooling_mode=self.pooling), Normalize()], device="cpu"
         )
         self._st.eval()
-        self.max_seq_length = int(self._st.max_seq_length)
+        self.max_seq_length = int(self._st.max_seq_length or 512)
         self.tokenizer = self._st.tokenizer
         self._onnx: Callable[[dict[str, np.ndarray]], np.ndarray] | None = None
         if self.backend != "torch":
@@ -101,7 +107,7 @@ class Encoder:
                 self.resolved.path,
                 self.fingerprint,
                 kind="encoder",
-                variant=self.backend,  # type: ignore[arg-type]
+                variant=self.backend,
                 cache_dir=Path(self.cache_dir) if self.cache_dir else None,
                 num_threads=self.num_threads,
             )
@@ -109,8 +115,25 @@ class Encoder:
         log.info(
             "encoder %s (%s, fingerprint %s): pooling=%s backend=%s dim=%d max_seq_length=%d",
             self.resolved.name, self.resolved.source, self.fingerprint, self.pooling, self.backend,
-            self.dim, self.max_seq_length,
+            self.dim, self.max_seq_length or 0,
         )
+
+    @classmethod
+    def from_manifest(cls, manifest: Manifest, **kwargs: Any) -> Encoder:
+        """The encoder an index was built with (model, pooling, backend, token limit), checked by fingerprint."""
+        encoder = cls(
+            model=manifest.model,
+            pooling=cast(Pooling, manifest.pooling),
+            backend=cast(Backend, manifest.backend),
+            max_seq_length=manifest.max_seq_length,
+            **kwargs,
+        )
+        if encoder.fingerprint != manifest.model_fingerprint:
+            raise ModelMismatchError(
+                f"the index was built with model {manifest.model!r} (fingerprint {manifest.model_fingerprint}), "
+                f"but that name now resolves to fingerprint {encoder.fingerprint}: rebuild the index"
+            )
+        return encoder
 
     @property
     def name(self) -> str:
@@ -179,7 +202,7 @@ def pool_and_normalize(hidden: np.ndarray, mask: np.ndarray, pooling: str) -> np
     return (vecs / np.clip(norms, 1e-12, None)).astype(np.float32)
 
 
-def _progress(total: int, desc: str):  # type: ignore[no-untyped-def]
+def _progress(total: int, desc: str) -> Any:
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=desc, unit="sent", unit_scale=True, smoothing=0.1, mininterval=1.0)

@@ -15,12 +15,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import faiss
+import faiss as _faiss
 import numpy as np
 
 from semsearch.errors import CorruptIndexError, InvalidInputError
 
 log = logging.getLogger(__name__)
+
+# faiss-cpu ships partial SWIG stubs that reject valid calls (SearchParameters keyword arguments,
+# downcast results); the module is used untyped here rather than sprinkling ignores.
+faiss: Any = _faiss
 
 INDEX_FILE = "index.faiss"
 VECTORS_FILE = "vectors.npy"
