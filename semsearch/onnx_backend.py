@@ -52,7 +52,7 @@ _LEGACY_OPSET = 17  # only used by the TorchScript fallback exporter
 
 # int8 dynamic quantisation settings, chosen by measurement (docs/onnx_notes.md).
 QUANT_PER_CHANNEL = True
-QUANT_REDUCE_RANGE = False
+QUANT_REDUCE_RANGE = True
 QUANT_OP_TYPES: tuple[str, ...] = ("MatMul",)
 # Run onnxruntime's transformer optimizer (model_type "bert") on the float graph before quantising.
 USE_TRANSFORMER_OPTIMIZER = False
@@ -126,13 +126,13 @@ class OnnxModel:
                 started = time.perf_counter()
                 info = _export(hf_model, kind, float_path)
                 self._exported = True
-                self._update_meta(model_dir, "onnx", info)
+                self._write_meta(model_dir, "onnx", info)
                 log.info("exported ONNX model to %s in %.1fs", float_path, time.perf_counter() - started)
             if variant == "onnx-int8":
                 started = time.perf_counter()
                 info = _quantize(float_path, target, _model_type(hf_model))
                 self._exported = True
-                self._update_meta(model_dir, "onnx-int8", info)
+                self._write_meta(model_dir, "onnx-int8", info)
                 log.info("quantised ONNX model to %s in %.1fs", target, time.perf_counter() - started)
         self._path = target
         self._session = _session(target, num_threads)
@@ -169,6 +169,13 @@ class OnnxModel:
                 raise ValueError(f"ONNX model input {name!r} missing from features")
         (out,) = self._session.run([self._output_name], feeds)
         return np.asarray(out, dtype=np.float32)
+
+    def _write_meta(self, model_dir: Path | None, variant: str, info: dict[str, Any]) -> None:
+        """``meta.json`` is informational: failing to write it is logged, not raised."""
+        try:
+            self._update_meta(model_dir, variant, info)
+        except OSError as e:
+            log.warning("could not write %s: %s", self.folder / "meta.json", e)
 
     def _update_meta(self, model_dir: Path | None, variant: str, info: dict[str, Any]) -> None:
         """Record how ``variant`` was built in ``meta.json`` (read-modify-write, atomic replace)."""
@@ -310,7 +317,12 @@ def _export(hf_model: torch.nn.Module, kind: Kind, dst: Path) -> dict[str, Any]:
                     log.warning("ONNX %s", errors[-1].splitlines()[0][:500])
             if not exporter:
                 raise RuntimeError(f"ONNX export of the {kind} failed: " + " | ".join(errors))
-            max_diff = _check_export(wrapper, tmp, names, output, hf_model, kind)
+            try:
+                max_diff = _check_export(wrapper, tmp, names, output, hf_model, kind)
+            except RuntimeError:
+                raise
+            except Exception as e:
+                raise RuntimeError(f"ONNX export of the {kind} could not be checked: {e}") from e
             model = onnx.load(str(tmp), load_external_data=False)
             opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
     finally:
