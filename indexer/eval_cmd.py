@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Annotated, Any, cast
 import typer
 
 if TYPE_CHECKING:
-    from semsearch.encoder import Backend, Encoder, Pooling
+    from semsearch.encoder import Pooling
     from semsearch.evaluation import BeirDataset, RetrievalReport
     from semsearch.index import SearchIndex
     from semsearch.search import FusionMethod
@@ -94,21 +94,6 @@ def build_beir_index(
             progress=progress,
         )
         return run_build(opts).version
-
-
-def _encoder_for(idx: SearchIndex, batch_threads: int | None = None) -> Encoder:
-    from semsearch.encoder import Encoder
-
-    m = idx.manifest
-    encoder = Encoder(
-        model=m.model,
-        pooling=cast("Pooling", m.pooling),
-        backend=cast("Backend", m.backend),
-        max_seq_length=m.max_seq_length,
-        num_threads=batch_threads,
-    )
-    idx.check_encoder(encoder.fingerprint, encoder.name, encoder.pooling)
-    return encoder
 
 
 def _print_table(title: str, rows: dict[str, float], fmt: str = "{:.4f}") -> None:
@@ -185,6 +170,7 @@ def beir(
         except json.JSONDecodeError as e:
             raise InvalidInputError(f"--filter is not valid JSON: {e}") from e
 
+    from semsearch.encoder import Encoder
     from semsearch.evaluation import evaluate_retrieval
     from semsearch.index import SearchIndex
     from semsearch.layout import IndexRoot
@@ -217,7 +203,9 @@ def beir(
     idx = SearchIndex.load(index)
     try:
         _check_coverage(idx, dataset)
-        encoder = None if mode is ModeOpt.lexical and reranker is None else _encoder_for(idx)
+        encoder = (
+            None if mode is ModeOpt.lexical and reranker is None else Encoder.from_manifest(idx.manifest)
+        )
         rr = None
         if reranker is not None:
             from semsearch.rerank import Reranker

@@ -34,11 +34,19 @@ class Hit:
     doc_id: str | None = None
     start: int | None = None
     end: int | None = None
+    # Component scores, set by semsearch.search (None when not computed): the bi-encoder cosine and
+    # the BM25 score (FTS5 ``-bm25()``, higher is better). ``score`` is the mode's own score.
+    dense_score: float | None = None
+    lexical_score: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"id": self.id, "text": self.text, "score": self.score, "metadata": self.metadata}
         if self.doc_id is not None:
             out["source"] = {"doc_id": self.doc_id, "start": self.start, "end": self.end}
+        if self.dense_score is not None:
+            out["dense_score"] = self.dense_score
+        if self.lexical_score is not None:
+            out["lexical_score"] = self.lexical_score
         return out
 
 

