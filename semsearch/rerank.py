@@ -325,11 +325,16 @@ class Reranker:
         """A JSON-ready summary for the service's ``/info`` and the CLI."""
         meta = self.metadata
         data = meta.get("data") or {}
-        trained_on = {
-            key: {k: data[key].get(k) for k in ("source", "rows", "sha256", "queries") if k in data[key]}
-            for key in ("train_scored", "train_relevance", "dev", "test")
-            if isinstance(data.get(key), dict)
-        }
+
+        def summary(keys: tuple[str, ...]) -> dict[str, Any] | None:
+            fields = ("source", "rows", "sha256", "queries")
+            out = {
+                key: {k: data[key][k] for k in fields if k in data[key]}
+                for key in keys
+                if isinstance(data.get(key), dict)
+            }
+            return out or None
+
         fusion = self.fusion
         return {
             "name": self.name,
@@ -338,7 +343,8 @@ class Reranker:
             "kind": "cross-encoder",
             "max_length": self.cross_encoder.max_seq_length,
             "base_model": meta.get("base_model_name") or meta.get("base_model"),
-            "trained_on": trained_on or None,
+            "trained_on": summary(("train_scored", "train_relevance")),
+            "evaluated_on": summary(("dev", "test")),
             "best_epoch": meta.get("best_epoch"),
             "dev_metric": meta.get("dev_metric"),
             "dev_metrics": meta.get("dev_metrics"),
