@@ -198,9 +198,7 @@ class MicroBatcher:
             except asyncio.CancelledError:  # stopping: nobody will deliver this batch's results
                 for job in batch:
                     if not job.future.done():
-                        job.future.set_exception(
-                            ApiError(503, "shutting_down", "the service is shutting down")
-                        )
+                        job.future.set_exception(ApiError(503, "shutting_down", "the service is shutting down"))
                 raise
             except Exception as e:  # the worker itself failed: every job of the batch gets the error
                 results = [e] * len(batch)

@@ -70,9 +70,7 @@ class Reloader:
 
     def start_polling(self, interval_s: float) -> None:
         if interval_s > 0 and self.root is not None:
-            self._task = asyncio.get_running_loop().create_task(
-                self._poll(interval_s), name="semsearch-reload"
-            )
+            self._task = asyncio.get_running_loop().create_task(self._poll(interval_s), name="semsearch-reload")
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -106,9 +104,7 @@ class Reloader:
             if target == serving or (target == self._refused and not forced):
                 return self._outcome("unchanged", serving, None, started)
             try:
-                index = await asyncio.to_thread(
-                    load_index, self.root.versions_dir / target, self.services.encoder
-                )
+                index = await asyncio.to_thread(load_index, self.root.versions_dir / target, self.services.encoder)
             except SemsearchError as e:
                 raise self._refuse(target, e) from e
             except Exception as e:  # anything else a broken version can raise while loading

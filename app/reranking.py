@@ -25,9 +25,7 @@ NO_RERANKER = (
 class RerankRunner:
     """Runs :meth:`Reranker.score` in its own worker thread; 503 without a reranker, 429 when full."""
 
-    def __init__(
-        self, reranker: Reranker | None, metrics: Metrics, *, max_queue: int, retry_after_s: int
-    ) -> None:
+    def __init__(self, reranker: Reranker | None, metrics: Metrics, *, max_queue: int, retry_after_s: int) -> None:
         self.reranker = reranker
         self.metrics = metrics
         self.max_queue = max_queue
@@ -42,9 +40,7 @@ class RerankRunner:
     def require(self) -> Reranker:
         """The reranker, or a 503 that says how to configure one."""
         if self.reranker is None:
-            raise ApiError(
-                503, "no_reranker", NO_RERANKER, {"configure": "--reranker", "train": "make reranker"}
-            )
+            raise ApiError(503, "no_reranker", NO_RERANKER, {"configure": "--reranker", "train": "make reranker"})
         return self.reranker
 
     def info(self) -> dict[str, Any]:
@@ -58,9 +54,7 @@ class RerankRunner:
         scores: np.ndarray = await self._run(lambda: reranker.score(query, list(texts)))
         return scores
 
-    async def rerank(
-        self, queries: Sequence[str], results: Sequence[Sequence[Hit]], k: int
-    ) -> list[list[Hit]]:
+    async def rerank(self, queries: Sequence[str], results: Sequence[Sequence[Hit]], k: int) -> list[list[Hit]]:
         """Each query's hits rescored (fused with their cosine when the reranker says so), top ``k``."""
         reranker = self.require()
         reranked: list[list[Hit]] = await self._run(lambda: rerank(reranker, queries, results, k))

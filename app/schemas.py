@@ -27,9 +27,7 @@ NonBlank = Annotated[str, AfterValidator(_not_blank)]
 
 def check_text(loc: list[str], text: str, limit: int, setting: str) -> None:
     if len(text) > limit:
-        raise invalid(
-            loc, f"is {len(text)} characters long; the limit is {limit} ({setting})", "string_too_long"
-        )
+        raise invalid(loc, f"is {len(text)} characters long; the limit is {limit} ({setting})", "string_too_long")
 
 
 def check_range(loc: list[str], value: int, limit: int, setting: str) -> None:
@@ -52,9 +50,7 @@ class SearchOptions(_Request):
         examples=[{"pos": "n"}],
     )
     rerank: bool = Field(False, description="Rescore the top `candidates` with the cross-encoder reranker.")
-    candidates: int = Field(
-        50, ge=1, description="With rerank: bi-encoder hits rescored (at least k are used)."
-    )
+    candidates: int = Field(50, ge=1, description="With rerank: bi-encoder hits rescored (at least k are used).")
 
     def check_options(self, s: Settings) -> None:
         check_range(["body", "k"], self.k, s.max_k, "SEMSEARCH_MAX_K")
@@ -83,9 +79,7 @@ class BatchSearchRequest(SearchOptions):
     queries: list[NonBlank] = Field(min_length=1, description="Query texts (at most max_batch_queries).")
 
     def check_limits(self, s: Settings) -> None:
-        check_range(
-            ["body", "queries"], len(self.queries), s.max_batch_queries, "SEMSEARCH_MAX_BATCH_QUERIES"
-        )
+        check_range(["body", "queries"], len(self.queries), s.max_batch_queries, "SEMSEARCH_MAX_BATCH_QUERIES")
         for i, q in enumerate(self.queries):
             check_text(["body", "queries", str(i)], q, s.max_query_chars, "SEMSEARCH_MAX_QUERY_CHARS")
         self.check_options(s)
@@ -108,9 +102,7 @@ class RerankRequest(_Request):
     """``POST /rerank``: score candidate texts for a query with the cross-encoder."""
 
     model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [{"query": "a large wild cat", "texts": ["a lion", "a spoon"], "top_k": 1}]
-        }
+        json_schema_extra={"examples": [{"query": "a large wild cat", "texts": ["a lion", "a spoon"], "top_k": 1}]}
     )
 
     query: NonBlank
@@ -138,9 +130,7 @@ class SearchHit(BaseModel):
     text: str
     score: float = Field(description="Cosine similarity, or the reranker's score when reranked.")
     metadata: dict[str, Any]
-    source: Source | None = Field(
-        None, description="Document and offsets (indexes built with sentence splitting)."
-    )
+    source: Source | None = Field(None, description="Document and offsets (indexes built with sentence splitting).")
     retrieval_score: float | None = Field(None, description="The bi-encoder cosine (only when reranked).")
 
 

@@ -64,9 +64,7 @@ class ApiKeyMiddleware:
                 response = error_response(
                     401,
                     "unauthorized",
-                    "missing API key: send `Authorization: Bearer <key>`"
-                    if token is None
-                    else "invalid API key",
+                    "missing API key: send `Authorization: Bearer <key>`" if token is None else "invalid API key",
                     headers={"WWW-Authenticate": "Bearer"},
                 )
                 await response(scope, receive, send)
@@ -101,9 +99,7 @@ class BodyLimitMiddleware:
             message = await receive()
             received += len(message.get("body", b""))
             if received > self.limit:  # a chunked body without Content-Length
-                raise HTTPException(
-                    413, f"the request body is over {self.limit} bytes (SEMSEARCH_MAX_BODY_BYTES)"
-                )
+                raise HTTPException(413, f"the request body is over {self.limit} bytes (SEMSEARCH_MAX_BODY_BYTES)")
             return message
 
         await self.app(scope, limited, send)

@@ -36,9 +36,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", validate_default=True)
 
     # --- what to serve
-    index: Path = Field(
-        description="Index root directory (follows its `current` version) or a version directory."
-    )
+    index: Path = Field(description="Index root directory (follows its `current` version) or a version directory.")
     model: str | None = Field(
         None,
         description="Expected encoder model; startup is refused if it is not the model the index was "
@@ -65,13 +63,9 @@ class Settings(BaseSettings):
     # --- limits
     max_query_chars: int = Field(1000, ge=1, le=100_000, description="Longest accepted query (characters).")
     max_k: int = Field(100, ge=1, le=10_000, description="Largest accepted `k`.")
-    max_batch_queries: int = Field(
-        64, ge=1, le=10_000, description="Most queries in one /search/batch request."
-    )
+    max_batch_queries: int = Field(64, ge=1, le=10_000, description="Most queries in one /search/batch request.")
     max_embed_texts: int = Field(64, ge=1, le=10_000, description="Most texts in one /embed request.")
-    max_text_chars: int = Field(
-        4000, ge=1, le=1_000_000, description="Longest text accepted by /embed and /rerank."
-    )
+    max_text_chars: int = Field(4000, ge=1, le=1_000_000, description="Longest text accepted by /embed and /rerank.")
     max_rerank_texts: int = Field(200, ge=1, le=10_000, description="Most texts in one /rerank request.")
     max_body_bytes: int = Field(
         2_000_000,

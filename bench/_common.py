@@ -57,9 +57,7 @@ def machine() -> dict[str, Any]:
     flags = ""
     try:
         text = Path("/proc/cpuinfo").read_text()
-        flags = " ".join(
-            sorted({f for f in text.split() if f in ("avx2", "avx512f", "avx512_vnni", "amx_int8")})
-        )
+        flags = " ".join(sorted({f for f in text.split() if f in ("avx2", "avx512f", "avx512_vnni", "amx_int8")}))
     except OSError:
         pass
     mem_gb = 0.0
@@ -161,9 +159,7 @@ def scifact_test() -> tuple[dict[str, str], dict[str, dict[str, int]]]:
     return queries, qrels
 
 
-def scifact_subset(
-    n_docs: int, seed: int = 0
-) -> tuple[dict[str, str], dict[str, str], dict[str, dict[str, int]]]:
+def scifact_subset(n_docs: int, seed: int = 0) -> tuple[dict[str, str], dict[str, str], dict[str, dict[str, int]]]:
     """(docs, queries, qrels): every relevant test document plus random distractors up to ``n_docs``."""
     docs = scifact_docs()
     queries, qrels = scifact_test()

@@ -81,9 +81,7 @@ def spearman(pred: np.ndarray, gold: np.ndarray) -> float:
     return 100 * float(spearmanr(pred, gold).statistic)
 
 
-def ndcg10(
-    doc_vecs: np.ndarray, doc_ids: list[str], q_vecs: np.ndarray, q_ids: list[str], qrels: Any
-) -> float:
+def ndcg10(doc_vecs: np.ndarray, doc_ids: list[str], q_vecs: np.ndarray, q_ids: list[str], qrels: Any) -> float:
     scores = q_vecs @ doc_vecs.T
     top = np.argsort(-scores, axis=1)[:, :10]
     total = 0.0
@@ -97,18 +95,14 @@ def ndcg10(
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=BACKENDS)
     parser.add_argument("--rounds", type=int, default=2, help="interleaved timing rounds on the short texts")
     parser.add_argument("--scifact-docs", type=int, default=600, help="SciFact subset size (0: skip long)")
     parser.add_argument("--batch-size", type=int, default=64, help="batch size of our Encoder")
     parser.add_argument("--cache-dir", default=None, help="ONNX cache (default: the semsearch default)")
     parser.add_argument("--max-drop", type=float, default=0.3, help="allowed STS-B Spearman drop vs torch")
-    parser.add_argument(
-        "--threads", type=int, default=None, help="intra-op threads (torch + ORT); default: all cores"
-    )
+    parser.add_argument("--threads", type=int, default=None, help="intra-op threads (torch + ORT); default: all cores")
     parser.add_argument("--max-load", type=float, default=0.0, help="wait for load average below this first")
     parser.add_argument("--out", type=Path, default=c.RESULTS)
     args = parser.parse_args()
@@ -120,9 +114,7 @@ def main() -> int:
     if args.max_load:
         c.wait_for_quiet(args.max_load, 600)
     info = c.machine()
-    print(
-        f"{info['cpu']} ({info['cpu_flags']}), {info['usable_cores']} cores, load {info['loadavg_at_start']}"
-    )
+    print(f"{info['cpu']} ({info['cpu_flags']}), {info['usable_cores']} cores, load {info['loadavg_at_start']}")
 
     pairs = c.stsb_pairs("dev")
     short = list(dict.fromkeys(s for a, b, _ in pairs for s in (a, b)))
@@ -160,8 +152,7 @@ def main() -> int:
             rows[name]["short_s"].append(seconds)
             short_vecs.setdefault(name, vecs)
             print(
-                f"  round {r + 1} short {name:>21}: {len(short) / seconds:7.1f} sent/s  "
-                f"load {c.loadavg()[0]}",
+                f"  round {r + 1} short {name:>21}: {len(short) / seconds:7.1f} sent/s  load {c.loadavg()[0]}",
                 flush=True,
             )
     for name in names:
@@ -187,12 +178,8 @@ def main() -> int:
         if ref is not None:
             row["spearman_drop_vs_torch"] = ref["stsb_dev_spearman"] - row["stsb_dev_spearman"]
             row["guard_ok"] = row["spearman_drop_vs_torch"] <= args.max_drop
-            row["mean_cosine_to_torch"] = float(
-                np.einsum("nd,nd->n", short_vecs[name], short_vecs["torch"]).mean()
-            )
-            row["min_cosine_to_torch"] = float(
-                np.einsum("nd,nd->n", short_vecs[name], short_vecs["torch"]).min()
-            )
+            row["mean_cosine_to_torch"] = float(np.einsum("nd,nd->n", short_vecs[name], short_vecs["torch"]).mean())
+            row["min_cosine_to_torch"] = float(np.einsum("nd,nd->n", short_vecs[name], short_vecs["torch"]).min())
         if base is not None:
             row["short_speedup_vs_st"] = row["short_per_s"] / base["short_per_s"]
             if "long_per_s" in row:
@@ -275,9 +262,7 @@ def plot(rows: dict[str, dict[str, Any]], names: list[str], path: Path, title: s
         vals = [rows[n].get(key, 0.0) for n in names]
         bars = ax.bar(names, vals, color=[f"C{i}" for i in range(len(names))])
         for bar, v in zip(bars, vals, strict=True):
-            ax.annotate(
-                f"{v:.0f}", (bar.get_x() + bar.get_width() / 2, v), ha="center", va="bottom", fontsize=8
-            )
+            ax.annotate(f"{v:.0f}", (bar.get_x() + bar.get_width() / 2, v), ha="center", va="bottom", fontsize=8)
         ax.set_ylabel(label)
         ax.tick_params(axis="x", labelsize=8)
     fig.suptitle(f"encoding throughput, all-MiniLM-L6-v2 — {title}", fontsize=9)

@@ -211,9 +211,7 @@ def build_txtai(python: str, index: Path) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--backend", default="onnx-int8", help="encoder backend of our index")
     parser.add_argument("--txtai-python", default="/tmp/txtai-venv/bin/python")
     parser.add_argument("--cache", type=Path, default=Path("/tmp/semsearch-bench-http"))
@@ -289,9 +287,7 @@ def main() -> int:
     tx_rows = {r["concurrency"]: r for r in rows if r["server"] == "txtai"}
     for r in rows:
         if r["server"] != "txtai" and r["concurrency"] in tx_rows and tx_rows[r["concurrency"]]["qps"]:
-            ratios[f"{r['server']} c={r['concurrency']}"] = round(
-                r["qps"] / tx_rows[r["concurrency"]]["qps"], 2
-            )
+            ratios[f"{r['server']} c={r['concurrency']}"] = round(r["qps"] / tx_rows[r["concurrency"]]["qps"], 2)
     if ratios:
         print("\nqueries/s vs txtai:", ratios)
     result = {
@@ -316,9 +312,7 @@ def main() -> int:
         xs = [r["concurrency"] for r in pts]
         ax1.plot(xs, [r["qps"] for r in pts], marker="o", color=f"C{i}", label=name)
         ax2.plot(xs, [r["p99_ms"] for r in pts], marker="o", color=f"C{i}", label=f"{name} p99")
-        ax2.plot(
-            xs, [r["p50_ms"] for r in pts], marker=".", linestyle="--", color=f"C{i}", label=f"{name} p50"
-        )
+        ax2.plot(xs, [r["p50_ms"] for r in pts], marker=".", linestyle="--", color=f"C{i}", label=f"{name} p50")
     for ax, label in ((ax1, "queries/s"), (ax2, "latency (ms)")):
         ax.set_xscale("log", base=2)
         ax.set_xlabel("concurrent clients")
@@ -326,9 +320,7 @@ def main() -> int:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     ax2.set_yscale("log")
-    fig.suptitle(
-        f"/search k={args.k}: semsearch vs txtai — {info['cpu']}, {info['usable_cores']} cores", fontsize=9
-    )
+    fig.suptitle(f"/search k={args.k}: semsearch vs txtai — {info['cpu']}, {info['usable_cores']} cores", fontsize=9)
     fig.tight_layout()
     fig.savefig(args.out / "bench_http_peers.png", dpi=120)
     print(f"saved {path} and {args.out / 'bench_http_peers.png'}")

@@ -192,9 +192,7 @@ def run_type(
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[100_000])
     parser.add_argument("--types", nargs="+", default=list(SWEEPS), choices=list(SWEEPS))
     parser.add_argument("--backend", default="onnx-int8", help="backend that encodes the real base texts")
@@ -274,9 +272,7 @@ def main() -> int:
         "table": table,
     }
     path = c.save(args.name, result, args.out)
-    plot(
-        all_rows, args.out / f"{args.name}.png", f"{info['cpu']}, {info['usable_cores']} cores, 1 OMP thread"
-    )
+    plot(all_rows, args.out / f"{args.name}.png", f"{info['cpu']}, {info['usable_cores']} cores, 1 OMP thread")
     print(f"saved {path} and {args.out / (args.name + '.png')}")
     return 0
 
@@ -288,9 +284,7 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     for ax, n in zip(axes[0], sizes, strict=True):
         for i, t in enumerate(dict.fromkeys(r["index_type"] for r in rows if r["n"] == n)):
             pts = [r for r in rows if r["n"] == n and r["index_type"] == t]
-            ax.plot(
-                [r["p50_ms"] for r in pts], [r["recall@10"] for r in pts], marker="o", color=f"C{i}", label=t
-            )
+            ax.plot([r["p50_ms"] for r in pts], [r["recall@10"] for r in pts], marker="o", color=f"C{i}", label=t)
         ax.axhline(0.95, color="grey", linestyle=":", linewidth=1)
         ax.axvline(2.0, color="grey", linestyle=":", linewidth=1)
         ax.set_xscale("log")

@@ -64,15 +64,11 @@ def most_similar_pair(emb: np.ndarray, block: int = 2048) -> tuple[float, int, i
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=10_000)
     parser.add_argument("--backends", nargs="+", default=["onnx-int8"], help="bi-encoder backends to time")
     parser.add_argument("--ce-backends", nargs="+", default=["torch", "onnx-int8"])
-    parser.add_argument(
-        "--ce-sample", type=int, default=256, help="pairs timed for the cross-encoder estimate"
-    )
+    parser.add_argument("--ce-sample", type=int, default=256, help="pairs timed for the cross-encoder estimate")
     parser.add_argument("--out", type=Path, default=c.RESULTS)
     args = parser.parse_args()
 
@@ -166,8 +162,7 @@ def main() -> int:
     plt = c.pyplot()
     fig, ax = plt.subplots(figsize=(7, 3.5))
     labels = [
-        r["what"].split(" (")[0] + "\n(" + r["what"].split(" (", 1)[1] if " (" in r["what"] else r["what"]
-        for r in rows
+        r["what"].split(" (")[0] + "\n(" + r["what"].split(" (", 1)[1] if " (" in r["what"] else r["what"] for r in rows
     ]
     ax.barh(labels, [r["seconds"] for r in rows], color="C0")
     ax.set_xscale("log")

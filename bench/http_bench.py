@@ -147,9 +147,7 @@ def batch_totals(client: httpx.Client) -> tuple[float, float]:
     return (float(count.group(1)) if count else 0.0, float(total.group(1)) if total else 0.0)
 
 
-async def drive(
-    url: str, queries: list[str], concurrency: int, duration: float, k: int
-) -> tuple[list[float], int]:
+async def drive(url: str, queries: list[str], concurrency: int, duration: float, k: int) -> tuple[list[float], int]:
     """Closed loop: each of ``concurrency`` clients sends its next query when the last one returns."""
     latencies: list[float] = []
     errors = 0
@@ -182,9 +180,7 @@ def run_server(name: str, index: Path, queries: list[str], args: argparse.Namesp
             for concurrency in args.concurrency:
                 calls0, texts0 = batch_totals(client)
                 started = time.perf_counter()
-                latencies, errors = asyncio.run(
-                    drive(server.url, queries, concurrency, args.duration, args.k)
-                )
+                latencies, errors = asyncio.run(drive(server.url, queries, concurrency, args.duration, args.k))
                 seconds = time.perf_counter() - started
                 calls1, texts1 = batch_totals(client)
                 ms = np.asarray(latencies) * 1000
@@ -237,9 +233,7 @@ def plot(levels: list[Level], path: Path, title: str) -> None:
         color = f"C{i}"
         ax_qps.plot(xs, [lv.qps for lv in rows], marker="o", color=color, label=name)
         ax_p99.plot(xs, [lv.p99_ms for lv in rows], marker="o", color=color, label=f"{name} p99")
-        ax_p99.plot(
-            xs, [lv.p50_ms for lv in rows], marker=".", linestyle="--", color=color, label=f"{name} p50"
-        )
+        ax_p99.plot(xs, [lv.p50_ms for lv in rows], marker=".", linestyle="--", color=color, label=f"{name} p50")
     for ax, ylabel in ((ax_qps, "queries/s"), (ax_p99, "latency (ms)")):
         ax.set_xscale("log", base=2)
         ax.set_xticks([lv.concurrency for lv in levels if lv.server == next(iter(SERVERS))])
@@ -254,9 +248,7 @@ def plot(levels: list[Level], path: Path, title: str) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--index", type=Path, default=REPO / "data" / "index" / "sample", help="index root")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per concurrency level")

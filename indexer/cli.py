@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -29,18 +28,18 @@ app = typer.Typer(
 )
 
 
-class PoolingOpt(str, Enum):
+class PoolingOpt(StrEnum):
     mean = "mean"
     cls = "cls"
 
 
-class BackendOpt(str, Enum):
+class BackendOpt(StrEnum):
     torch = "torch"
     onnx = "onnx"
     onnx_int8 = "onnx-int8"
 
 
-class IndexTypeOpt(str, Enum):
+class IndexTypeOpt(StrEnum):
     flat = "flat"
     hnsw = "hnsw"
     ivf = "ivf"
@@ -51,7 +50,7 @@ class IndexTypeOpt(str, Enum):
     auto = "auto"
 
 
-class OnDuplicateOpt(str, Enum):
+class OnDuplicateOpt(StrEnum):
     error = "error"
     keep_last = "keep-last"
 
@@ -92,34 +91,68 @@ def _emit(obj: dict[str, Any]) -> None:
 def build(
     input: Annotated[list[Path], typer.Option("--input", help="Input file(s): .txt .jsonl .csv .tsv, optionally .gz.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Index root directory (created if missing).")],
-    model: Annotated[str | None, typer.Option(help="Model: hub name or local folder. Default: packaged all-MiniLM-L6-v2.")] = None,
-    pooling: Annotated[PoolingOpt, typer.Option(help="Pooling of token outputs into a sentence vector.")] = PoolingOpt.mean,
+    model: Annotated[
+        str | None, typer.Option(help="Model: hub name or local folder. Default: packaged all-MiniLM-L6-v2.")
+    ] = None,
+    pooling: Annotated[
+        PoolingOpt, typer.Option(help="Pooling of token outputs into a sentence vector.")
+    ] = PoolingOpt.mean,
     backend: Annotated[BackendOpt, typer.Option(help="Inference backend for encoding.")] = BackendOpt.torch,
-    index_type: Annotated[IndexTypeOpt, typer.Option(help="FAISS index type; auto picks by corpus size.")] = IndexTypeOpt.flat,
-    index_param: Annotated[list[str] | None, typer.Option(help="Index parameter key=value (M, ef_construction, ef_search, nlist, nprobe, pq_m, rescore).")] = None,
+    index_type: Annotated[
+        IndexTypeOpt, typer.Option(help="FAISS index type; auto picks by corpus size.")
+    ] = IndexTypeOpt.flat,
+    index_param: Annotated[
+        list[str] | None,
+        typer.Option(help="Index parameter key=value (M, ef_construction, ef_search, nlist, nprobe, pq_m, rescore)."),
+    ] = None,
     batch_size: Annotated[int, typer.Option(min=1, max=4096, help="Encoding batch size.")] = 64,
-    max_seq_length: Annotated[int | None, typer.Option(min=8, help="Token limit per sentence (longer is truncated and counted).")] = None,
+    max_seq_length: Annotated[
+        int | None, typer.Option(min=8, help="Token limit per sentence (longer is truncated and counted).")
+    ] = None,
     text_field: Annotated[str, typer.Option(help="Text column/field for .jsonl/.csv/.tsv.")] = "text",
     id_field: Annotated[str, typer.Option(help="Id column/field (optional in the data; auto ids otherwise).")] = "id",
-    split_sentences: Annotated[bool, typer.Option("--split-sentences", help="Split documents into sentences (keeps doc id and offsets).")] = False,
+    split_sentences: Annotated[
+        bool, typer.Option("--split-sentences", help="Split documents into sentences (keeps doc id and offsets).")
+    ] = False,
     max_chars: Annotated[int, typer.Option(min=1, help="Reject rows whose text is longer than this.")] = 20_000,
-    max_rejects: Annotated[str, typer.Option(help="Fail without publishing above this many rejects: a count or a share like 1%.")] = "1%",
-    on_duplicate: Annotated[OnDuplicateOpt, typer.Option(help="Duplicate ids: fail, or let the later row win.")] = OnDuplicateOpt.error,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted build of the same inputs and options.")] = False,
+    max_rejects: Annotated[
+        str, typer.Option(help="Fail without publishing above this many rejects: a count or a share like 1%.")
+    ] = "1%",
+    on_duplicate: Annotated[
+        OnDuplicateOpt, typer.Option(help="Duplicate ids: fail, or let the later row win.")
+    ] = OnDuplicateOpt.error,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue an interrupted build of the same inputs and options.")
+    ] = False,
     keep: Annotated[int | None, typer.Option(min=1, help="After publishing, keep only the newest N versions.")] = None,
-    chunk_size: Annotated[int, typer.Option(min=1, help="Rows per checkpoint (the unit --resume restarts from).")] = 4096,
+    chunk_size: Annotated[
+        int, typer.Option(min=1, help="Rows per checkpoint (the unit --resume restarts from).")
+    ] = 4096,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Build a new index version from input files and publish it atomically."""
     from indexer.pipeline import BuildOptions, run_build
 
     opts = BuildOptions(
-        inputs=input, output=output, model=model, pooling=pooling.value,
-        backend=backend.value, index_type=index_type.value,
-        index_params=_parse_params(index_param or []), batch_size=batch_size, max_seq_length=max_seq_length,
-        text_field=text_field, id_field=id_field, split_sentences=split_sentences, max_chars=max_chars,
-        max_rejects=max_rejects, on_duplicate=on_duplicate.value, resume=resume, keep=keep,
-        chunk_size=chunk_size, progress=progress,
+        inputs=input,
+        output=output,
+        model=model,
+        pooling=pooling.value,
+        backend=backend.value,
+        index_type=index_type.value,
+        index_params=_parse_params(index_param or []),
+        batch_size=batch_size,
+        max_seq_length=max_seq_length,
+        text_field=text_field,
+        id_field=id_field,
+        split_sentences=split_sentences,
+        max_chars=max_chars,
+        max_rejects=max_rejects,
+        on_duplicate=on_duplicate.value,
+        resume=resume,
+        keep=keep,
+        chunk_size=chunk_size,
+        progress=progress,
     )
     _report(run_build(opts))
 
@@ -134,7 +167,9 @@ def add(
     split_sentences: Annotated[bool, typer.Option("--split-sentences")] = False,
     max_chars: Annotated[int, typer.Option(min=1)] = 20_000,
     max_rejects: Annotated[str, typer.Option()] = "1%",
-    on_duplicate: Annotated[OnDuplicateOpt, typer.Option(help="An id already in the index: replace it (default) or fail.")] = OnDuplicateOpt.keep_last,
+    on_duplicate: Annotated[
+        OnDuplicateOpt, typer.Option(help="An id already in the index: replace it (default) or fail.")
+    ] = OnDuplicateOpt.keep_last,
     resume: Annotated[bool, typer.Option("--resume")] = False,
     keep: Annotated[int | None, typer.Option(min=1)] = None,
     progress: Annotated[bool, typer.Option()] = True,
@@ -143,9 +178,18 @@ def add(
     from indexer.pipeline import BuildOptions, run_build
 
     opts = BuildOptions(
-        inputs=input, output=index, batch_size=batch_size, text_field=text_field, id_field=id_field,
-        split_sentences=split_sentences, max_chars=max_chars, max_rejects=max_rejects,
-        on_duplicate=on_duplicate.value, resume=resume, keep=keep, progress=progress,
+        inputs=input,
+        output=index,
+        batch_size=batch_size,
+        text_field=text_field,
+        id_field=id_field,
+        split_sentences=split_sentences,
+        max_chars=max_chars,
+        max_rejects=max_rejects,
+        on_duplicate=on_duplicate.value,
+        resume=resume,
+        keep=keep,
+        progress=progress,
     )
     _report(run_build(opts, incremental=True))
 
@@ -153,8 +197,12 @@ def add(
 @app.command()
 def delete(
     index: IndexArg,
-    ids: Annotated[list[str], typer.Option("--ids", help="User ids to delete (repeat the option or separate by commas).")],
-    missing_ok: Annotated[bool, typer.Option("--missing-ok", help="Delete the ids found even if some are absent.")] = False,
+    ids: Annotated[
+        list[str], typer.Option("--ids", help="User ids to delete (repeat the option or separate by commas).")
+    ],
+    missing_ok: Annotated[
+        bool, typer.Option("--missing-ok", help="Delete the ids found even if some are absent.")
+    ] = False,
     keep: Annotated[int | None, typer.Option(min=1)] = None,
 ) -> None:
     """Publish a new version without the given ids."""
@@ -214,8 +262,13 @@ def info(
 
     directory = resolve_version_dir(index)
     m = Manifest.read(directory)
-    summary = {**m.summary(), "path": str(directory), "versions": IndexRoot(index).versions(), "build": m.build,
-               "libraries": m.libraries}
+    summary = {
+        **m.summary(),
+        "path": str(directory),
+        "versions": IndexRoot(index).versions(),
+        "build": m.build,
+        "libraries": m.libraries,
+    }
     if as_json:
         _emit(summary)
         return

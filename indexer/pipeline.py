@@ -123,9 +123,18 @@ def _fingerprint(opts: BuildOptions, base: str | None, kind: str) -> str:
         st = p.stat()
         inputs.append([str(p.resolve()), st.st_size, st.st_mtime_ns])
     key = {
-        "kind": kind, "inputs": inputs, "model": opts.model, "pooling": opts.pooling, "backend": opts.backend,
-        "max_seq_length": opts.max_seq_length, "text_field": opts.text_field, "id_field": opts.id_field,
-        "split": opts.split_sentences, "max_chars": opts.max_chars, "on_duplicate": opts.on_duplicate, "base": base,
+        "kind": kind,
+        "inputs": inputs,
+        "model": opts.model,
+        "pooling": opts.pooling,
+        "backend": opts.backend,
+        "max_seq_length": opts.max_seq_length,
+        "text_field": opts.text_field,
+        "id_field": opts.id_field,
+        "split": opts.split_sentences,
+        "max_chars": opts.max_chars,
+        "on_duplicate": opts.on_duplicate,
+        "base": base,
         "chunk_size": opts.chunk_size,
     }
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
@@ -146,9 +155,7 @@ def _estimate_rows(paths: list[Path]) -> int | None:
     return total
 
 
-def _ingest(
-    staging: _Staging, encoder: Encoder, opts: BuildOptions, on_duplicate: OnDuplicate
-) -> tuple[int, int, int]:
+def _ingest(staging: _Staging, encoder: Encoder, opts: BuildOptions, on_duplicate: OnDuplicate) -> tuple[int, int, int]:
     """Read, encode and commit all rows chunk by chunk; returns (rows read, rejects, resumed rows)."""
     state = staging.state()
     consumed = int(state.get("consumed", 0))
@@ -163,8 +170,9 @@ def _ingest(
     if opts.progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=total, initial=consumed, desc="indexing", unit="row", unit_scale=True, smoothing=0.05,
-                   mininterval=1.0)
+        bar = tqdm(
+            total=total, initial=consumed, desc="indexing", unit="row", unit_scale=True, smoothing=0.05, mininterval=1.0
+        )
     rows = read_inputs(opts.inputs, opts.text_field, opts.id_field, opts.split_sentences, opts.max_chars)
     for _ in range(consumed):  # fast-forward past committed rows (reading is cheap, encoding is not)
         if next(rows, None) is None:
@@ -216,10 +224,20 @@ def _ingest(
 def _insert(conn: sqlite3.Connection, iid: int, rec: Record, on_duplicate: OnDuplicate) -> None:
     ext_id = rec.ext_id if rec.ext_id is not None else iid
     values = (
-        iid, str(ext_id), isinstance(ext_id, int), rec.text, rec.doc_id, rec.start, rec.end, rec.source,
+        iid,
+        str(ext_id),
+        isinstance(ext_id, int),
+        rec.text,
+        rec.doc_id,
+        rec.start,
+        rec.end,
+        rec.source,
         json.dumps(rec.metadata, ensure_ascii=False, sort_keys=True),
     )
-    sql = 'INSERT INTO docs(iid, ext_id, id_is_int, text, doc_id, start, "end", source, metadata) VALUES (?,?,?,?,?,?,?,?,?)'
+    sql = (
+        'INSERT INTO docs(iid, ext_id, id_is_int, text, doc_id, start, "end", source, metadata) '
+        "VALUES (?,?,?,?,?,?,?,?,?)"
+    )
     try:
         conn.execute(sql, values)
     except sqlite3.IntegrityError as e:
@@ -237,8 +255,12 @@ def _insert(conn: sqlite3.Connection, iid: int, rec: Record, on_duplicate: OnDup
 
 
 def _finalize(
-    root: IndexRoot, staging: _Staging, encoder_meta: dict[str, Any], opts: BuildOptions,
-    base: tuple[Path, Manifest] | None, build_info: dict[str, Any],
+    root: IndexRoot,
+    staging: _Staging,
+    encoder_meta: dict[str, Any],
+    opts: BuildOptions,
+    base: tuple[Path, Manifest] | None,
+    build_info: dict[str, Any],
 ) -> Manifest:
     """Assemble vectors of the live rows, build FAISS + FTS, write the manifest (last)."""
     conn = staging.conn
@@ -307,8 +329,12 @@ def _finalize(
 
 def _encoder_meta(encoder: Encoder) -> dict[str, Any]:
     return {
-        "model": encoder.name, "fingerprint": encoder.fingerprint, "pooling": encoder.pooling,
-        "backend": encoder.backend, "max_seq_length": encoder.max_seq_length, "dimension": encoder.dim,
+        "model": encoder.name,
+        "fingerprint": encoder.fingerprint,
+        "pooling": encoder.pooling,
+        "backend": encoder.backend,
+        "max_seq_length": encoder.max_seq_length,
+        "dimension": encoder.dim,
     }
 
 
@@ -332,15 +358,16 @@ def _open_staging(root: IndexRoot, name: str, resume: bool) -> _Staging:
         shutil.rmtree(directory)
     elif resume and not directory.exists():
         others = sorted(p.name for p in root.staging_dir.glob("*")) if root.staging_dir.exists() else []
-        log.warning("--resume: no checkpoint for these inputs and options%s; starting from the beginning",
-                    f" (unfinished builds with other inputs/options: {', '.join(others)})" if others else "")
+        log.warning(
+            "--resume: no checkpoint for these inputs and options%s; starting from the beginning",
+            f" (unfinished builds with other inputs/options: {', '.join(others)})" if others else "",
+        )
     return _Staging(directory)
 
 
 def _make_encoder(opts: BuildOptions, base: Manifest | None) -> Encoder:
     if base is None:
-        return Encoder(model=opts.model, pooling=opts.pooling, backend=opts.backend,
-                       max_seq_length=opts.max_seq_length)
+        return Encoder(model=opts.model, pooling=opts.pooling, backend=opts.backend, max_seq_length=opts.max_seq_length)
     return Encoder.from_manifest(base)
 
 
@@ -357,8 +384,9 @@ def run_build(opts: BuildOptions, incremental: bool = False) -> BuildResult:
                 raise ModelMismatchError(f"--model {opts.model!r} differs from the index's model {base[1].model!r}")
             opts.index_type = opts.index_type if opts.index_type != "flat" else base[1].index_type
             opts.index_params = {**base[1].index_params, **opts.index_params}
-        name = ("add-" if incremental else "build-") + _fingerprint(opts, base[1].version if base else None,
-                                                                      "add" if incremental else "build")
+        name = ("add-" if incremental else "build-") + _fingerprint(
+            opts, base[1].version if base else None, "add" if incremental else "build"
+        )
         encoder = _make_encoder(opts, base[1] if base else None)
         staging = _open_staging(root, name, opts.resume)
         if base is not None and not staging.state():
@@ -378,7 +406,8 @@ def run_build(opts: BuildOptions, incremental: bool = False) -> BuildResult:
             shutil.rmtree(staging.dir)
             raise TooManyRejectsError(
                 f"{n_rejects} of {rows + n_rejects} rows rejected (limit {allowed}, --max-rejects {opts.max_rejects}); "
-                "nothing was published. First: " + "; ".join(f"{s}:{ln}: {r}" for s, ln, r in first)
+                "nothing was published. First: "
+                + "; ".join(f"{s}:{ln}: {r}" for s, ln, r in first)
                 + f". All rejects: {path}",
                 {"rejects": n_rejects, "rows": rows + n_rejects, "rejects_file": str(path)},
             )
@@ -400,9 +429,16 @@ def run_build(opts: BuildOptions, incremental: bool = False) -> BuildResult:
         with contextlib.suppress(OSError):
             root.staging_dir.rmdir()
     return BuildResult(
-        version=version, count=manifest.count, added=rows, rejects=n_rejects, rejects_file=rejects_file,
-        truncated=encoder.stats.truncated, seconds=time.perf_counter() - started, resumed_rows=resumed,
-        pruned=pruned, deleted=max(0, base_count + rows - final_count) if base else 0,
+        version=version,
+        count=manifest.count,
+        added=rows,
+        rejects=n_rejects,
+        rejects_file=rejects_file,
+        truncated=encoder.stats.truncated,
+        seconds=time.perf_counter() - started,
+        resumed_rows=resumed,
+        pruned=pruned,
+        deleted=max(0, base_count + rows - final_count) if base else 0,
     )
 
 
@@ -425,22 +461,29 @@ def run_delete(index: Path, ids: list[str], keep: int | None = None, missing_ok:
             shutil.rmtree(staging.dir)
             raise InvalidInputError(
                 f"{len(missing)} id(s) not in the index: {', '.join(missing[:10])}; nothing was changed "
-                "(pass --missing-ok to delete the others anyway)", {"missing": missing}
+                "(pass --missing-ok to delete the others anyway)",
+                {"missing": missing},
             )
         with staging.conn:
             for i in found:
                 staging.conn.execute("DELETE FROM docs WHERE ext_id = ?", (i,))
-        opts = BuildOptions(inputs=[], output=index, index_type=manifest.index_type,
-                            index_params=manifest.index_params, progress=False)
+        opts = BuildOptions(
+            inputs=[], output=index, index_type=manifest.index_type, index_params=manifest.index_params, progress=False
+        )
         meta = {
-            "model": manifest.model, "fingerprint": manifest.model_fingerprint, "pooling": manifest.pooling,
-            "backend": manifest.backend, "max_seq_length": manifest.max_seq_length, "dimension": manifest.dimension,
+            "model": manifest.model,
+            "fingerprint": manifest.model_fingerprint,
+            "pooling": manifest.pooling,
+            "backend": manifest.backend,
+            "max_seq_length": manifest.max_seq_length,
+            "dimension": manifest.dimension,
         }
         new = _finalize(root, staging, meta, opts, (base_dir, manifest), {"kind": "delete", "deleted": len(found)})
         version = root.publish(staging.dir)
         pruned = root.prune(keep) if keep else []
-    return BuildResult(version=version, count=new.count, deleted=len(found), seconds=time.perf_counter() - started,
-                       pruned=pruned)
+    return BuildResult(
+        version=version, count=new.count, deleted=len(found), seconds=time.perf_counter() - started, pruned=pruned
+    )
 
 
 def _select_ext_ids(conn: sqlite3.Connection, ids: list[str]) -> Iterator[tuple[str]]:

@@ -52,20 +52,36 @@ def index_miner(index_dir: Path) -> Callable[[list[str], int], list[list[str]]]:
 
 def train_reranker(
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the trained CrossEncoder (+ model card).")],
-    scored: Annotated[Path | None, typer.Option(help="Scored pairs TSV (sentence1, sentence2, score), e.g. STS-B train.")] = None,
+    scored: Annotated[
+        Path | None, typer.Option(help="Scored pairs TSV (sentence1, sentence2, score), e.g. STS-B train.")
+    ] = None,
     dev: Annotated[Path | None, typer.Option(help="Scored dev pairs: early stopping + fusion tuning.")] = None,
     test: Annotated[Path | None, typer.Option(help="Scored test pairs: reported only, never tuned on.")] = None,
-    relevance: Annotated[Path | None, typer.Option(help="Relevance pairs .jsonl[.gz] with query and positive fields.")] = None,
+    relevance: Annotated[
+        Path | None, typer.Option(help="Relevance pairs .jsonl[.gz] with query and positive fields.")
+    ] = None,
     query_field: Annotated[str, typer.Option(help="Query field of --relevance.")] = "query",
-    positive_field: Annotated[str, typer.Option(help="Positive text field of --relevance (a 'title' is prepended when present and the field is 'text').")] = "text",
-    mine_index: Annotated[Path | None, typer.Option(help="Index to mine hard negatives from (top-ranked non-positives).")] = None,
+    positive_field: Annotated[
+        str,
+        typer.Option(
+            help="Positive text field of --relevance (a 'title' is prepended when present and the field is 'text')."
+        ),
+    ] = "text",
+    mine_index: Annotated[
+        Path | None, typer.Option(help="Index to mine hard negatives from (top-ranked non-positives).")
+    ] = None,
     mine_top_k: Annotated[int, typer.Option(min=1, help="Candidates retrieved per query when mining.")] = 20,
     num_negatives: Annotated[int, typer.Option(min=0, help="Hard negatives kept per query.")] = 4,
-    base_model: Annotated[str | None, typer.Option(help="Initial weights (default: the packaged all-MiniLM-L6-v2 transformer + a fresh head).")] = None,
+    base_model: Annotated[
+        str | None,
+        typer.Option(help="Initial weights (default: the packaged all-MiniLM-L6-v2 transformer + a fresh head)."),
+    ] = None,
     epochs: Annotated[int, typer.Option(min=1)] = 3,
     batch_size: Annotated[int, typer.Option(min=1)] = 16,
     learning_rate: Annotated[float, typer.Option(min=0.0)] = 5e-5,
-    patience: Annotated[int, typer.Option(min=1, help="Dev evaluations without improvement before stopping early.")] = 2,
+    patience: Annotated[
+        int, typer.Option(min=1, help="Dev evaluations without improvement before stopping early.")
+    ] = 2,
     seed: Annotated[int, typer.Option(help="Random seed (training is deterministic for a seed).")] = 42,
     score_max: Annotated[float, typer.Option(help="Scores are divided by this to get targets in [0, 1].")] = 5.0,
     fusion: Annotated[bool, typer.Option(help="Tune a fusion with the bi-encoder cosine on --dev.")] = True,
@@ -102,8 +118,10 @@ def train_reranker(
         fusion=fusion,
         overwrite=overwrite,
     )
-    typer.echo(f"reranker written to {result.output_dir} in {result.total_seconds / 60:.1f} min "
-               f"(training {result.train_seconds / 60:.1f} min)")
+    typer.echo(
+        f"reranker written to {result.output_dir} in {result.total_seconds / 60:.1f} min "
+        f"(training {result.train_seconds / 60:.1f} min)"
+    )
     if result.best_dev_metric is not None:
         typer.echo(f"best dev {result.dev_metric_name}: {result.best_dev_metric:.4f} (epoch {result.best_epoch})")
     for split, metrics in (("dev", result.dev_metrics), ("test", result.test_metrics or {})):

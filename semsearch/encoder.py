@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, cast, get_args
 
 import numpy as np
@@ -89,9 +89,7 @@ class Encoder:
         if not dim:
             raise ModelLoadError(f"model {self.resolved.name!r} does not report an embedding dimension")
         self.dim = int(dim)
-        self.model_pooling = next(
-            (getattr(m, "pooling_mode", None) for m in base if hasattr(m, "pooling_mode")), None
-        )
+        self.model_pooling = next((getattr(m, "pooling_mode", None) for m in base if hasattr(m, "pooling_mode")), None)
         self._st = SentenceTransformer(
             modules=[transformer, PoolingModule(self.dim, pooling_mode=self.pooling), Normalize()], device="cpu"
         )
@@ -114,8 +112,13 @@ class Encoder:
             self._onnx = onnx_model.run
         log.info(
             "encoder %s (%s, fingerprint %s): pooling=%s backend=%s dim=%d max_seq_length=%d",
-            self.resolved.name, self.resolved.source, self.fingerprint, self.pooling, self.backend,
-            self.dim, self.max_seq_length or 0,
+            self.resolved.name,
+            self.resolved.source,
+            self.fingerprint,
+            self.pooling,
+            self.backend,
+            self.dim,
+            self.max_seq_length or 0,
         )
 
     @classmethod

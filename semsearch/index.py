@@ -87,8 +87,9 @@ class SearchIndex:
             raise CorruptIndexError(
                 f"{directory}: FAISS holds {vectors.ntotal} vectors but the manifest says {manifest.count}"
             )
-        log.info("loaded index %s (%s, %d sentences, %s)", directory, manifest.version, manifest.count,
-                 manifest.index_type)
+        log.info(
+            "loaded index %s (%s, %d sentences, %s)", directory, manifest.version, manifest.count, manifest.index_type
+        )
         return idx
 
     def close(self) -> None:
@@ -144,7 +145,9 @@ def quick_problems(directory: Path, manifest: Manifest) -> list[str]:
     except (OSError, ValueError) as e:
         return [f"cannot read vectors/ids: {e}"]
     if vectors.shape != (manifest.count, manifest.dimension):
-        problems.append(f"vectors.npy has shape {vectors.shape}, manifest says ({manifest.count}, {manifest.dimension})")
+        problems.append(
+            f"vectors.npy has shape {vectors.shape}, manifest says ({manifest.count}, {manifest.dimension})"
+        )
     if ids.shape != (manifest.count,):
         problems.append(f"ids.npy has {ids.shape[0] if ids.ndim else 0} ids, manifest says {manifest.count}")
     elif manifest.count > 1 and not bool(np.all(np.diff(ids) > 0)):
@@ -196,7 +199,9 @@ def verify(path: str | Path, full: bool = True) -> list[str]:
         if not np.array_equal(faiss_ids, sql_ids):
             problems.append("the FAISS index's own id map differs from ids.npy")
     if checksum != manifest.corpus_checksum:
-        problems.append(f"corpus checksum {checksum[:12]}… differs from the manifest's {manifest.corpus_checksum[:12]}…")
+        problems.append(
+            f"corpus checksum {checksum[:12]}… differs from the manifest's {manifest.corpus_checksum[:12]}…"
+        )
     if manifest.count:
         sample = np.asarray(vi.vectors[: min(1000, manifest.count)], dtype=np.float32)
         norms = np.linalg.norm(sample, axis=1)

@@ -44,7 +44,9 @@ def resolve_model(name: str | None) -> ResolvedModel:
     path = Path(name).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
-            raise ModelLoadError(f"model folder {path} has no config.json: not a transformers/sentence-transformers model")
+            raise ModelLoadError(
+                f"model folder {path} has no config.json: not a transformers/sentence-transformers model"
+            )
         return ResolvedModel(str(path.resolve()), path.resolve(), "local")
     if path.exists() or name.startswith((".", "/", "~")):
         raise ModelLoadError(f"model path {name!r} is not a folder")

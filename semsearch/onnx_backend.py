@@ -70,9 +70,7 @@ def model_fingerprint(model_dir: Path) -> str:
     """Short sha256 over the weight files and ``config.json`` of a local HF model folder."""
     model_dir = Path(model_dir)
     files = sorted(
-        p
-        for p in model_dir.iterdir()
-        if p.is_file() and (p.suffix in _WEIGHT_SUFFIXES or p.name == "config.json")
+        p for p in model_dir.iterdir() if p.is_file() and (p.suffix in _WEIGHT_SUFFIXES or p.name == "config.json")
     )
     if not any(p.suffix in _WEIGHT_SUFFIXES for p in files):
         raise RuntimeError(f"no weight files (*.safetensors, *.bin) in model folder {model_dir}")
@@ -106,9 +104,7 @@ class OnnxModel:
         self.kind: Kind = kind
         self.variant: Variant = variant
         self.fingerprint = fingerprint
-        self.folder = (
-            Path(cache_dir if cache_dir is not None else default_cache_dir()) / f"{fingerprint}-{kind}"
-        )
+        self.folder = Path(cache_dir if cache_dir is not None else default_cache_dir()) / f"{fingerprint}-{kind}"
         self._exported = False
         float_path = self.folder / _FILES["onnx"]
         target = self.folder / _FILES[variant]
@@ -234,9 +230,7 @@ class _ExportWrapper:
             def forward(
                 self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor
             ) -> torch.Tensor:
-                out = self.model(
-                    input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
-                )
+                out = self.model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
                 return getattr(out, attr)
 
         class WithoutTypes(torch.nn.Module):
@@ -311,9 +305,7 @@ def _export(hf_model: torch.nn.Module, kind: Kind, dst: Path) -> dict[str, Any]:
                     exporter = "dynamo" if dynamo else "torchscript"
                     break
                 except Exception as e:  # the exporters raise many types; we report them all
-                    errors.append(
-                        f"{'dynamo' if dynamo else 'torchscript'} exporter: {type(e).__name__}: {e}"
-                    )
+                    errors.append(f"{'dynamo' if dynamo else 'torchscript'} exporter: {type(e).__name__}: {e}")
                     log.warning("ONNX %s", errors[-1].splitlines()[0][:500])
             if not exporter:
                 raise RuntimeError(f"ONNX export of the {kind} failed: " + " | ".join(errors))
@@ -386,9 +378,7 @@ def _check_export(
     (got,) = session.run([output], {n: example[n].cpu().numpy() for n in names})
     got = np.asarray(got, dtype=np.float32)
     if got.shape != expected.shape:
-        raise RuntimeError(
-            f"ONNX export of the {kind} is wrong: output shape {got.shape} != torch {expected.shape}"
-        )
+        raise RuntimeError(f"ONNX export of the {kind} is wrong: output shape {got.shape} != torch {expected.shape}")
     if kind == "encoder":  # padded positions carry no meaning; compare real tokens only
         mask = example["attention_mask"].cpu().numpy().astype(bool)
         got, expected = got[mask], expected[mask]
@@ -458,9 +448,7 @@ def _session(path: Path, num_threads: int | None) -> onnxruntime.InferenceSessio
     try:
         return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as e:
-        raise RuntimeError(
-            f"onnxruntime cannot load {path}: {e}; delete the folder {path.parent} to rebuild it"
-        ) from e
+        raise RuntimeError(f"onnxruntime cannot load {path}: {e}; delete the folder {path.parent} to rebuild it") from e
 
 
 @contextlib.contextmanager

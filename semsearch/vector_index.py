@@ -225,9 +225,7 @@ class VectorIndex:
         scores = np.einsum("md,mcd->mc", queries, cand)
         return np.where(valid, scores, -np.inf).astype(np.float32)
 
-    def search(
-        self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None
-    ) -> tuple[np.ndarray, np.ndarray]:
+    def search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Top-k (scores, ids) per query, best first; missing slots have id -1.
 
         ``allowed``: restrict to these ids (a metadata filter). Few allowed rows are scanned exactly;

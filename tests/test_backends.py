@@ -48,10 +48,7 @@ def onnx_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def encoders(onnx_root: Path) -> dict[str, Encoder]:
     cache = str(onnx_root / "onnx")
-    return {
-        b: Encoder(backend=b, cache_dir=None if b == "torch" else cache)
-        for b in ("torch", "onnx", "onnx-int8")
-    }
+    return {b: Encoder(backend=b, cache_dir=None if b == "torch" else cache) for b in ("torch", "onnx", "onnx-int8")}
 
 
 @pytest.fixture(scope="module")
@@ -112,9 +109,7 @@ def test_stsb_spearman_within_one_point_of_torch(
         return 100 * float(spearmanr(np.einsum("nd,nd->n", a, b), gold).statistic)
 
     torch_rho, got = rho(encoders["torch"]), rho(encoders[backend])
-    assert torch_rho > 75, (
-        f"torch Spearman {torch_rho:.2f} on {len(pairs)} STS-B dev pairs: the data looks wrong"
-    )
+    assert torch_rho > 75, f"torch Spearman {torch_rho:.2f} on {len(pairs)} STS-B dev pairs: the data looks wrong"
     assert torch_rho - got <= MAX_SPEARMAN_DROP, f"{backend}: {got:.2f} vs torch {torch_rho:.2f}"
 
 
@@ -178,9 +173,7 @@ def test_index_built_with_onnx_records_backend_and_serves(
         assert index.manifest.backend == "onnx"
         # the stored vectors are the onnx encoder's
         stored = np.asarray(index.vectors.vectors, dtype=np.float32)
-        np.testing.assert_allclose(
-            np.sort(stored @ encoders["onnx"].encode(rows).T, axis=None)[-5:], 1.0, atol=1e-4
-        )
+        np.testing.assert_allclose(np.sort(stored @ encoders["onnx"].encode(rows).T, axis=None)[-5:], 1.0, atol=1e-4)
     finally:
         index.close()
     app = create_app(Settings(index=root, reload_poll_s=0, workers_threads=2))

@@ -18,8 +18,12 @@ def test_info_json_has_the_contract_fields(small_index):
     assert res.returncode == 0, res.stderr
     info = json.loads(res.stdout)
     assert {k: info[k] for k in ("count", "model", "pooling", "index_type", "version")} == {
-        "count": 300, "model": "sentence-transformers/all-MiniLM-L6-v2", "pooling": "mean", "index_type": "flat",
-        "version": "v000001"}
+        "count": 300,
+        "model": "sentence-transformers/all-MiniLM-L6-v2",
+        "pooling": "mean",
+        "index_type": "flat",
+        "version": "v000001",
+    }
 
 
 def test_search_prints_ranked_results(small_index):

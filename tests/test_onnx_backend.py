@@ -116,9 +116,7 @@ def test_outputs_match_torch(st_model: Any, onnx_models: dict[Variant, OnnxModel
     assert cos8.min() >= 0.95, cos8
 
 
-def test_hidden_state_shape_and_token_type_default(
-    st_model: Any, onnx_models: dict[Variant, OnnxModel]
-) -> None:
+def test_hidden_state_shape_and_token_type_default(st_model: Any, onnx_models: dict[Variant, OnnxModel]) -> None:
     feats = st_model.tokenizer(["one", "two words here"], padding=True, return_tensors="np")
     features = {k: np.asarray(v, dtype=np.int64) for k, v in feats.items()}
     model = onnx_models["onnx"]
@@ -153,9 +151,7 @@ def test_cache_is_reused(
     fingerprint = model_fingerprint(model_dir)
     for variant, first in onnx_models.items():
         mtime = os.stat(first.path).st_mtime_ns
-        again = OnnxModel(
-            st_model[0].auto_model, model_dir, fingerprint, "encoder", variant, cache_dir=cache_dir
-        )
+        again = OnnxModel(st_model[0].auto_model, model_dir, fingerprint, "encoder", variant, cache_dir=cache_dir)
         assert again.exported is False
         assert again.path == first.path
         assert os.stat(again.path).st_mtime_ns == mtime
@@ -178,9 +174,7 @@ def test_cross_encoder_logits_match_torch(model_dir: Path, tmp_path: Path) -> No
         ["How do I bake bread?", "The stock market fell on Tuesday."],
         ["short", "a much longer passage about something else entirely, with many more tokens in it"],
     ]
-    model = OnnxModel(
-        ce.model, model_dir, model_fingerprint(model_dir), "cross-encoder", "onnx", cache_dir=tmp_path
-    )
+    model = OnnxModel(ce.model, model_dir, model_fingerprint(model_dir), "cross-encoder", "onnx", cache_dir=tmp_path)
     assert model.exported is True
     assert model.path == tmp_path / f"{model_fingerprint(model_dir)}-cross-encoder" / "model.onnx"
     feats = ce.tokenizer(

@@ -43,7 +43,13 @@ def test_build_publishes_a_verified_self_describing_version(small_index, encoder
     idx = SearchIndex.load(small_index)
     m = idx.manifest
     assert (m.count, m.dimension, m.pooling, m.index_type, m.metric, m.normalized) == (
-        300, 384, "mean", "flat", "inner_product", True)
+        300,
+        384,
+        "mean",
+        "flat",
+        "inner_product",
+        True,
+    )
     assert m.model == "sentence-transformers/all-MiniLM-L6-v2" and len(m.model_fingerprint) == 16
     assert set(m.files) == {"index.faiss", "vectors.npy", "ids.npy", "docs.sqlite"}
     assert {"torch", "faiss-cpu", "sentence-transformers"} <= set(m.libraries)
@@ -54,8 +60,11 @@ def test_build_publishes_a_verified_self_describing_version(small_index, encoder
 
 
 def test_user_ids_keep_their_type_and_survive_add_and_delete(tmp_path, encoder):
-    rows = [{"id": 10, "text": "a dog barks at the mailman"}, {"id": "cat-1", "text": "a cat sleeps on the sofa"},
-            {"id": 99, "text": "the stock market crashed today"}]
+    rows = [
+        {"id": 10, "text": "a dog barks at the mailman"},
+        {"id": "cat-1", "text": "a cat sleeps on the sofa"},
+        {"id": 99, "text": "the stock market crashed today"},
+    ]
     root = tmp_path / "idx"
     _build([write_jsonl(tmp_path / "a.jsonl", rows)], root)
     first = SearchIndex.load(root)
@@ -65,10 +74,16 @@ def test_user_ids_keep_their_type_and_survive_add_and_delete(tmp_path, encoder):
     assert _search(root, encoder, "kitten napping")[0].id == "cat-1"
 
     # add: one new row, one upsert of an existing id
-    extra = [{"id": "new", "text": "an airplane takes off from the runway"},
-             {"id": 99, "text": "the bond market rallied strongly"}]
-    res = run_build(BuildOptions(inputs=[write_jsonl(tmp_path / "b.jsonl", extra)], output=root, progress=False,
-                                 on_duplicate="keep-last"), incremental=True)
+    extra = [
+        {"id": "new", "text": "an airplane takes off from the runway"},
+        {"id": 99, "text": "the bond market rallied strongly"},
+    ]
+    res = run_build(
+        BuildOptions(
+            inputs=[write_jsonl(tmp_path / "b.jsonl", extra)], output=root, progress=False, on_duplicate="keep-last"
+        ),
+        incremental=True,
+    )
     assert res.version == "v000002" and res.count == 4
     idx = SearchIndex.load(root)
     docs = {d.id: d for d in idx.docs.iter_docs()}
@@ -99,7 +114,7 @@ def test_each_input_format_round_trips(tmp_path):
     files.append(csv_path)
     tsv_gz = tmp_path / "d.tsv.gz"
     with gzip.open(tsv_gz, "wt", encoding="utf-8") as fh:
-        fh.write("id\ttext\n" + "".join(f'{r["id"]}\t{r["text"]}\n' for r in rows[4:6]))
+        fh.write("id\ttext\n" + "".join(f"{r['id']}\t{r['text']}\n" for r in rows[4:6]))
     files.append(tsv_gz)
     root = tmp_path / "idx"
     res = _build(files, root)
@@ -114,8 +129,12 @@ def test_each_input_format_round_trips(tmp_path):
 def test_rejects_under_threshold_are_reported(tmp_path):
     good = sample_rows(120)
     path = tmp_path / "c.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in good[:60]) + "{broken\n"
-                    + "".join(json.dumps(r) + "\n" for r in good[60:]), encoding="utf-8")
+    path.write_text(
+        "".join(json.dumps(r) + "\n" for r in good[:60])
+        + "{broken\n"
+        + "".join(json.dumps(r) + "\n" for r in good[60:]),
+        encoding="utf-8",
+    )
     res = _build([path], tmp_path / "idx")
     assert (res.count, res.rejects) == (120, 1)
     lines = [json.loads(x) for x in Path(res.rejects_file).read_text().splitlines()]
@@ -195,8 +214,21 @@ def test_killed_build_leaves_current_usable_and_resume_continues(tmp_path, small
     root = tmp_path / "idx"
     shutil.copytree(small_index, root, symlinks=True)
     corpus = write_jsonl(tmp_path / "big.jsonl", sample_rows(900))
-    cmd = [sys.executable, "-m", "indexer", "build", "--input", str(corpus), "--output", str(root),
-           "--chunk-size", "100", "--batch-size", "16", "--no-progress"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "indexer",
+        "build",
+        "--input",
+        str(corpus),
+        "--output",
+        str(root),
+        "--chunk-size",
+        "100",
+        "--batch-size",
+        "16",
+        "--no-progress",
+    ]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 240
     while _committed_chunks(root) < 2:
@@ -212,8 +244,9 @@ def test_killed_build_leaves_current_usable_and_resume_continues(tmp_path, small
     assert len(_search(root, encoder, "a dog")) == 5
     done = _committed_chunks(root)
     assert done >= 2
-    res = run_build(BuildOptions(inputs=[corpus], output=root, chunk_size=100, batch_size=16, resume=True,
-                                 progress=False))
+    res = run_build(
+        BuildOptions(inputs=[corpus], output=root, chunk_size=100, batch_size=16, resume=True, progress=False)
+    )
     assert res.resumed_rows >= 200 and res.count == 900
     assert IndexRoot(root).current_version() == "v000002"
     assert verify(root) == []

@@ -29,23 +29,38 @@ def test_txt_one_sentence_per_line_skips_blank(tmp_path):
 
 def test_jsonl_ids_types_and_metadata(tmp_path):
     p = tmp_path / "c.jsonl"
-    rows = [{"id": 7, "text": "int id", "lang": "en"}, {"id": "x-1", "text": "str id", "tags": ["a", "b"]},
-            {"text": "no id", "score": 1.5}]
+    rows = [
+        {"id": 7, "text": "int id", "lang": "en"},
+        {"id": "x-1", "text": "str id", "tags": ["a", "b"]},
+        {"text": "no id", "score": 1.5},
+    ]
     p.write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
     recs, rejects = _read(p)
     assert [(r.ext_id, r.text, r.metadata) for r in recs] == [
-        (7, "int id", {"lang": "en"}), ("x-1", "str id", {"tags": ["a", "b"]}), (None, "no id", {"score": 1.5})]
+        (7, "int id", {"lang": "en"}),
+        ("x-1", "str id", {"tags": ["a", "b"]}),
+        (None, "no id", {"score": 1.5}),
+    ]
     assert rejects == []
 
 
 @pytest.mark.parametrize("ext,delim", [("csv", ","), ("tsv", "\t")])
 def test_delimited_with_fields(tmp_path, ext, delim):
     p = tmp_path / f"c.{ext}"
-    p.write_text(delim.join(["key", "body", "lang"]) + "\n" + delim.join(["k1", "hello world", "en"]) + "\n"
-                 + delim.join(["k2", "bonjour", "fr"]) + "\n", encoding="utf-8")
+    p.write_text(
+        delim.join(["key", "body", "lang"])
+        + "\n"
+        + delim.join(["k1", "hello world", "en"])
+        + "\n"
+        + delim.join(["k2", "bonjour", "fr"])
+        + "\n",
+        encoding="utf-8",
+    )
     recs, _ = _read(p, text_field="body", id_field="key")
-    assert [(r.ext_id, r.text, r.metadata) for r in recs] == [("k1", "hello world", {"lang": "en"}),
-                                                             ("k2", "bonjour", {"lang": "fr"})]
+    assert [(r.ext_id, r.text, r.metadata) for r in recs] == [
+        ("k1", "hello world", {"lang": "en"}),
+        ("k2", "bonjour", {"lang": "fr"}),
+    ]
     with pytest.raises(InvalidInputError, match="no column 'text'"):
         _read(p)
 
@@ -107,8 +122,13 @@ def test_unknown_extension():
 def test_split_sentences_keeps_offsets(tmp_path):
     text = "Dr. Smith went home. He said hello! Then 3 dogs ran.  Was it late? Yes."
     spans = list(split_sentences(text))
-    assert [text[a:b] for a, b in spans] == ["Dr. Smith went home.", "He said hello!", "Then 3 dogs ran.",
-                                             "Was it late?", "Yes."]
+    assert [text[a:b] for a, b in spans] == [
+        "Dr. Smith went home.",
+        "He said hello!",
+        "Then 3 dogs ran.",
+        "Was it late?",
+        "Yes.",
+    ]
     p = tmp_path / "docs.jsonl"
     p.write_text(json.dumps({"id": "d1", "text": text, "year": 2020}) + "\n", encoding="utf-8")
     recs, _ = _read(p, split=True)

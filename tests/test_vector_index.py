@@ -60,7 +60,7 @@ def test_binary_with_rescoring_on_real_embeddings(small_index):
 
 
 def test_exact_scores_are_cosines_sorted(data):
-    x, q, ids, truth, scores = data
+    x, q, _, truth, scores = data
     rows = (truth - 7) // 10
     np.testing.assert_allclose(scores, np.einsum("md,mkd->mk", q, x[rows]), atol=1e-5)
     assert (np.diff(scores, axis=1) <= 1e-6).all()
@@ -74,7 +74,7 @@ def test_filtered_search_is_true_top_k(data, index_type, share):
     rng = np.random.default_rng(1)
     allowed = np.sort(rng.choice(ids, size=int(len(ids) * share), replace=False))
     k = 10
-    scores, found = vi.search(q[:20], k, allowed=allowed)
+    _, found = vi.search(q[:20], k, allowed=allowed)
     rows = (allowed - 7) // 10
     brute = q[:20] @ x[rows].T
     expected = allowed[np.argsort(-brute, axis=1)[:, :k]]
@@ -86,7 +86,7 @@ def test_filtered_search_is_true_top_k(data, index_type, share):
 
 
 def test_save_load_mmap_round_trip(tmp_path, data):
-    x, q, ids, truth, _ = data
+    x, q, ids, _, _ = data
     for index_type in ("flat", "hnsw", "binary"):
         d = tmp_path / index_type
         d.mkdir()

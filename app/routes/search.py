@@ -51,9 +51,7 @@ def _hit(hit: Hit, reranked: bool) -> SearchHit:
     )
 
 
-async def run_search(
-    rt: Runtime, queries: Sequence[str], opts: SearchOptions
-) -> tuple[list[list[SearchHit]], str]:
+async def run_search(rt: Runtime, queries: Sequence[str], opts: SearchOptions) -> tuple[list[list[SearchHit]], str]:
     """Retrieve (micro-batched) and, when asked, rerank the top ``candidates`` of each query."""
     if opts.rerank:
         rt.reranking.require()  # 503 before any work: rerank is never silently skipped
@@ -74,9 +72,7 @@ async def search(body: SearchRequest, rt: RuntimeDep) -> SearchResponse:
     started = time.perf_counter()
     body.check_limits(rt.settings)
     rows, version = await run_search(rt, [body.query], body)
-    return SearchResponse(
-        results=rows[0], took_ms=_took_ms(started), index_version=version, reranked=body.rerank
-    )
+    return SearchResponse(results=rows[0], took_ms=_took_ms(started), index_version=version, reranked=body.rerank)
 
 
 @router.get("/search", response_model=SearchResponse, response_model_exclude_none=True, responses=RESPONSES)
@@ -110,14 +106,10 @@ async def search_get(
     return SearchResponse(results=rows[0], took_ms=_took_ms(started), index_version=version, reranked=rerank)
 
 
-@router.post(
-    "/search/batch", response_model=BatchSearchResponse, response_model_exclude_none=True, responses=RESPONSES
-)
+@router.post("/search/batch", response_model=BatchSearchResponse, response_model_exclude_none=True, responses=RESPONSES)
 async def search_batch(body: BatchSearchRequest, rt: RuntimeDep) -> BatchSearchResponse:
     """Several queries at once, encoded in one batch; one result list per query, in order."""
     started = time.perf_counter()
     body.check_limits(rt.settings)
     rows, version = await run_search(rt, body.queries, body)
-    return BatchSearchResponse(
-        results=rows, took_ms=_took_ms(started), index_version=version, reranked=body.rerank
-    )
+    return BatchSearchResponse(results=rows, took_ms=_took_ms(started), index_version=version, reranked=body.rerank)

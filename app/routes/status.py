@@ -22,9 +22,7 @@ async def health() -> Status:
     return Status(status="ok")
 
 
-@router.get(
-    "/ready", response_model=Status, responses={503: {"model": ErrorResponse, "description": "Not ready."}}
-)
+@router.get("/ready", response_model=Status, responses={503: {"model": ErrorResponse, "description": "Not ready."}})
 async def ready(rt: RuntimeDep) -> Status:
     """Readiness: 200 once the index and model are loaded, 503 before and while shutting down."""
     return Status(status="ready", index_version=version_name(rt.services.indexes.current))

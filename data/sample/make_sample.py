@@ -171,10 +171,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{pos:10s} eligible {len(entries):6d}  selected {len(chosen):6d}")
 
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    with args.output.open("wb") as raw:
-        with gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=9, mtime=0) as gz:
-            for entry in selected:
-                gz.write((json.dumps(entry, ensure_ascii=False) + "\n").encode("utf-8"))
+    with (
+        args.output.open("wb") as raw,
+        gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=9, mtime=0) as gz,
+    ):
+        for entry in selected:
+            gz.write((json.dumps(entry, ensure_ascii=False) + "\n").encode("utf-8"))
     size = args.output.stat().st_size
     print(f"wrote {len(selected)} entries to {args.output} ({size} bytes)")
     return 0

@@ -52,11 +52,7 @@ def app_corpus_rows() -> list[dict[str, Any]]:
     with gzip.open(SAMPLE, "rt", encoding="utf-8") as fh:
         rows = [json.loads(line) for line in fh]
     picked = [r for i, r in enumerate(rows) if i % 40 == 0]
-    cats = [
-        r
-        for r in rows
-        if r["lexname"] == "noun.animal" and re.search(r"\bcats?\b", r["text"]) and r not in picked
-    ]
+    cats = [r for r in rows if r["lexname"] == "noun.animal" and re.search(r"\bcats?\b", r["text"]) and r not in picked]
     return picked + cats
 
 

@@ -80,17 +80,13 @@ def test_batch_search_equals_single_searches(app_client: TestClient) -> None:
 
 
 def test_filter_and_mode_are_passed_to_the_core(app_client: TestClient, runtime: Runtime) -> None:
-    response = app_client.post(
-        "/search", json={"query": "to move quickly", "k": 5, "filter": {"pos": "verb"}}
-    )
+    response = app_client.post("/search", json={"query": "to move quickly", "k": 5, "filter": {"pos": "verb"}})
     assert response.status_code == 200, response.text
     results = response.json()["results"]
     assert results and all(r["metadata"]["pos"] == "verb" for r in results)
     expected = direct_search(runtime, "to move quickly", 5, filter={"pos": "verb"})
     assert [r["id"] for r in results] == [e["id"] for e in expected]
-    got = app_client.get(
-        "/search", params={"q": "to move quickly", "k": 5, "filter": json.dumps({"pos": "verb"})}
-    )
+    got = app_client.get("/search", params={"q": "to move quickly", "k": 5, "filter": json.dumps({"pos": "verb"})})
     assert [r["id"] for r in got.json()["results"]] == [e["id"] for e in expected]
     for mode in ("lexical", "hybrid"):
         response = app_client.post("/search", json={"query": "domestic cat", "k": 3, "mode": mode})
@@ -136,10 +132,7 @@ def test_metrics_are_prometheus_text(app_client: TestClient) -> None:
     text = response.text
     assert 'semsearch_http_requests_total{method="POST",route="/search",status="200"}' in text
     assert 'semsearch_http_requests_total{method="POST",route="/search",status="422"}' in text
-    assert (
-        'semsearch_http_request_duration_seconds_bucket{le="0.1",method="POST",route="/search",status="200"}'
-        in text
-    )
+    assert 'semsearch_http_request_duration_seconds_bucket{le="0.1",method="POST",route="/search",status="200"}' in text
     for name in ("semsearch_encode_batch_size_bucket", "semsearch_queue_depth", "semsearch_reloads_total"):
         assert name in text
     count = app_client.get("/info").json()["count"]
@@ -189,9 +182,7 @@ def test_web_page_is_served(app_client: TestClient) -> None:
         ({"query": "cat", "top_k": 3}, "top_k"),
     ],
 )
-def test_invalid_search_input_is_422(
-    app_client: TestClient, check_error: Check, body: Any, where: str | None
-) -> None:
+def test_invalid_search_input_is_422(app_client: TestClient, check_error: Check, body: Any, where: str | None) -> None:
     error = check_error(app_client.post("/search", json=body), 422, "invalid_input")
     if where is not None:
         assert any(where in d["loc"] for d in error["detail"]), error
@@ -219,9 +210,7 @@ def test_malformed_body_is_422(app_client: TestClient, check_error: Check, raw: 
         {"q": "x" * 1001},
     ],
 )
-def test_invalid_get_search_is_422(
-    app_client: TestClient, check_error: Check, params: dict[str, str]
-) -> None:
+def test_invalid_get_search_is_422(app_client: TestClient, check_error: Check, params: dict[str, str]) -> None:
     check_error(app_client.get("/search", params=params), 422, "invalid_input")
 
 
@@ -303,9 +292,7 @@ def test_oversized_body_is_413(app_client: TestClient, check_error: Check) -> No
         for _ in range(2100):
             yield b"x" * 1000
 
-    check_error(
-        app_client.post("/search", content=chunks(), headers={"content-type": "application/json"}), 413
-    )
+    check_error(app_client.post("/search", content=chunks(), headers={"content-type": "application/json"}), 413)
 
 
 def test_cors_is_off_by_default_and_configurable(app_settings: Callable[..., Settings]) -> None:

@@ -101,16 +101,12 @@ def test_search_with_rerank_applies_the_cross_encoder(
 ) -> None:
     """Fails if rerank were skipped: the order and scores must be the reranker's, not the cosine's."""
     k, candidates = 5, 20
-    response = rclient.post(
-        "/search", json={"query": QUERY, "k": k, "rerank": True, "candidates": candidates}
-    )
+    response = rclient.post("/search", json={"query": QUERY, "k": k, "rerank": True, "candidates": candidates})
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["reranked"] is True
     results = body["results"]
-    assert len(results) == k and all(
-        set(r) >= {"id", "text", "score", "retrieval_score", "metadata"} for r in results
-    )
+    assert len(results) == k and all(set(r) >= {"id", "text", "score", "retrieval_score", "metadata"} for r in results)
 
     vectors = runtime.services.encoder.encode([QUERY])
     with runtime.services.indexes.use() as index:
@@ -120,9 +116,7 @@ def test_search_with_rerank_applies_the_cross_encoder(
     order = np.argsort(-expected, kind="stable")[:k]
     assert [r["id"] for r in results] == [hits[i].id for i in order]
     np.testing.assert_allclose([r["score"] for r in results], expected[order], rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(
-        [r["retrieval_score"] for r in results], [cosines[i] for i in order], rtol=1e-5
-    )
+    np.testing.assert_allclose([r["retrieval_score"] for r in results], [cosines[i] for i in order], rtol=1e-5)
     assert all(abs(r["score"] - r["retrieval_score"]) > 1e-6 for r in results)
     scores = [r["score"] for r in results]
     assert scores == sorted(scores, reverse=True)
@@ -134,9 +128,7 @@ def test_search_with_rerank_applies_the_cross_encoder(
 def test_get_and_batch_search_rerank_too(rclient: TestClient) -> None:
     single = rclient.post("/search", json={"query": QUERY, "k": 3, "rerank": True}).json()
     got = rclient.get("/search", params={"q": QUERY, "k": 3, "rerank": "true"}).json()
-    batch = rclient.post(
-        "/search/batch", json={"queries": [QUERY, "to run fast"], "k": 3, "rerank": True}
-    ).json()
+    batch = rclient.post("/search/batch", json={"queries": [QUERY, "to run fast"], "k": 3, "rerank": True}).json()
     assert got["reranked"] is True and batch["reranked"] is True
     assert [r["id"] for r in got["results"]] == [r["id"] for r in single["results"]]
     assert [r["id"] for r in batch["results"][0]] == [r["id"] for r in single["results"]]

@@ -39,9 +39,7 @@ QUERIES = [
 ]
 
 
-async def _concurrent_searches(
-    url: str, n: int, headers: dict[str, str] | None = None
-) -> list[httpx.Response]:
+async def _concurrent_searches(url: str, n: int, headers: dict[str, str] | None = None) -> list[httpx.Response]:
     async with httpx.AsyncClient(base_url=url, headers=headers or {}, timeout=120) as client:
         return list(
             await asyncio.gather(
@@ -69,9 +67,7 @@ def servers(launch_server: Callable[..., Any], app_index: Path, reload_root: Pat
     """The three servers of this module, launched together (their start-up overlaps)."""
     return {
         "keyed": launch_server(app_index, api_key=API_KEY, batch_window_ms=10, access_log="true"),
-        "backpressure": launch_server(
-            app_index, max_queue=2, batch_window_ms=500, max_batch=4, retry_after_s=3
-        ),
+        "backpressure": launch_server(app_index, max_queue=2, batch_window_ms=500, max_batch=4, retry_after_s=3),
         "reloading": launch_server(reload_root, api_key=API_KEY, reload_poll_s=0.2),
     }
 
@@ -173,8 +169,7 @@ def test_full_queue_answers_429_with_retry_after(backpressure: Any, check_error:
     with server.client() as client:
         assert client.post("/search", json={"query": "cat"}).status_code == 200  # recovers
         assert (
-            'semsearch_http_requests_total{method="POST",route="/search",status="429"}'
-            in client.get("/metrics").text
+            'semsearch_http_requests_total{method="POST",route="/search",status="429"}' in client.get("/metrics").text
         )
 
 
@@ -228,9 +223,7 @@ def test_hot_reload_under_load_drops_no_request(
 
             users = [asyncio.create_task(user(i)) for i in range(4)]
             await asyncio.sleep(0.5)
-            await asyncio.to_thread(
-                run_build, BuildOptions(inputs=[extra], output=reload_root, progress=False), True
-            )
+            await asyncio.to_thread(run_build, BuildOptions(inputs=[extra], output=reload_root, progress=False), True)
             await serving("v000002")
             await asyncio.to_thread(run_delete, reload_root, [deleted])
             await serving("v000003")

@@ -81,9 +81,7 @@ def test_an_empty_directory_is_not_an_index(tmp_path: Path) -> None:
 def test_cli_flags_map_to_settings_and_win_over_env(app_index: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SEMSEARCH_MAX_K", "9")
     monkeypatch.setenv("SEMSEARCH_PORT", "9999")
-    s = parse_settings(
-        ["--index", str(app_index), "--workers-threads", "3", "--max-k", "5", "--no-access-log"]
-    )
+    s = parse_settings(["--index", str(app_index), "--workers-threads", "3", "--max-k", "5", "--no-access-log"])
     assert (s.workers_threads, s.max_k, s.port, s.access_log) == (3, 5, 9999, False)
     help_text = build_parser().format_help()
     for flag in (
