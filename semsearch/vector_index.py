@@ -101,7 +101,7 @@ def _new_faiss_index(index_type: str, dim: int, p: dict[str, Any]) -> Any:
     if index_type == "ivf":
         return faiss.index_factory(dim, f"IVF{p['nlist']},Flat", ip)
     if index_type == "pq":
-        return faiss.index_factory(dim, f"IVF{p['nlist']},PQ{p['pq_m']}x8", ip)
+        return faiss.index_factory(dim, f"IVF{p['nlist']},PQ{p['pq_m']}x4fs", ip)
     if index_type == "binary":
         if dim % 8:
             raise InvalidInputError(f"binary index needs a dimension divisible by 8, got {dim}")
@@ -239,7 +239,7 @@ class VectorIndex:
             return np.zeros((m, 0), np.float32), np.zeros((m, 0), np.int64)
         if allowed is not None:
             allowed = np.unique(np.asarray(allowed, dtype=np.int64))
-            if len(allowed) <= EXACT_SCAN_MAX or self.index_type == "binary":
+            if len(allowed) <= EXACT_SCAN_MAX or self.index_type in ("binary", "pq"):  # no id selectors there
                 return self._exact_subset(queries, k, allowed)
             scores, iids = self._ann(queries, k, allowed)
             if (iids[:, : min(k, len(allowed))] < 0).any():
