@@ -293,17 +293,11 @@ def verify(
 
 
 def _register_extra_commands() -> None:
-    """Commands that live in their own modules (eval, train-reranker) attach themselves here."""
-    import importlib
+    """Commands that live in their own modules attach themselves here."""
+    from indexer import eval_cmd, train_cmd
 
-    for name in ("indexer.eval_cmd", "indexer.train_cmd"):
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as e:
-            if e.name != name:
-                raise
-            continue
-        module.register(app)
+    eval_cmd.register(app)
+    train_cmd.register(app)
 
 
 _register_extra_commands()
