@@ -257,9 +257,7 @@ def _at_depth(cands: list[Candidate], depth: int) -> list[Candidate]:
     return out
 
 
-def _score(
-    ds: BeirDataset, qids: list[str], ranked: list[list[int]], ext: dict[int, str]
-) -> dict[str, float]:
+def _score(ds: BeirDataset, qids: list[str], ranked: list[list[int]], ext: dict[int, str]) -> dict[str, float]:
     run = {qid: [ext[i] for i in r] for qid, r in zip(qids, ranked, strict=True)}
     return evaluate_run(run, ds.qrels, ["ndcg@10", "recall@100", "mrr@10"]).metrics
 
@@ -274,14 +272,11 @@ def cmd_tune_fusion(args: argparse.Namespace) -> None:
     depths = [20, 50, 100, 200]
     t0 = time.perf_counter()
     cands = _candidates(idx, ds, q, max(depths))
-    print(
-        f"candidates for {len(qids)} {args.split} queries in {time.perf_counter() - t0:.1f}s", file=sys.stderr
-    )
+    print(f"candidates for {len(qids)} {args.split} queries in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
     results: list[dict[str, Any]] = []
     dense_only = [[c.iid for c in sorted(cs, key=lambda c: c.dense_rank or 10**9)][:100] for cs in cands]
     lex_only = [
-        [c.iid for c in sorted(cs, key=lambda c: c.lexical_rank or 10**9) if c.lexical_rank][:100]
-        for cs in cands
+        [c.iid for c in sorted(cs, key=lambda c: c.lexical_rank or 10**9) if c.lexical_rank][:100] for cs in cands
     ]
     baselines = {"dense": _score(ds, qids, dense_only, ext), "lexical": _score(ds, qids, lex_only, ext)}
     grid: list[HybridParams] = []
@@ -295,9 +290,7 @@ def cmd_tune_fusion(args: argparse.Namespace) -> None:
         results.append({"params": asdict(p), **_score(ds, qids, ranked, ext)})
     results.sort(key=lambda r: -r["ndcg@10"])
     best = results[0]
-    by_method = {
-        m: next(r for r in results if r["params"]["method"] == m) for m in ("rrf", "minmax", "zscore")
-    }
+    by_method = {m: next(r for r in results if r["params"]["method"] == m) for m in ("rrf", "minmax", "zscore")}
     rrf_default = next(r for r in results if r["params"] == asdict(HybridParams("rrf", 60, 100, 0.5)))
     print(
         f"\nSciFact {args.split} ({len(qids)} queries): dense nDCG@10 {baselines['dense']['ndcg@10']:.4f}, "
@@ -394,9 +387,7 @@ def cmd_modes(args: argparse.Namespace) -> None:
     _save(Path(args.out), "modes", data)
 
 
-def _mode_latencies(
-    idx: SearchIndex, texts: list[str], q: np.ndarray, repeat: int
-) -> dict[str, dict[str, float]]:
+def _mode_latencies(idx: SearchIndex, texts: list[str], q: np.ndarray, repeat: int) -> dict[str, dict[str, float]]:
     """Per-call latency of search() (k=10, one query per call), modes interleaved query by query so
     that background load hits all modes alike; plus encoding one query (the same for every mode)."""
     modes = ("dense", "lexical", "hybrid")
@@ -487,9 +478,7 @@ def cmd_plot(args: argparse.Namespace) -> None:
 
 def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=str(REPO.parent / "shared" / "data"), help="shared data folder")
     parser.add_argument("--cache", default="/tmp/semsearch_quality", help="indexes and query vectors")
     parser.add_argument("--out", default="/tmp/semsearch_quality/results", help="JSON results")
@@ -506,9 +495,7 @@ def main() -> None:
     types.add_argument("--repeat", type=int, default=1, help="latency passes over the 300 queries")
     types.set_defaults(fn=cmd_index_types)
     tune = sub.add_parser("tune-fusion")
-    tune.add_argument(
-        "--split", default="train", choices=["train"], help="tuning uses the train queries only"
-    )
+    tune.add_argument("--split", default="train", choices=["train"], help="tuning uses the train queries only")
     tune.set_defaults(fn=cmd_tune_fusion)
     modes = sub.add_parser("modes")
     modes.add_argument("--repeat", type=int, default=3, help="latency passes over the 300 queries")

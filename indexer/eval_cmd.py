@@ -104,55 +104,35 @@ def _print_table(title: str, rows: dict[str, float], fmt: str = "{:.4f}") -> Non
 
 @eval_app.command("beir")
 def beir(
-    data: Annotated[
-        Path, typer.Option(help="BEIR folder: corpus.jsonl[.gz], queries.jsonl, qrels/<split>.tsv.")
-    ],
+    data: Annotated[Path, typer.Option(help="BEIR folder: corpus.jsonl[.gz], queries.jsonl, qrels/<split>.tsv.")],
     index: Annotated[Path, typer.Option("--index", "-i", help="Index root (built from this corpus).")],
     split: Annotated[str, typer.Option(help="Qrels split: qrels/<split>.tsv.")] = "test",
     build: Annotated[
         bool, typer.Option("--build", help="Build the index from the BEIR corpus if it has none.")
     ] = False,
-    rebuild: Annotated[
-        bool, typer.Option("--rebuild", help="Build a new index version from the corpus.")
-    ] = False,
-    model: Annotated[
-        str | None, typer.Option(help="Model for --build (default: packaged all-MiniLM-L6-v2).")
-    ] = None,
+    rebuild: Annotated[bool, typer.Option("--rebuild", help="Build a new index version from the corpus.")] = False,
+    model: Annotated[str | None, typer.Option(help="Model for --build (default: packaged all-MiniLM-L6-v2).")] = None,
     pooling: Annotated[PoolingOpt, typer.Option(help="Pooling for --build.")] = PoolingOpt.mean,
-    index_type: Annotated[
-        str, typer.Option(help="FAISS index type for --build (flat, hnsw, ivf, sq8, ...).")
-    ] = "flat",
-    index_param: Annotated[
-        list[str] | None, typer.Option(help="Index parameter key=value for --build.")
-    ] = None,
+    index_type: Annotated[str, typer.Option(help="FAISS index type for --build (flat, hnsw, ivf, sq8, ...).")] = "flat",
+    index_param: Annotated[list[str] | None, typer.Option(help="Index parameter key=value for --build.")] = None,
     mode: Annotated[ModeOpt, typer.Option(help="Search mode.")] = ModeOpt.dense,
     fusion: Annotated[FusionOpt | None, typer.Option(help="Hybrid fusion method (default: tuned).")] = None,
-    rrf_k: Annotated[
-        int | None, typer.Option(min=0, help="Hybrid RRF rank constant (default: tuned).")
-    ] = None,
-    depth: Annotated[
-        int | None, typer.Option(min=1, help="Hybrid candidates per retriever (default: tuned).")
-    ] = None,
+    rrf_k: Annotated[int | None, typer.Option(min=0, help="Hybrid RRF rank constant (default: tuned).")] = None,
+    depth: Annotated[int | None, typer.Option(min=1, help="Hybrid candidates per retriever (default: tuned).")] = None,
     weight: Annotated[
         float | None, typer.Option(min=0.0, max=1.0, help="Hybrid dense weight (default: tuned).")
     ] = None,
     filter_json: Annotated[
         str | None, typer.Option("--filter", help='Metadata filter as JSON, e.g. {"year": 2020}.')
     ] = None,
-    reranker: Annotated[
-        Path | None, typer.Option(help="Cross-encoder folder: rerank the top --candidates.")
-    ] = None,
+    reranker: Annotated[Path | None, typer.Option(help="Cross-encoder folder: rerank the top --candidates.")] = None,
     candidates: Annotated[int, typer.Option(min=1, max=10_000, help="Candidates reranked per query.")] = 100,
     k: Annotated[
         int, typer.Option("-k", "--k", min=1, max=10_000, help="Hits kept per query (>= metric cut-offs).")
     ] = 100,
     batch_size: Annotated[int, typer.Option(min=1, max=4096, help="Encoding batch size.")] = 64,
-    per_query: Annotated[
-        Path | None, typer.Option(help="Write each query's metrics (JSON lines) here.")
-    ] = None,
-    as_json: Annotated[
-        bool, typer.Option("--json", help="Print the report as JSON instead of a table.")
-    ] = False,
+    per_query: Annotated[Path | None, typer.Option(help="Write each query's metrics (JSON lines) here.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON instead of a table.")] = False,
     progress: Annotated[bool, typer.Option(help="Progress bar while building.")] = True,
 ) -> None:
     """Retrieval metrics (nDCG@10, recall@10, recall@100, MRR@10) of an index on BEIR-format data."""
@@ -203,9 +183,7 @@ def beir(
     idx = SearchIndex.load(index)
     try:
         _check_coverage(idx, dataset)
-        encoder = (
-            None if mode is ModeOpt.lexical and reranker is None else Encoder.from_manifest(idx.manifest)
-        )
+        encoder = None if mode is ModeOpt.lexical and reranker is None else Encoder.from_manifest(idx.manifest)
         rr = None
         if reranker is not None:
             from semsearch.rerank import Reranker
@@ -267,16 +245,10 @@ def _write_per_query(path: Path, report: RetrievalReport) -> None:
 
 @eval_app.command("sts")
 def sts(
-    data: Annotated[
-        list[Path], typer.Option(help="STS TSV file(s) with header sentence1, sentence2, score.")
-    ],
-    model: Annotated[
-        str | None, typer.Option(help="Bi-encoder (default: packaged all-MiniLM-L6-v2).")
-    ] = None,
+    data: Annotated[list[Path], typer.Option(help="STS TSV file(s) with header sentence1, sentence2, score.")],
+    model: Annotated[str | None, typer.Option(help="Bi-encoder (default: packaged all-MiniLM-L6-v2).")] = None,
     pooling: Annotated[PoolingOpt, typer.Option(help="Pooling of token outputs.")] = PoolingOpt.mean,
-    reranker: Annotated[
-        Path | None, typer.Option(help="Cross-encoder folder: also correlate its scores.")
-    ] = None,
+    reranker: Annotated[Path | None, typer.Option(help="Cross-encoder folder: also correlate its scores.")] = None,
     batch_size: Annotated[int, typer.Option(min=1, max=4096)] = 64,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:

@@ -78,9 +78,7 @@ def parse_metric(name: str) -> tuple[str, int]:
     """``"ndcg@10"`` -> ``("ndcg", 10)``; unknown names list the valid forms."""
     kind, sep, cut = name.lower().partition("@")
     if kind not in METRIC_KINDS or not sep or not cut.isdigit() or int(cut) < 1:
-        raise InvalidInputError(
-            f"unknown metric {name!r}; use one of {', '.join(METRIC_KINDS)} with @k, e.g. ndcg@10"
-        )
+        raise InvalidInputError(f"unknown metric {name!r}; use one of {', '.join(METRIC_KINDS)} with @k, e.g. ndcg@10")
     return kind, int(cut)
 
 
@@ -225,9 +223,7 @@ def load_beir(directory: str | Path, split: str = "test") -> BeirDataset:
     all_queries = read_queries(queries_path)
     missing = [q for q in qrels if q not in all_queries]
     if missing:
-        raise InvalidInputError(
-            f"{len(missing)} query ids of the qrels are not in {queries_path}: {missing[:5]}"
-        )
+        raise InvalidInputError(f"{len(missing)} query ids of the qrels are not in {queries_path}: {missing[:5]}")
     queries = {q: t for q, t in all_queries.items() if q in qrels}
     return BeirDataset(directory, split, corpus, queries, qrels)
 
@@ -347,9 +343,7 @@ def read_sts(path: str | Path) -> list[StsPair]:
         try:
             c1, c2, cs = (header.index(n) for n in ("sentence1", "sentence2", "score"))
         except ValueError as e:
-            raise InvalidInputError(
-                f"{path}: the header must name sentence1, sentence2 and score; got {header}"
-            ) from e
+            raise InvalidInputError(f"{path}: the header must name sentence1, sentence2 and score; got {header}") from e
         for lineno, row in enumerate(reader, 2):
             if not row:
                 continue
@@ -362,18 +356,14 @@ def read_sts(path: str | Path) -> list[StsPair]:
     return pairs
 
 
-def correlations(
-    predicted: Sequence[float] | np.ndarray, gold: Sequence[float] | np.ndarray
-) -> dict[str, float]:
+def correlations(predicted: Sequence[float] | np.ndarray, gold: Sequence[float] | np.ndarray) -> dict[str, float]:
     """Spearman and Pearson correlation ×100."""
     from scipy.stats import pearsonr, spearmanr
 
     p = np.asarray(predicted, dtype=np.float64)
     g = np.asarray(gold, dtype=np.float64)
     if len(p) != len(g) or len(p) < 2:
-        raise InvalidInputError(
-            f"need two equally long lists of at least 2 scores, got {len(p)} and {len(g)}"
-        )
+        raise InvalidInputError(f"need two equally long lists of at least 2 scores, got {len(p)} and {len(g)}")
     return {
         "spearman": 100 * float(spearmanr(p, g).statistic),
         "pearson": 100 * float(pearsonr(p, g).statistic),

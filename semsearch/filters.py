@@ -79,8 +79,7 @@ def _typed_equal(path_param: str, values: list[Scalar]) -> tuple[str, list[Any]]
     bools = sorted({"true" if v else "false" for v in values if isinstance(v, bool)})
     if strings:
         parts.append(
-            "(json_type(d.metadata, ?) = 'text' "
-            f"AND json_extract(d.metadata, ?) IN ({','.join('?' * len(strings))}))"
+            f"(json_type(d.metadata, ?) = 'text' AND json_extract(d.metadata, ?) IN ({','.join('?' * len(strings))}))"
         )
         params += [path_param, path_param, *strings]
     if numbers:
@@ -102,9 +101,7 @@ def compile_filter(spec: Mapping[str, Any] | None) -> CompiledFilter:
     if spec is None or (isinstance(spec, Mapping) and not spec):
         return CompiledFilter("", (), "")
     if not isinstance(spec, Mapping):
-        raise InvalidInputError(
-            f"a filter must be an object mapping metadata fields to conditions, got {spec!r}"
-        )
+        raise InvalidInputError(f"a filter must be an object mapping metadata fields to conditions, got {spec!r}")
     if len(spec) > MAX_FIELDS:
         raise InvalidInputError(f"a filter may name at most {MAX_FIELDS} fields, got {len(spec)}")
     clauses: list[str] = []
@@ -132,14 +129,10 @@ def compile_filter(spec: Mapping[str, Any] | None) -> CompiledFilter:
             )
         if "in" in cond:
             if len(cond) > 1:
-                raise InvalidInputError(
-                    f"filter field {field!r}: 'in' cannot be combined with other operators"
-                )
+                raise InvalidInputError(f"filter field {field!r}: 'in' cannot be combined with other operators")
             values = cond["in"]
             if not isinstance(values, list | tuple):
-                raise InvalidInputError(
-                    f"filter field {field!r}: 'in' takes a list of values, got {values!r}"
-                )
+                raise InvalidInputError(f"filter field {field!r}: 'in' takes a list of values, got {values!r}")
             if len(values) > MAX_IN_VALUES:
                 raise InvalidInputError(f"filter field {field!r}: 'in' takes at most {MAX_IN_VALUES} values")
             checked = [_check_scalar(field, v, "each 'in' value") for v in values]
@@ -148,13 +141,10 @@ def compile_filter(spec: Mapping[str, Any] | None) -> CompiledFilter:
             params += p
             continue
         bounds = {op: _check_scalar(field, v, f"the {op!r} bound") for op, v in cond.items()}
-        kinds = {
-            "bool" if isinstance(v, bool) else "str" if isinstance(v, str) else "num" for v in bounds.values()
-        }
+        kinds = {"bool" if isinstance(v, bool) else "str" if isinstance(v, str) else "num" for v in bounds.values()}
         if "bool" in kinds or len(kinds) > 1:
             raise InvalidInputError(
-                f"filter field {field!r}: range bounds must be all numbers or all strings, "
-                f"got {dict(bounds)!r}"
+                f"filter field {field!r}: range bounds must be all numbers or all strings, got {dict(bounds)!r}"
             )
         type_test = (
             f"json_type(d.metadata, ?) IN {_NUMBER_TYPES}"

@@ -79,9 +79,7 @@ class FusionConfig:
         return cls(weight=weight, mode=mode, pairwise_stats=dict(stats) if stats else None)
 
 
-def zscore(
-    values: Sequence[float] | np.ndarray, mean: float | None = None, std: float | None = None
-) -> np.ndarray:
+def zscore(values: Sequence[float] | np.ndarray, mean: float | None = None, std: float | None = None) -> np.ndarray:
     """``(x - mean) / std`` (statistics of ``values`` unless given); zeros when ``std`` is 0 or undefined."""
     arr = np.asarray(values, dtype=np.float64)
     if not arr.size:
@@ -350,9 +348,7 @@ class Reranker:
             "dev_metrics": meta.get("dev_metrics"),
             "test_metrics": meta.get("test_metrics"),
             "fusion": (
-                {"mode": fusion.mode, "weight": fusion.weight, "scope": "per_query"}
-                if fusion is not None
-                else None
+                {"mode": fusion.mode, "weight": fusion.weight, "scope": "per_query"} if fusion is not None else None
             ),
             "score": (
                 "zscore fusion with retrieval scores when given, else sigmoid(logit)"

@@ -110,9 +110,7 @@ def search(
     if query_vectors is not None:
         query_vectors = np.ascontiguousarray(query_vectors, dtype=np.float32)
         if query_vectors.ndim != 2 or len(query_vectors) != len(queries):
-            raise InvalidInputError(
-                f"{len(queries)} queries but query vectors of shape {tuple(query_vectors.shape)}"
-            )
+            raise InvalidInputError(f"{len(queries)} queries but query vectors of shape {tuple(query_vectors.shape)}")
     elif mode != "lexical":
         raise InvalidInputError(f"{mode} search needs the encoded query vectors")
     compiled = compile_filter(filter)
@@ -144,9 +142,7 @@ def _lexical(
     rows: list[list[Candidate]] = []
     for text in queries:
         scores, iids = bm25_search(index.docs.conn, text, k, compiled.where or None, compiled.params)
-        rows.append(
-            [Candidate(int(i), lexical=float(s), fused=float(s)) for s, i in zip(scores, iids, strict=True)]
-        )
+        rows.append([Candidate(int(i), lexical=float(s), fused=float(s)) for s, i in zip(scores, iids, strict=True)])
     if query_vectors is not None:
         _fill_dense(index, query_vectors, rows)
     return _to_hits(index, rows)
@@ -273,9 +269,7 @@ def rerank(
             continue
         cos = [h.dense_score for h in hits]
         retrieval = None if any(c is None for c in cos) else [float(c) for c in cos if c is not None]
-        scores = reranker.score(
-            query, [h.text for h in hits], retrieval_scores=retrieval, batch_size=batch_size
-        )
+        scores = reranker.score(query, [h.text for h in hits], retrieval_scores=retrieval, batch_size=batch_size)
         order = np.argsort(-scores, kind="stable")[:k]
         out.append([replace(hits[int(i)], score=float(scores[int(i)])) for i in order])
     return out

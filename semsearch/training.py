@@ -194,9 +194,7 @@ def _relevance_examples(
     if mine_negatives is not None and relevance:
         mined = mine_negatives([ex.query for ex in relevance], mine_top_k)
         if len(mined) != len(relevance):
-            raise InvalidInputError(
-                f"mine_negatives returned {len(mined)} lists for {len(relevance)} queries"
-            )
+            raise InvalidInputError(f"mine_negatives returned {len(mined)} lists for {len(relevance)} queries")
     out: list[_Example] = []
     stats = {"queries": 0, "positives": 0, "given_negatives": 0, "mined_negatives": 0, "dropped_positives": 0}
     for example, candidates in zip(relevance, mined, strict=True):
@@ -393,9 +391,7 @@ def cosine_scores(bi_encoder: Any, pairs: Sequence[tuple[str, str]], batch_size:
     return np.asarray((a * b).sum(axis=1), dtype=np.float64)
 
 
-def _symmetric_logits(
-    model: Any, pairs: Sequence[ScoredPair], batch_size: int
-) -> tuple[np.ndarray, np.ndarray]:
+def _symmetric_logits(model: Any, pairs: Sequence[ScoredPair], batch_size: int) -> tuple[np.ndarray, np.ndarray]:
     forward = predict_logits(model, [(p.sentence1, p.sentence2) for p in pairs], batch_size)
     backward = predict_logits(model, [(p.sentence2, p.sentence1) for p in pairs], batch_size)
     return forward, backward
@@ -529,12 +525,9 @@ def train_cross_encoder(
         seed_everything(seed)
         rng = np.random.default_rng(seed)
         examples = [
-            _Example(p.sentence1, p.sentence2, min(1.0, max(0.0, p.score / score_max)), symmetric)
-            for p in train_scored
+            _Example(p.sentence1, p.sentence2, min(1.0, max(0.0, p.score / score_max)), symmetric) for p in train_scored
         ]
-        relevance_examples, relevance_stats = _relevance_examples(
-            relevance, mine_negatives, mine_top_k, num_negatives
-        )
+        relevance_examples, relevance_stats = _relevance_examples(relevance, mine_negatives, mine_top_k, num_negatives)
         examples.extend(relevance_examples)
         if not examples:
             raise InvalidInputError("no training data: give scored pairs and/or relevance examples")
@@ -602,9 +595,7 @@ def train_cross_encoder(
             mean_loss = float(np.mean(losses)) if losses else float("nan")
             losses.clear()
             history.append(EvalRecord(epoch, step, mean_loss, value, round(time.perf_counter() - t_start, 2)))
-            logger.info(
-                "epoch %d step %d: train loss %.4f, dev %s %s", epoch, step, mean_loss, metric_name, value
-            )
+            logger.info("epoch %d step %d: train loss %.4f, dev %s %s", epoch, step, mean_loss, metric_name, value)
             if value is None:
                 return False
             if stopper.update(value):
@@ -652,9 +643,7 @@ def train_cross_encoder(
                 if stop:
                     stopped_early = epoch < epochs or step < total_steps
                     if stopped_early:
-                        logger.info(
-                            "early stopping at epoch %d step %d (best epoch %s)", epoch, step, best_epoch
-                        )
+                        logger.info("early stopping at epoch %d step %d (best epoch %s)", epoch, step, best_epoch)
                     break
         finally:
             progress.close()

@@ -62,9 +62,7 @@ def tiny_index(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _eval(root: Path, *args: str) -> dict:
-    result = runner.invoke(
-        app, ["eval", "beir", "--data", str(FIXTURE), "--index", str(root), "--json", *args]
-    )
+    result = runner.invoke(app, ["eval", "beir", "--data", str(FIXTURE), "--index", str(root), "--json", *args])
     assert result.exit_code == 0, result.output
     return json.loads(result.stdout)
 
@@ -133,9 +131,7 @@ def test_build_reuses_an_existing_index(tiny_index: Path) -> None:
 def test_usage_and_data_errors_exit_nonzero(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    bad_mode = runner.invoke(
-        app, ["eval", "beir", "--data", str(FIXTURE), "--index", str(tmp_path), "--mode", "x"]
-    )
+    bad_mode = runner.invoke(app, ["eval", "beir", "--data", str(FIXTURE), "--index", str(tmp_path), "--mode", "x"])
     assert bad_mode.exit_code == 2
     argv = ["indexer", "eval", "beir", "--data", str(tmp_path / "missing"), "--index", str(tmp_path)]
     monkeypatch.setattr(sys, "argv", argv)

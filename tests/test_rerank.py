@@ -208,9 +208,7 @@ def test_training_writes_a_loadable_reranker_folder(
     json.dumps(info)
 
 
-def test_output_folder_is_not_clobbered(
-    tmp_path: Path, stsb_slices: tuple[list[ScoredPair], list[ScoredPair]]
-) -> None:
+def test_output_folder_is_not_clobbered(tmp_path: Path, stsb_slices: tuple[list[ScoredPair], list[ScoredPair]]) -> None:
     (tmp_path / "keep.txt").write_text("x", encoding="utf-8")
     with pytest.raises(InvalidInputError):
         _train(tmp_path, *stsb_slices)
@@ -244,9 +242,7 @@ def test_same_seed_gives_identical_scores(
     assert result.history[0].train_loss == trained[1].history[0].train_loss
 
 
-def test_scores_match_cross_encoder_predict(
-    trained: tuple[Path, training.TrainResult], reranker: Reranker
-) -> None:
+def test_scores_match_cross_encoder_predict(trained: tuple[Path, training.TrainResult], reranker: Reranker) -> None:
     from sentence_transformers import CrossEncoder
 
     expected = CrossEncoder(str(trained[0])).predict([(QUERY, t) for t in TEXTS], show_progress_bar=False)
@@ -275,16 +271,14 @@ def test_score_pairs_symmetric_and_fused(reranker: Reranker) -> None:
     mean = (forward + backward) / 2
     sym = reranker.score_pairs(pairs)  # trained as symmetric: both orders by default
     np.testing.assert_allclose(sym, 1 / (1 + np.exp(-mean)), rtol=1e-5)
-    np.testing.assert_allclose(
-        reranker.score_pairs(pairs, symmetric=False), 1 / (1 + np.exp(-forward)), rtol=1e-5
-    )
+    np.testing.assert_allclose(reranker.score_pairs(pairs, symmetric=False), 1 / (1 + np.exp(-forward)), rtol=1e-5)
     cos = [0.8, 0.1, 0.6, 0.0]
     assert reranker.fusion is not None and reranker.fusion.pairwise_stats is not None
     stats = reranker.fusion.pairwise_stats
     w = reranker.fusion.weight
-    expected = (1 - w) * (mean - stats["ce_mean"]) / stats["ce_std"] + w * (
-        np.array(cos) - stats["cos_mean"]
-    ) / stats["cos_std"]
+    expected = (1 - w) * (mean - stats["ce_mean"]) / stats["ce_std"] + w * (np.array(cos) - stats["cos_mean"]) / stats[
+        "cos_std"
+    ]
     np.testing.assert_allclose(reranker.score_pairs(pairs, cosine_scores=cos), expected, rtol=1e-5)
 
 
@@ -294,9 +288,7 @@ def test_fusion_can_be_disabled_or_overridden(trained: tuple[Path, training.Trai
     scores = plain.score(QUERY, TEXTS, [0.9, 0.1, 0.5, 0.05])  # retrieval scores ignored: sigmoid
     assert np.all((scores > 0) & (scores < 1))
     heavy = Reranker(trained[0], fusion_weight=1.0)
-    np.testing.assert_allclose(
-        heavy.score(QUERY, TEXTS, [0.9, 0.1, 0.5, 0.05]), zscore([0.9, 0.1, 0.5, 0.05])
-    )
+    np.testing.assert_allclose(heavy.score(QUERY, TEXTS, [0.9, 0.1, 0.5, 0.05]), zscore([0.9, 0.1, 0.5, 0.05]))
 
 
 def test_backend_hook(trained: tuple[Path, training.TrainResult], reranker: Reranker) -> None:

@@ -87,10 +87,7 @@ def synth(tmp_path_factory: pytest.TempPathFactory) -> tuple[SearchIndex, np.nda
     with conn:
         conn.executemany(
             "INSERT INTO docs(iid, ext_id, id_is_int, text, metadata) VALUES (?, ?, 0, ?, ?)",
-            [
-                (int(i), f"doc{n}", t, json.dumps(m))
-                for n, (i, t, m) in enumerate(zip(iids, texts, metas, strict=True))
-            ],
+            [(int(i), f"doc{n}", t, json.dumps(m)) for n, (i, t, m) in enumerate(zip(iids, texts, metas, strict=True))],
         )
         conn.executescript(FTS_SCHEMA)
         conn.execute("INSERT INTO docs_fts(docs_fts) VALUES ('rebuild')")
@@ -132,9 +129,7 @@ def _bm25_reference(texts: list[str], query: str, k1: float = 1.2, b: float = 0.
     out: dict[int, float] = {}
     for row, d in enumerate(docs):
         tf = Counter(d)
-        s = sum(
-            idf[t] * tf[t] * (k1 + 1) / (tf[t] + k1 * (1 - b + b * len(d) / avgdl)) for t in terms if tf[t]
-        )
+        s = sum(idf[t] * tf[t] * (k1 + 1) / (tf[t] + k1 * (1 - b + b * len(d) / avgdl)) for t in terms if tf[t])
         if any(tf[t] for t in terms):
             out[row] = s
     return out
@@ -205,9 +200,7 @@ def test_filter_matches_python_reference(synth, spec) -> None:
     np.testing.assert_array_equal(got, expected)
 
 
-@pytest.mark.parametrize(
-    "spec", [None, {"lang": "de"}, {"year": {"gte": 2005, "lte": 2010}}, {"year_text": "2010"}]
-)
+@pytest.mark.parametrize("spec", [None, {"lang": "de"}, {"year": {"gte": 2005, "lte": 2010}}, {"year_text": "2010"}])
 def test_dense_filtered_is_exact_top_k(synth, spec) -> None:
     idx, vecs, _, metas = synth
     texts, q = _queries(20)
@@ -230,11 +223,7 @@ def test_lexical_is_bm25_top_k_among_matching_rows(synth, spec) -> None:
     k = 7
     res = search(idx, queries, q, k, "lexical", spec)
     for qi, hits in enumerate(res):
-        ref = {
-            r: s
-            for r, s in _bm25_reference(texts, queries[qi]).items()
-            if spec is None or _matches(metas[r], spec)
-        }
+        ref = {r: s for r, s in _bm25_reference(texts, queries[qi]).items() if spec is None or _matches(metas[r], spec)}
         expected = sorted(ref, key=lambda r: (-ref[r], r))[:k]
         assert len(hits) == len(expected)
         np.testing.assert_allclose([h.score for h in hits], [ref[r] for r in expected], rtol=1e-6)
@@ -503,9 +492,7 @@ def test_lexical_index_follows_add_delete_and_versions(tmp_path, small_index, en
         old.close()
     cur = SearchIndex.load(root)
     try:
-        hits = search(cur, ["zyzzyva weevil quokka"], encoder.encode(["zyzzyva weevil quokka"]), 5, "hybrid")[
-            0
-        ]
+        hits = search(cur, ["zyzzyva weevil quokka"], encoder.encode(["zyzzyva weevil quokka"]), 5, "hybrid")[0]
         assert "z1" not in {h.id for h in hits} and hits[0].id == "z2"
         assert bm25_search(cur.docs.conn, "zyzzyva", 5)[1].size == 0
     finally:

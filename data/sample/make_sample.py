@@ -57,17 +57,51 @@ PARTS = (
 
 # lexnames(5WN), WordNet 3.0: file number -> lexicographer file name.
 BUILTIN_LEXNAMES = (
-    "adj.all", "adj.pert", "adv.all", "noun.Tops", "noun.act", "noun.animal",
-    "noun.artifact", "noun.attribute", "noun.body", "noun.cognition",
-    "noun.communication", "noun.event", "noun.feeling", "noun.food",
-    "noun.group", "noun.location", "noun.motive", "noun.object", "noun.person",
-    "noun.phenomenon", "noun.plant", "noun.possession", "noun.process",
-    "noun.quantity", "noun.relation", "noun.shape", "noun.state",
-    "noun.substance", "noun.time", "verb.body", "verb.change",
-    "verb.cognition", "verb.communication", "verb.competition",
-    "verb.consumption", "verb.contact", "verb.creation", "verb.emotion",
-    "verb.motion", "verb.perception", "verb.possession", "verb.social",
-    "verb.stative", "verb.weather", "adj.ppl",
+    "adj.all",
+    "adj.pert",
+    "adv.all",
+    "noun.Tops",
+    "noun.act",
+    "noun.animal",
+    "noun.artifact",
+    "noun.attribute",
+    "noun.body",
+    "noun.cognition",
+    "noun.communication",
+    "noun.event",
+    "noun.feeling",
+    "noun.food",
+    "noun.group",
+    "noun.location",
+    "noun.motive",
+    "noun.object",
+    "noun.person",
+    "noun.phenomenon",
+    "noun.plant",
+    "noun.possession",
+    "noun.process",
+    "noun.quantity",
+    "noun.relation",
+    "noun.shape",
+    "noun.state",
+    "noun.substance",
+    "noun.time",
+    "verb.body",
+    "verb.change",
+    "verb.cognition",
+    "verb.communication",
+    "verb.competition",
+    "verb.consumption",
+    "verb.contact",
+    "verb.creation",
+    "verb.emotion",
+    "verb.motion",
+    "verb.perception",
+    "verb.possession",
+    "verb.social",
+    "verb.stative",
+    "verb.weather",
+    "adj.ppl",
 )
 
 MIN_WORDS = 4
@@ -102,7 +136,7 @@ def definition_only(gloss: str) -> str:
             depth += 1
         elif ch == ")":
             depth = max(0, depth - 1)
-        elif ch in ";:," and depth == 0 and gloss[i + 1:].lstrip().startswith('"'):
+        elif ch in ";:," and depth == 0 and gloss[i + 1 :].lstrip().startswith('"'):
             cut = i
             break
     if gloss.lstrip().startswith('"'):  # a gloss that is only an example
@@ -151,14 +185,16 @@ def main(argv: list[str] | None = None) -> int:
 
     missing = [n for n, _, _ in PARTS if not (args.wordnet_dir / n).is_file()]
     if missing:
-        print(f"missing WordNet data files in {args.wordnet_dir}: {missing}; "
-              "install them with: apt-get install -y wordnet-base", file=sys.stderr)
+        print(
+            f"missing WordNet data files in {args.wordnet_dir}: {missing}; "
+            "install them with: apt-get install -y wordnet-base",
+            file=sys.stderr,
+        )
         return 2
 
     lexnames = load_lexnames(args.wordnet_dir)
     eligible = {
-        pos: list(parse_data_file(args.wordnet_dir / name, prefix, pos, lexnames))
-        for name, prefix, pos in PARTS
+        pos: list(parse_data_file(args.wordnet_dir / name, prefix, pos, lexnames)) for name, prefix, pos in PARTS
     }
     total = sum(len(v) for v in eligible.values())
     selected = []
