@@ -50,13 +50,6 @@ lint: install
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-# The quick benchmarks (a few minutes each on 2 cores); results in bench/results/, see docs/benchmarks.md.
-bench: install
-	$(BIN)/python bench/bench_encode.py --rounds 1 --scifact-docs 400
-	$(BIN)/python bench/bench_search.py --sizes 100000
-	$(BIN)/python bench/bench_rerank.py
-	$(BIN)/python bench/bench_seed_headline.py
-
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
 
