@@ -23,7 +23,7 @@ import json
 import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -58,11 +58,21 @@ class BackendContext:
 
 @dataclass(frozen=True)
 class FusionConfig:
-    """Fusion of the cross-encoder logit with a bi-encoder/retrieval score (``semsearch_reranker.json``)."""
+    """Fusion of the cross-encoder logit with a bi-encoder/retrieval score (``semsearch_reranker.json``).
+
+    ``weight`` is the cosine weight tuned on the (STS) dev pairs, used by ``score_pairs``;
+    ``retrieval_weight``, when set, is the weight for query-candidate lists (``score``), else ``weight``.
+    """
 
     weight: float
     mode: str = "zscore"
     pairwise_stats: Mapping[str, float] | None = None
+    retrieval_weight: float | None = None
+
+    @property
+    def list_weight(self) -> float:
+        """The weight ``Reranker.score`` uses for one query's candidate list."""
+        return self.weight if self.retrieval_weight is None else self.retrieval_weight
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any] | None) -> FusionConfig | None:
@@ -73,10 +83,13 @@ class FusionConfig:
         if mode not in FUSION_MODES:
             raise ModelLoadError(f"unknown fusion mode {mode!r} (known: {', '.join(FUSION_MODES)})")
         weight = float(data["weight"])
-        if not 0.0 <= weight <= 1.0:
-            raise ModelLoadError(f"fusion weight must be in [0, 1], got {weight}")
+        raw_retrieval = data.get("retrieval_weight")
+        retrieval = None if raw_retrieval is None else float(raw_retrieval)
+        for value in (weight, retrieval):
+            if value is not None and not 0.0 <= value <= 1.0:
+                raise ModelLoadError(f"fusion weights must be in [0, 1], got {value}")
         stats = data.get("pairwise_stats")
-        return cls(weight=weight, mode=mode, pairwise_stats=dict(stats) if stats else None)
+        return cls(weight, mode, dict(stats) if stats else None, retrieval)
 
 
 def zscore(values: Sequence[float] | np.ndarray, mean: float | None = None, std: float | None = None) -> np.ndarray:
@@ -191,7 +204,8 @@ class Reranker:
 
     ``name_or_path`` is a local CrossEncoder folder (e.g. one written by ``train_cross_encoder``) or a
     Hugging Face hub name (needs the network or a warm cache). ``fusion=False`` ignores a configured
-    fusion; ``fusion_weight`` overrides its weight.
+    fusion; ``fusion_weight`` sets the weight used by :meth:`score` (per-query lists), overriding the
+    folder's ``retrieval_weight``/``weight``, and enables per-query fusion for folders without one.
     """
 
     def __init__(
@@ -230,10 +244,13 @@ class Reranker:
             )
         self.metadata: dict[str, Any] = (read_reranker_metadata(self.path) if self.path else None) or {}
         config = FusionConfig.from_json(self.metadata.get("fusion")) if fusion else None
-        if config is not None and fusion_weight is not None:
+        if fusion and fusion_weight is not None:
             if not 0.0 <= fusion_weight <= 1.0:
                 raise InvalidInputError(f"fusion_weight must be in [0, 1], got {fusion_weight}")
-            config = FusionConfig(fusion_weight, config.mode, config.pairwise_stats)
+            if config is None:  # e.g. a hub cross-encoder: per-query fusion only
+                config = FusionConfig(fusion_weight, retrieval_weight=fusion_weight)
+            else:
+                config = replace(config, retrieval_weight=fusion_weight)
         self.fusion: FusionConfig | None = config
         self.symmetric_default = bool((self.metadata.get("hyperparameters") or {}).get("symmetric", True))
         context = BackendContext(self.name, self.path, dict(backend_options or {}))
@@ -275,7 +292,7 @@ class Reranker:
             return np.zeros(0, dtype=np.float64)
         logits = self.logits([(query, t) for t in texts], batch_size)
         if self.fusion is not None and retrieval_scores is not None:
-            return fuse(logits, retrieval_scores, self.fusion.weight)
+            return fuse(logits, retrieval_scores, self.fusion.list_weight)
         return self.activate(logits).astype(np.float64)
 
     def rank(
@@ -348,7 +365,14 @@ class Reranker:
             "dev_metrics": meta.get("dev_metrics"),
             "test_metrics": meta.get("test_metrics"),
             "fusion": (
-                {"mode": fusion.mode, "weight": fusion.weight, "scope": "per_query"} if fusion is not None else None
+                {
+                    "mode": fusion.mode,
+                    "weight": fusion.list_weight,
+                    "scope": "per_query",
+                    "pairwise_weight": fusion.weight,
+                }
+                if fusion is not None
+                else None
             ),
             "score": (
                 "zscore fusion with retrieval scores when given, else sigmoid(logit)"

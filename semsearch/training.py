@@ -24,6 +24,7 @@ import copy
 import csv
 import gzip
 import hashlib
+import importlib.metadata
 import io
 import json
 import logging
@@ -43,7 +44,6 @@ import torch
 from scipy.stats import pearsonr, spearmanr
 from tqdm.auto import tqdm
 
-from semsearch import __version__
 from semsearch.errors import InvalidInputError, ModelLoadError
 from semsearch.rerank import RERANKER_META_FILE, fuse
 
@@ -196,7 +196,14 @@ def _relevance_examples(
         if len(mined) != len(relevance):
             raise InvalidInputError(f"mine_negatives returned {len(mined)} lists for {len(relevance)} queries")
     out: list[_Example] = []
-    stats = {"queries": 0, "positives": 0, "given_negatives": 0, "mined_negatives": 0, "dropped_positives": 0}
+    stats = {
+        "queries": 0,
+        "positives": 0,
+        "given_negatives": 0,
+        "mined_negatives": 0,
+        "dropped_positives": 0,
+        "queries_without_negatives": 0,
+    }
     for example, candidates in zip(relevance, mined, strict=True):
         positives = [p for p in dict.fromkeys(example.positives) if p]
         if not positives:
@@ -218,6 +225,15 @@ def _relevance_examples(
         stats["mined_negatives"] += sum(1 for _, origin in kept if origin == "mined")
         out.extend(_Example(example.query, p, 1.0, False) for p in positives)
         out.extend(_Example(example.query, n, 0.0, False) for n, _ in kept)
+        if not kept:
+            stats["queries_without_negatives"] += 1
+    if stats["queries_without_negatives"]:
+        logger.warning(
+            "%d of %d relevance queries have no negatives (give negatives or mine_negatives): "
+            "their pairs only teach 'relevant'",
+            stats["queries_without_negatives"],
+            stats["queries"],
+        )
     return out, stats
 
 
@@ -309,8 +325,12 @@ def _versions() -> dict[str, str]:
     import sentence_transformers
     import transformers
 
+    try:
+        semsearch_version = importlib.metadata.version("semsearch")
+    except importlib.metadata.PackageNotFoundError:  # pragma: no cover - running from a bare checkout
+        semsearch_version = "unknown"
     return {
-        "semsearch": __version__,
+        "semsearch": semsearch_version,
         "python": platform.python_version(),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
@@ -490,6 +510,7 @@ def train_cross_encoder(
     num_threads: int | None = None,
     fusion: bool = True,
     fusion_grid: Sequence[float] = DEFAULT_FUSION_GRID,
+    retrieval_fusion_weight: float | None = None,
     eval_batch_size: int = 64,
     show_progress: bool = True,
     overwrite: bool = False,
@@ -501,10 +522,14 @@ def train_cross_encoder(
     when given. ``symmetric`` marks scored pairs as order-free (order randomised in training, both orders
     averaged in evaluation). The dev metric (Spearman on ``dev``, else MRR on ``dev_relevance``) drives early
     stopping and the kept checkpoint; the fusion weight is tuned on ``dev`` only; ``test`` is only reported.
+    ``retrieval_fusion_weight`` (tuned by the caller on a retrieval dev set) is stored as the weight that
+    ``Reranker.score`` uses for query-candidate lists; without it that weight is the STS dev weight.
     """
     t_start = time.perf_counter()
     if epochs < 1 or batch_size < 1 or learning_rate <= 0 or score_max <= 0:
         raise InvalidInputError("epochs, batch_size, learning_rate and score_max must be positive")
+    if retrieval_fusion_weight is not None and not 0.0 <= retrieval_fusion_weight <= 1.0:
+        raise InvalidInputError("retrieval_fusion_weight must be in [0, 1]")
     if eval_every_steps is not None and eval_every_steps < 1:
         raise InvalidInputError("eval_every_steps must be >= 1")
     output_dir = Path(output_dir)
@@ -699,6 +724,7 @@ def train_cross_encoder(
                     "cross_encoder_input": "logit" + (" (mean of both pair orders)" if symmetric else ""),
                     "bi_encoder": bi_name,
                     "retrieval_scope": "per_query",
+                    "retrieval_weight": retrieval_fusion_weight,
                     "pairwise_stats": {
                         "ce_mean": float(dev_arrays["both_orders"].mean()),
                         "ce_std": float(dev_arrays["both_orders"].std()),
@@ -714,6 +740,14 @@ def train_cross_encoder(
                 }
         elif dev_relevance and metric_name == "mrr" and stopper.best is not None:
             dev_metrics = {"mrr": stopper.best}
+        if fusion_config is None and retrieval_fusion_weight is not None:  # per-query fusion only
+            fusion_config = {
+                "mode": "zscore",
+                "weight": retrieval_fusion_weight,
+                "retrieval_weight": retrieval_fusion_weight,
+                "formula": "(1 - weight) * z(cross_encoder_logit) + weight * z(retrieval_score)",
+                "retrieval_scope": "per_query",
+            }
         if test_scored:
             arrays = pair_scores(test_scored)
             gold = np.array([p.score for p in test_scored])

@@ -121,6 +121,7 @@ def test_relevance_examples_drop_known_positives() -> None:
         "given_negatives": 1,
         "mined_negatives": 2,
         "dropped_positives": 2,
+        "queries_without_negatives": 0,
     }
 
 
@@ -160,6 +161,11 @@ def test_fusion_config_parsing() -> None:
     assert FusionConfig.from_json({"mode": "none"}) is None
     config = FusionConfig.from_json({"mode": "zscore", "weight": 0.3})
     assert config == FusionConfig(weight=0.3, mode="zscore", pairwise_stats=None)
+    assert config.list_weight == 0.3
+    split = FusionConfig.from_json({"mode": "zscore", "weight": 0.3, "retrieval_weight": 0.8})
+    assert split is not None and split.weight == 0.3 and split.list_weight == 0.8
+    with pytest.raises(ModelLoadError):
+        FusionConfig.from_json({"mode": "zscore", "weight": 0.3, "retrieval_weight": -0.1})
     with pytest.raises(ModelLoadError):
         FusionConfig.from_json({"mode": "rrf", "weight": 0.3})
     with pytest.raises(ModelLoadError):
@@ -204,7 +210,13 @@ def test_training_writes_a_loadable_reranker_folder(
     info = reranker.info()
     assert info["path"] == str(out.resolve())
     assert info["trained_on"]["train_scored"]["rows"] == 64
-    assert info["fusion"] == {"mode": "zscore", "weight": meta["fusion"]["weight"], "scope": "per_query"}
+    assert info["fusion"] == {
+        "mode": "zscore",
+        "weight": meta["fusion"]["weight"],
+        "scope": "per_query",
+        "pairwise_weight": meta["fusion"]["weight"],
+    }
+    assert info["evaluated_on"]["test"]["rows"] == 16
     json.dumps(info)
 
 
@@ -240,6 +252,14 @@ def test_same_seed_gives_identical_scores(
     )
     assert result.history[0].dev_metric == trained[1].history[0].dev_metric
     assert result.history[0].train_loss == trained[1].history[0].train_loss
+    # trained with fusion=False: no fusion unless asked for (per-query only)
+    assert result.metadata["fusion"] is None and again.fusion is None
+    scores = again.score(QUERY, TEXTS, [0.9, 0.1, 0.5, 0.05])
+    assert np.all((scores > 0) & (scores < 1))
+    fused = Reranker(result.output_dir, fusion_weight=0.3)
+    assert fused.fusion is not None and fused.fusion.pairwise_stats is None
+    expected = 0.7 * zscore(again.logits([(QUERY, t) for t in TEXTS])) + 0.3 * zscore([0.9, 0.1, 0.5, 0.05])
+    np.testing.assert_allclose(fused.score(QUERY, TEXTS, [0.9, 0.1, 0.5, 0.05]), expected, rtol=1e-6)
 
 
 def test_scores_match_cross_encoder_predict(trained: tuple[Path, training.TrainResult], reranker: Reranker) -> None:
@@ -256,7 +276,7 @@ def test_fused_scores_use_per_query_zscores(reranker: Reranker) -> None:
     assert reranker.fusion is not None
     retrieval = [0.9, 0.1, 0.5, 0.05]
     logits = reranker.logits([(QUERY, t) for t in TEXTS])
-    w = reranker.fusion.weight
+    w = reranker.fusion.list_weight
     expected = (1 - w) * zscore(logits) + w * zscore(retrieval)
     np.testing.assert_allclose(reranker.score(QUERY, TEXTS, retrieval), expected, rtol=1e-6, atol=1e-9)
     with pytest.raises(InvalidInputError):
@@ -289,6 +309,8 @@ def test_fusion_can_be_disabled_or_overridden(trained: tuple[Path, training.Trai
     assert np.all((scores > 0) & (scores < 1))
     heavy = Reranker(trained[0], fusion_weight=1.0)
     np.testing.assert_allclose(heavy.score(QUERY, TEXTS, [0.9, 0.1, 0.5, 0.05]), zscore([0.9, 0.1, 0.5, 0.05]))
+    assert heavy.fusion is not None and heavy.fusion.weight == trained[1].metadata["fusion"]["weight"]
+    assert heavy.info()["fusion"]["weight"] == 1.0  # the per-query weight; score_pairs keeps the dev weight
 
 
 def test_backend_hook(trained: tuple[Path, training.TrainResult], reranker: Reranker) -> None:

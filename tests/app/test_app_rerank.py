@@ -69,7 +69,7 @@ def test_info_shows_the_reranker_and_its_card(rclient: TestClient, reranker_dir:
     info = rclient.get("/info").json()["reranker"]
     assert info["configured"] is True and info["status"] == "loaded"
     assert info["path"] == str(reranker_dir.resolve()) and info["kind"] == "cross-encoder"
-    assert info["fusion"] == {"mode": "zscore", "weight": 0.3, "scope": "per_query"}
+    assert info["fusion"] == {"mode": "zscore", "weight": 0.3, "pairwise_weight": 0.3, "scope": "per_query"}
     assert info["base_model"] == "sentence-transformers/all-MiniLM-L6-v2"
 
 
