@@ -135,7 +135,15 @@ class Services:
                 num_threads=settings.workers_threads,
             )
             index.check_encoder(encoder.fingerprint, encoder.name, encoder.pooling)
-            reranker = Reranker(settings.reranker) if settings.reranker else None
+            reranker = (
+                Reranker(
+                    settings.reranker,
+                    backend=settings.reranker_backend,
+                    backend_options={"num_threads": settings.workers_threads},
+                )
+                if settings.reranker
+                else None
+            )
             encoder.encode(["warm-up"])  # the first forward pass is slow; pay it before serving
             if reranker is not None:
                 reranker.score("warm-up", ["warm-up"])

@@ -48,6 +48,11 @@ class Settings(BaseSettings):
     reranker: str | None = Field(
         None, description="Cross-encoder reranker: a local folder (e.g. from `make reranker`) or a hub name."
     )
+    reranker_backend: Backend = Field(
+        "torch",
+        description="Reranker backend (torch, onnx, onnx-int8); the ONNX ones need a local folder and are "
+        "exported once into the semsearch cache.",
+    )
     # --- network
     host: str = Field("127.0.0.1", description="Interface to bind.")
     port: int = Field(8000, ge=0, le=65535, description="TCP port (0 picks a free one).")

@@ -3,10 +3,10 @@
 Uses ``semsearch.rerank.Reranker`` (what ``/rerank`` and ``rerank: true`` run) on ``models/reranker``
 when it has been trained (``make reranker``), else on an untrained ``CrossEncoder(all-MiniLM-L6-v2,
 num_labels=1)`` saved to a temporary folder: the same architecture, so the same cost (stated in the
-results). Backends: every name :func:`semsearch.rerank.available_backends` offers (``torch``, plus
-``onnx``/``onnx-int8`` once registered). Queries are STS-B sentences, candidates WordNet glosses
-(~20 tokens) — the lengths of a search result list. Latency = one ``Reranker.score`` call (tokenise +
-forward + activation), p50/p99 over ``--repeats`` calls.
+results). Backends: every name :func:`semsearch.rerank.available_backends` offers (``torch``, ``onnx``,
+``onnx-int8``; the ONNX files are exported once into the semsearch cache). Queries are STS-B
+sentences, candidates WordNet glosses (~20 tokens) — the lengths of a search result list. Latency = one
+``Reranker.score`` call (tokenise + forward + activation), p50/p99 over ``--repeats`` calls.
 
     python bench/bench_rerank.py                # ~1-2 min on 2 cores
 """
@@ -40,37 +40,6 @@ def model_folder(tmp: Path) -> tuple[Path, str]:
     return tmp / "ce", "untrained CrossEncoder(all-MiniLM-L6-v2, num_labels=1): same architecture and cost"
 
 
-def register_onnx_backends(cache_dir: str | None, threads: int | None = None) -> list[str]:
-    """Register ``onnx``/``onnx-int8`` reranker backends (FeatureBackend + OnnxModel) unless present.
-
-    ``semsearch.rerank`` ships only ``torch``; this is the plug-in its docstring describes, kept in the
-    bench until the core registers it. Returns the names registered here.
-    """
-    from semsearch.onnx_backend import OnnxModel, model_fingerprint
-    from semsearch.rerank import FeatureBackend, available_backends, register_backend
-
-    added = []
-    for variant in ("onnx", "onnx-int8"):
-        if variant in available_backends():
-            continue
-
-        def factory(cross_encoder: Any, context: Any, variant: str = variant) -> FeatureBackend:
-            model = OnnxModel(
-                cross_encoder.model,
-                context.model_dir,
-                model_fingerprint(context.model_dir),
-                kind="cross-encoder",
-                variant=variant,  # type: ignore[arg-type]
-                cache_dir=Path(cache_dir) if cache_dir else None,
-                num_threads=threads,
-            )
-            return FeatureBackend(cross_encoder, model.run)
-
-        register_backend(variant, factory)
-        added.append(variant)
-    return added
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--candidates", type=int, nargs="+", default=[10, 50, 100])
@@ -88,7 +57,6 @@ def main() -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    bench_registered = register_onnx_backends(args.cache_dir, args.threads)
 
     info = c.machine()
     print(f"{info['cpu']}, {info['usable_cores']} cores, load {info['loadavg_at_start']}", flush=True)
@@ -103,7 +71,8 @@ def main() -> int:
         rerankers: dict[str, Reranker] = {}
         for backend in backends:
             try:
-                rerankers[backend] = Reranker(folder, backend=backend)
+                options = {"cache_dir": args.cache_dir, "num_threads": args.threads}
+                rerankers[backend] = Reranker(folder, backend=backend, backend_options=options)
             except Exception as e:  # report a backend that cannot load instead of hiding it
                 print(f"  {backend}: cannot load ({type(e).__name__}: {e})", flush=True)
                 rows.append({"backend": backend, "error": f"{type(e).__name__}: {e}"})
@@ -147,7 +116,6 @@ def main() -> int:
         "machine": info,
         "model": model_note,
         "backends": backends,
-        "registered_by_bench": bench_registered,
         "rows": rows,
         "table": table,
         "settings": {

@@ -15,6 +15,7 @@ from typing import Annotated, Any
 
 import typer
 
+from indexer.options import BackendOpt, PoolingOpt
 from semsearch.errors import SemsearchError
 
 log = logging.getLogger("indexer")
@@ -26,17 +27,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-
-
-class PoolingOpt(StrEnum):
-    mean = "mean"
-    cls = "cls"
-
-
-class BackendOpt(StrEnum):
-    torch = "torch"
-    onnx = "onnx"
-    onnx_int8 = "onnx-int8"
 
 
 class IndexTypeOpt(StrEnum):

@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Annotated, Any, cast
 
 import typer
 
+from indexer.options import BackendOpt, PoolingOpt
+
 if TYPE_CHECKING:
     from semsearch.encoder import Pooling
     from semsearch.evaluation import BeirDataset, RetrievalReport
@@ -44,11 +46,6 @@ class FusionOpt(StrEnum):
     rrf = "rrf"
     minmax = "minmax"
     zscore = "zscore"
-
-
-class PoolingOpt(StrEnum):
-    mean = "mean"
-    cls = "cls"
 
 
 def register(app: typer.Typer) -> None:
@@ -126,6 +123,11 @@ def beir(
         str | None, typer.Option("--filter", help='Metadata filter as JSON, e.g. {"year": 2020}.')
     ] = None,
     reranker: Annotated[Path | None, typer.Option(help="Cross-encoder folder: rerank the top --candidates.")] = None,
+    reranker_backend: Annotated[BackendOpt, typer.Option(help="Reranker inference backend.")] = BackendOpt.torch,
+    rerank_weight: Annotated[
+        float | None,
+        typer.Option(min=0.0, max=1.0, help="Retrieval-score weight in the rerank fusion (default: the model's)."),
+    ] = None,
     candidates: Annotated[int, typer.Option(min=1, max=10_000, help="Candidates reranked per query.")] = 100,
     k: Annotated[
         int, typer.Option("-k", "--k", min=1, max=10_000, help="Hits kept per query (>= metric cut-offs).")
@@ -188,7 +190,7 @@ def beir(
         if reranker is not None:
             from semsearch.rerank import Reranker
 
-            rr = Reranker(reranker)
+            rr = Reranker(reranker, backend=reranker_backend.value, fusion_weight=rerank_weight)
         report = evaluate_retrieval(
             idx,
             dataset,
@@ -249,6 +251,7 @@ def sts(
     model: Annotated[str | None, typer.Option(help="Bi-encoder (default: packaged all-MiniLM-L6-v2).")] = None,
     pooling: Annotated[PoolingOpt, typer.Option(help="Pooling of token outputs.")] = PoolingOpt.mean,
     reranker: Annotated[Path | None, typer.Option(help="Cross-encoder folder: also correlate its scores.")] = None,
+    reranker_backend: Annotated[BackendOpt, typer.Option(help="Reranker inference backend.")] = BackendOpt.torch,
     batch_size: Annotated[int, typer.Option(min=1, max=4096)] = 64,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
@@ -258,7 +261,7 @@ def sts(
     from semsearch.rerank import Reranker
 
     encoder = Encoder(model=model, pooling=cast("Pooling", pooling.value))
-    rr = Reranker(reranker) if reranker is not None else None
+    rr = Reranker(reranker, backend=reranker_backend.value) if reranker is not None else None
     reports = {}
     for path in data:
         report = evaluate_sts(read_sts(path), encoder, rr, batch_size)

@@ -60,6 +60,10 @@ def train_reranker(
     relevance: Annotated[
         Path | None, typer.Option(help="Relevance pairs .jsonl[.gz] with query and positive fields.")
     ] = None,
+    dev_relevance: Annotated[
+        Path | None,
+        typer.Option(help="Held-out relevance pairs (same format): dev MRR for early stopping when no --dev."),
+    ] = None,
     query_field: Annotated[str, typer.Option(help="Query field of --relevance.")] = "query",
     positive_field: Annotated[
         str,
@@ -85,17 +89,33 @@ def train_reranker(
     seed: Annotated[int, typer.Option(help="Random seed (training is deterministic for a seed).")] = 42,
     score_max: Annotated[float, typer.Option(help="Scores are divided by this to get targets in [0, 1].")] = 5.0,
     fusion: Annotated[bool, typer.Option(help="Tune a fusion with the bi-encoder cosine on --dev.")] = True,
+    retrieval_weight: Annotated[
+        float | None,
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            help="Weight of the retrieval score when reranking a query's candidates (tune it with "
+            "`eval beir --rerank-weight` on held-out queries). Default: the STS dev weight.",
+        ),
+    ] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output folder.")] = False,
 ) -> None:
     """Train a cross-encoder reranker (dev-split early stopping, deterministic seed, model card)."""
     from semsearch.training import RelevanceExample, train_cross_encoder
 
-    examples: list[RelevanceExample] = []
-    if relevance is not None:
-        grouped: dict[str, list[str]] = defaultdict(list)
-        for query, positive in read_relevance_pairs(relevance, query_field, positive_field):
-            grouped[query].append(positive)
-        examples = [RelevanceExample(q, tuple(p)) for q, p in grouped.items()]
+    def grouped(path: Path | None) -> list[RelevanceExample]:
+        if path is None:
+            return []
+        positives: dict[str, list[str]] = defaultdict(list)
+        for query, positive in read_relevance_pairs(path, query_field, positive_field):
+            positives[query].append(positive)
+        return [RelevanceExample(q, tuple(p)) for q, p in positives.items()]
+
+    examples, dev_examples = grouped(relevance), grouped(dev_relevance)
+    if dev_examples and mine_index is None:
+        raise typer.BadParameter(
+            "--dev-relevance needs --mine-index (dev negatives are mined)", param_hint="--dev-relevance"
+        )
     if not scored and not examples:
         raise typer.BadParameter("give --scored and/or --relevance training data", param_hint="--scored")
     result = train_cross_encoder(
@@ -104,9 +124,10 @@ def train_reranker(
         relevance=examples or None,
         relevance_source=str(relevance) if relevance else None,
         dev=dev,
+        dev_relevance=dev_examples or None,
         test=test,
         base_model=base_model,
-        mine_negatives=index_miner(mine_index) if mine_index and examples else None,
+        mine_negatives=index_miner(mine_index) if mine_index and (examples or dev_examples) else None,
         mine_top_k=mine_top_k,
         num_negatives=num_negatives,
         score_max=score_max,
@@ -116,6 +137,7 @@ def train_reranker(
         patience=patience,
         seed=seed,
         fusion=fusion,
+        retrieval_fusion_weight=retrieval_weight,
         overwrite=overwrite,
     )
     typer.echo(

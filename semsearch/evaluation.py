@@ -315,6 +315,8 @@ def evaluate_retrieval(
         settings["hybrid"] = asdict(hybrid or search_mod.DEFAULT_HYBRID)
     if reranker is not None:
         settings["reranker"] = reranker.name
+        settings["reranker_backend"] = reranker.backend
+        settings["rerank_fusion_weight"] = reranker.fusion.list_weight if reranker.fusion else None
         settings["candidates"] = candidates
     if filter:
         settings["filter"] = filter

@@ -13,7 +13,9 @@ Scores returned by :meth:`Reranker.score` (query vs candidate texts, retrieval r
 orders; with ``cosine_scores`` and fusion configured the z-statistics are the dev statistics stored at
 training time, so a pair's score does not depend on the other pairs in the call.
 
-Backends: ``"torch"`` (default). Other backends (e.g. ONNX) plug in with :func:`register_backend`; a
+Backends: ``"torch"`` (default, the CrossEncoder's own forward), ``"onnx"`` and ``"onnx-int8"`` (the same
+transformer exported/quantised once and cached by weight fingerprint, see :mod:`semsearch.onnx_backend`;
+``backend_options``: ``cache_dir``, ``num_threads``). Others plug in with :func:`register_backend`; a
 backend only has to turn the CrossEncoder's tokenised features into logits (see :class:`FeatureBackend`).
 """
 
@@ -172,7 +174,39 @@ class TorchBackend:
         return np.asarray(scores, dtype=np.float32).reshape(-1)
 
 
-_BACKENDS: dict[str, BackendFactory] = {"torch": TorchBackend}
+def _onnx_factory(variant: str) -> BackendFactory:
+    """``FeatureBackend`` over a cached ONNX export of the CrossEncoder's transformer (local folders only)."""
+
+    def factory(cross_encoder: Any, context: BackendContext) -> LogitsBackend:
+        from semsearch.onnx_backend import OnnxModel, model_fingerprint
+
+        if context.model_dir is None:
+            raise ModelLoadError(
+                f"the {variant} reranker backend needs a local model folder (got {context.name_or_path!r})"
+            )
+        cache_dir = context.options.get("cache_dir")
+        try:
+            model = OnnxModel(
+                cross_encoder.model,
+                context.model_dir,
+                model_fingerprint(context.model_dir),
+                kind="cross-encoder",
+                variant=variant,  # type: ignore[arg-type]
+                cache_dir=Path(cache_dir) if cache_dir else None,
+                num_threads=context.options.get("num_threads"),
+            )
+        except RuntimeError as exc:
+            raise ModelLoadError(f"cannot build the {variant} reranker for {context.name_or_path!r}: {exc}") from exc
+        return FeatureBackend(cross_encoder, model.run)
+
+    return factory
+
+
+_BACKENDS: dict[str, BackendFactory] = {
+    "torch": TorchBackend,
+    "onnx": _onnx_factory("onnx"),
+    "onnx-int8": _onnx_factory("onnx-int8"),
+}
 
 
 def register_backend(name: str, factory: BackendFactory) -> None:

@@ -237,6 +237,25 @@ def _relevance_examples(
     return out, stats
 
 
+def _mine_dev_negatives(
+    dev: Sequence[RelevanceExample], mine_negatives: MineNegatives, mine_top_k: int
+) -> list[RelevanceExample]:
+    """Dev examples without negatives get the retriever's top non-positives: dev MRR then measures
+    reranking of the retriever's own candidate list."""
+    todo = [i for i, ex in enumerate(dev) if not ex.negatives]
+    out = list(dev)
+    if not todo:
+        return out
+    mined = mine_negatives([dev[i].query for i in todo], mine_top_k)
+    if len(mined) != len(todo):
+        raise InvalidInputError(f"mine_negatives returned {len(mined)} lists for {len(todo)} queries")
+    for i, candidates in zip(todo, mined, strict=True):
+        known = {p.strip() for p in dev[i].positives}
+        negatives = tuple(dict.fromkeys(t for t in candidates if t and t.strip() not in known))
+        out[i] = RelevanceExample(dev[i].query, dev[i].positives, negatives)
+    return out
+
+
 # ------------------------------------------------------------------------------------------------ metrics
 
 
@@ -553,6 +572,8 @@ def train_cross_encoder(
             _Example(p.sentence1, p.sentence2, min(1.0, max(0.0, p.score / score_max)), symmetric) for p in train_scored
         ]
         relevance_examples, relevance_stats = _relevance_examples(relevance, mine_negatives, mine_top_k, num_negatives)
+        if mine_negatives is not None and dev_relevance and not dev_scored:
+            dev_relevance = _mine_dev_negatives(dev_relevance, mine_negatives, mine_top_k)
         examples.extend(relevance_examples)
         if not examples:
             raise InvalidInputError("no training data: give scored pairs and/or relevance examples")

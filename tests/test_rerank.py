@@ -333,6 +333,27 @@ def test_backend_hook(trained: tuple[Path, training.TrainResult], reranker: Rera
     assert hooked.info()["backend"] == "test-features"
 
 
+def test_onnx_backends_match_torch_and_reuse_the_cache(
+    trained: tuple[Path, training.TrainResult], reranker: Reranker, tmp_path: Path
+) -> None:
+    """fp32 ONNX reproduces the torch logits; int8 keeps the order of clearly separated candidates."""
+    pairs = [(QUERY, t) for t in TEXTS] + [(t, QUERY) for t in TEXTS]
+    reference = reranker.logits(pairs)
+    options = {"cache_dir": tmp_path}
+    fp32 = Reranker(trained[0], backend="onnx", backend_options=options)
+    np.testing.assert_allclose(fp32.logits(pairs), reference, atol=1e-3)
+    int8 = Reranker(trained[0], backend="onnx-int8", backend_options=options)
+    quantised = int8.logits(pairs)
+    assert np.max(np.abs(quantised - reference)) < 0.25 * float(np.ptp(reference))
+    assert np.argmax(quantised[:4]) == np.argmax(reference[:4])
+    assert int8.info()["backend"] == "onnx-int8"
+    cached = sorted(p.name for p in tmp_path.glob("*-cross-encoder/*.onnx"))
+    assert cached == ["model-int8.onnx", "model.onnx"]
+    mtimes = {p: p.stat().st_mtime_ns for p in tmp_path.glob("*-cross-encoder/*.onnx")}
+    Reranker(trained[0], backend="onnx-int8", backend_options=options)  # second load: from the cache
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.glob("*-cross-encoder/*.onnx")} == mtimes
+
+
 def test_missing_model_is_a_load_error(tmp_path: Path) -> None:
     with pytest.raises(ModelLoadError):
         Reranker(tmp_path / "nothing-here")
@@ -359,3 +380,44 @@ def test_early_stopping_keeps_best_epoch(
     kept = Reranker(result.output_dir).logits(probe)
     np.testing.assert_allclose(kept, seen[1], atol=1e-5)
     assert not np.allclose(kept, seen[2], atol=1e-5)  # epoch 3 differed: the test is meaningful
+
+
+# --------------------------------------------------------------------------------------- train-reranker CLI
+
+
+def test_train_reranker_cli_relevance_with_mined_dev(tmp_path: Path, small_index: Path) -> None:
+    """Relevance pairs + held-out dev pairs, negatives mined from a real index, a retrieval weight:
+    the folder loads, uses dev MRR, mined negatives, and the given per-query fusion weight."""
+    import subprocess
+    import sys
+
+    from conftest import sample_rows, write_jsonl
+
+    by_query = {f"what is a {r['lemma'].replace('_', ' ')}": r["text"] for r in sample_rows(300)[::5]}
+    rows = [{"query": q, "text": t} for q, t in list(by_query.items())[:20]]
+    assert len(rows) == 20
+    train = write_jsonl(tmp_path / "train.jsonl", rows[:14])
+    dev = write_jsonl(tmp_path / "dev.jsonl", rows[14:])
+    out = tmp_path / "rr"
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        cmd = [sys.executable, "-m", "indexer", "train-reranker", *args]
+        return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+
+    common = ["--relevance", str(train), "--dev-relevance", str(dev), "--epochs", "1", "--batch-size", "8"]
+    refused = cli(*common, "--output", str(out))
+    assert refused.returncode == 2 and "--mine-index" in refused.stderr
+    res = cli(*common, "--mine-index", str(small_index), "--retrieval-weight", "0.7", "--output", str(out))
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "best dev mrr" in res.stdout
+    meta = json.loads((out / RERANKER_META_FILE).read_text())
+    assert meta["dev_metric"] == "mrr" and 0.0 < meta["dev_metrics"]["mrr"] <= 1.0
+    assert meta["data"]["dev_relevance"] == {"queries": 6}
+    assert meta["data"]["train_relevance"]["queries"] == 14
+    assert meta["data"]["train_relevance"]["mined_negatives"] > 0
+    assert meta["fusion"]["retrieval_weight"] == 0.7
+    rr = Reranker(out)
+    assert rr.fusion is not None and rr.fusion.list_weight == 0.7
+    texts = [rows[0]["text"], rows[1]["text"]]
+    expected = fuse(rr.logits([(rows[0]["query"], t) for t in texts]), [0.9, 0.1], 0.7)
+    np.testing.assert_allclose(rr.score(rows[0]["query"], texts, retrieval_scores=[0.9, 0.1]), expected)
