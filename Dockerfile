@@ -97,10 +97,15 @@ ENV PATH="/opt/semsearch/bin:$PATH" \
     HF_HUB_OFFLINE=1 \
     TRANSFORMERS_OFFLINE=1 \
     HF_HUB_DISABLE_TELEMETRY=1 \
-    SEMSEARCH_CACHE_DIR=/home/semsearch/.cache/semsearch \
+    SEMSEARCH_CACHE_DIR=/opt/semsearch-cache \
     SEMSEARCH_INDEX=/index \
     SEMSEARCH_HOST=0.0.0.0 \
     SEMSEARCH_PORT=8000
+
+# The default backend (onnx-int8) exported and quantised once, here: containers (read-only root in
+# docker-compose.yml) load it from the image instead of exporting it at every start.
+RUN python -c "from semsearch.encoder import Encoder; Encoder(backend='onnx-int8').encode(['ok'])" \
+ && chmod -R a+rX /opt/semsearch-cache
 
 WORKDIR /home/semsearch
 USER 10001:10001

@@ -27,7 +27,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +35,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as c
-from http_bench import Server, load_queries
+from http_bench import Request, Server, drive, load_queries, search_request
 
 TXTAI_BUILD = """
 import gzip, json, sys, time
@@ -52,12 +51,6 @@ e.save(dst)
 print(f"txtai indexed {len(rows)} rows in {time.perf_counter() - t0:.1f}s", flush=True)
 """
 UVICORN_RE = re.compile(r"Uvicorn running on (http://\S+)")
-
-Request = Callable[[httpx.AsyncClient, str, int], Awaitable[httpx.Response]]
-
-
-async def ours(client: httpx.AsyncClient, query: str, k: int) -> httpx.Response:
-    return await client.post("/search", json={"query": query, "k": k})
 
 
 async def txtai(client: httpx.AsyncClient, query: str, k: int) -> httpx.Response:
@@ -125,40 +118,14 @@ class TxtaiServer:
                 self.proc.kill()
 
 
-async def drive(
-    url: str, request: Request, queries: list[str], concurrency: int, duration: float, k: int
-) -> tuple[list[float], int]:
-    """Closed loop: each of ``concurrency`` clients sends its next query when the last one returns."""
-    latencies: list[float] = []
-    errors = 0
-    deadline = time.perf_counter() + duration
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
-
-        async def user(i: int) -> None:
-            nonlocal errors
-            j = i
-            while time.perf_counter() < deadline:
-                t0 = time.perf_counter()
-                response = await request(client, queries[j % len(queries)], k)
-                if response.status_code == 200 and response.json():
-                    latencies.append(time.perf_counter() - t0)
-                else:
-                    errors += 1
-                j += concurrency
-
-        await asyncio.gather(*(user(i) for i in range(concurrency)))
-    return latencies, errors
-
-
 def measure(
     name: str, url: str, request: Request, queries: list[str], args: argparse.Namespace
 ) -> list[dict[str, Any]]:
-    asyncio.run(drive(url, request, queries, max(args.concurrency), args.warmup, args.k))
+    asyncio.run(drive(url, queries, max(args.concurrency), args.warmup, args.k, request))
     rows = []
     for conc in args.concurrency:
         t0 = time.perf_counter()
-        lat, errors = asyncio.run(drive(url, request, queries, conc, args.duration, args.k))
+        lat, errors = asyncio.run(drive(url, queries, conc, args.duration, args.k, request))
         seconds = time.perf_counter() - t0
         ms = np.asarray(lat) * 1000 if lat else np.asarray([np.nan])
         row = {
@@ -262,7 +229,7 @@ def main() -> int:
             env["SEMSEARCH_WORKERS_THREADS"] = "1"
         server = Server(ours_index, env)
         try:
-            rows += measure(f"{name} ({args.backend})", server.url, ours, queries, args)
+            rows += measure(f"{name} ({args.backend})", server.url, search_request, queries, args)
         finally:
             server.stop()
     table = c.markdown_table(

@@ -40,7 +40,7 @@ N_QUERIES = 500
 SWEEPS: dict[str, list[dict[str, int]]] = {
     "flat": [{}],
     "hnsw": [{"ef_search": e} for e in (16, 32, 64, 128)],
-    "hnsw-sq8": [{"ef_search": e, "rescore": r} for e in (16, 32, 64, 128) for r in (2, 4)],
+    "hnsw-sq8": [{"ef_search": e, "rescore": r} for e in (16, 32, 64, 128, 256) for r in (2, 4)],
     "ivf": [{"nprobe": p} for p in (8, 16, 32, 64)],
     "sq8": [{"rescore": r} for r in (2, 4)],
     "pq": [{"nprobe": p, "rescore": r} for p in (16, 32, 64) for r in (8, 16)],

@@ -18,7 +18,6 @@ import asyncio
 import gzip
 import json
 import os
-import platform
 import random
 import re
 import signal
@@ -26,13 +25,16 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import httpx
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as c
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "data" / "sample" / "wordnet_glosses.jsonl.gz"
@@ -41,6 +43,7 @@ SERVING_RE = re.compile(r"semsearch serving .* at (http://\S+?)/ ")
 SERVERS: dict[str, dict[str, str]] = {
     "micro-batched": {},  # the defaults: 2 ms window, up to 32 texts per encode
     "unbatched": {"SEMSEARCH_MAX_BATCH": "1"},  # baseline: each request encoded alone
+    "window0": {"SEMSEARCH_BATCH_WINDOW_MS": "0"},  # batches form only while the worker is busy
 }
 
 
@@ -71,32 +74,6 @@ def load_queries(n: int, lo: int = 26, hi: int = 34, seed: int = 0) -> list[str]
     picked = [t for t, n_tok in zip(texts, lengths, strict=True) if lo <= n_tok <= hi]
     random.Random(seed).shuffle(picked)
     return picked[:n]
-
-
-def machine() -> dict[str, Any]:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:
-        usable = os.cpu_count() or 0
-    import torch
-
-    return {
-        "cpu": cpu,
-        "logical_cores": os.cpu_count(),
-        "usable_cores": usable,
-        "loadavg_at_start": list(os.getloadavg()),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-    }
 
 
 class Server:
@@ -147,21 +124,33 @@ def batch_totals(client: httpx.Client) -> tuple[float, float]:
     return (float(count.group(1)) if count else 0.0, float(total.group(1)) if total else 0.0)
 
 
-async def drive(url: str, queries: list[str], concurrency: int, duration: float, k: int) -> tuple[list[float], int]:
-    """Closed loop: each of ``concurrency`` clients sends its next query when the last one returns."""
+Request = Callable[[httpx.AsyncClient, str, int], Awaitable[httpx.Response]]
+
+
+async def search_request(client: httpx.AsyncClient, query: str, k: int) -> httpx.Response:
+    """One semsearch ``POST /search``."""
+    return await client.post("/search", json={"query": query, "k": k})
+
+
+async def drive(
+    url: str, queries: list[str], concurrency: int, duration: float, k: int, request: Request = search_request
+) -> tuple[list[float], int]:
+    """Closed loop: each of ``concurrency`` clients sends its next query when the last one returns.
+
+    A request counts as served when it answers 200 with a non-empty JSON body."""
     latencies: list[float] = []
     errors = 0
     deadline = time.perf_counter() + duration
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
+    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
 
         async def user(i: int) -> None:
             nonlocal errors
             j = i
             while time.perf_counter() < deadline:
                 started = time.perf_counter()
-                response = await client.post("/search", json={"query": queries[j % len(queries)], "k": k})
-                if response.status_code == 200:
+                response = await request(client, queries[j % len(queries)], k)
+                if response.status_code == 200 and response.json():
                     latencies.append(time.perf_counter() - started)
                 else:
                     errors += 1
@@ -227,7 +216,7 @@ def plot(levels: list[Level], path: Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, (ax_qps, ax_p99) = plt.subplots(1, 2, figsize=(10, 4))
-    for i, name in enumerate(SERVERS):
+    for i, name in enumerate(dict.fromkeys(lv.server for lv in levels)):
         rows = [lv for lv in levels if lv.server == name]
         xs = [lv.concurrency for lv in rows]
         color = f"C{i}"
@@ -236,7 +225,7 @@ def plot(levels: list[Level], path: Path, title: str) -> None:
         ax_p99.plot(xs, [lv.p50_ms for lv in rows], marker=".", linestyle="--", color=color, label=f"{name} p50")
     for ax, ylabel in ((ax_qps, "queries/s"), (ax_p99, "latency (ms)")):
         ax.set_xscale("log", base=2)
-        ax.set_xticks([lv.concurrency for lv in levels if lv.server == next(iter(SERVERS))])
+        ax.set_xticks(sorted({lv.concurrency for lv in levels}))
         ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
         ax.set_xlabel("concurrent clients")
         ax.set_ylabel(ylabel)
@@ -255,19 +244,21 @@ def main() -> int:
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds of warm-up per server")
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--queries", type=int, default=500)
+    parser.add_argument("--servers", nargs="+", default=["micro-batched", "unbatched"], choices=list(SERVERS))
+    parser.add_argument("--name", default="http_bench", help="results file name (without .json/.png)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     if not (args.index / "current").exists() and not (args.index / "manifest.json").exists():
         parser.error(f"{args.index} is not an index; build the sample one with `make sample-index`")
     queries = load_queries(args.queries)
-    info = machine()
+    info = c.machine()
     print(
         f"{len(queries)} queries of 26-34 tokens; {info['cpu']}, {info['usable_cores']} usable cores, "
         f"load average {info['loadavg_at_start']}",
         flush=True,
     )
     levels: list[Level] = []
-    for name in SERVERS:
+    for name in args.servers:
         levels += run_server(name, args.index, queries, args)
     info["loadavg_at_end"] = list(os.getloadavg())
     command = "python bench/http_bench.py " + " ".join(sys.argv[1:])
@@ -280,14 +271,19 @@ def main() -> int:
         "machine": info,
         "index": str(args.index),
         "queries": {"count": len(queries), "tokens": "26-34", "source": "WordNet glosses (data/sample)"},
-        "settings": {"duration_s": args.duration, "warmup_s": args.warmup, "k": args.k, "servers": SERVERS},
+        "settings": {
+            "duration_s": args.duration,
+            "warmup_s": args.warmup,
+            "k": args.k,
+            "servers": {n: SERVERS[n] for n in args.servers},
+        },
         "levels": [asdict(lv) for lv in levels],
         "table": table(levels),
     }
-    (args.out / "http_bench.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    (args.out / f"{args.name}.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     title = f"semsearch /search, k={args.k}, {info['cpu']} ({info['usable_cores']} cores)"
-    plot(levels, args.out / "http_bench.png", title)
-    print(f"\nsaved {args.out / 'http_bench.json'} and {args.out / 'http_bench.png'}")
+    plot(levels, args.out / f"{args.name}.png", title)
+    print(f"\nsaved {args.out / (args.name + '.json')} and {args.out / (args.name + '.png')}")
     return 0
 
 

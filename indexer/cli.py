@@ -46,6 +46,21 @@ class OnDuplicateOpt(StrEnum):
 
 
 IndexArg = Annotated[Path, typer.Option("--index", "-i", help="Index root directory (or a version directory).")]
+BatchSizeOpt = Annotated[int, typer.Option(min=1, max=4096, help="Encoding batch size.")]
+TextFieldOpt = Annotated[str, typer.Option(help="Text column/field for .jsonl/.csv/.tsv.")]
+IdFieldOpt = Annotated[str, typer.Option(help="Id column/field (optional in the data; auto ids otherwise).")]
+SplitOpt = Annotated[
+    bool, typer.Option("--split-sentences", help="Split documents into sentences (keeps doc id and offsets).")
+]
+MaxCharsOpt = Annotated[int, typer.Option(min=1, help="Reject rows whose text is longer than this.")]
+MaxRejectsOpt = Annotated[
+    str, typer.Option(help="Fail without publishing above this many rejects: a count or a share like 1%.")
+]
+ResumeOpt = Annotated[
+    bool, typer.Option("--resume", help="Continue an interrupted run of the same inputs and options.")
+]
+KeepOpt = Annotated[int | None, typer.Option(min=1, help="After publishing, keep only the newest N versions.")]
+ProgressOpt = Annotated[bool, typer.Option(help="Show a progress bar.")]
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -87,7 +102,14 @@ def build(
     pooling: Annotated[
         PoolingOpt, typer.Option(help="Pooling of token outputs into a sentence vector.")
     ] = PoolingOpt.mean,
-    backend: Annotated[BackendOpt, typer.Option(help="Inference backend for encoding.")] = BackendOpt.torch,
+    backend: Annotated[
+        BackendOpt,
+        typer.Option(
+            help="Inference backend for encoding, recorded in the manifest (the service encodes queries with it). "
+            "onnx-int8: int8-quantised ONNX export, built once per model and cached, within the quality guard "
+            "(docs/benchmarks.md); torch: the sentence-transformers reference."
+        ),
+    ] = BackendOpt.onnx_int8,
     index_type: Annotated[
         IndexTypeOpt, typer.Option(help="FAISS index type; auto picks by corpus size.")
     ] = IndexTypeOpt.flat,
@@ -95,30 +117,24 @@ def build(
         list[str] | None,
         typer.Option(help="Index parameter key=value (M, ef_construction, ef_search, nlist, nprobe, pq_m, rescore)."),
     ] = None,
-    batch_size: Annotated[int, typer.Option(min=1, max=4096, help="Encoding batch size.")] = 64,
+    batch_size: BatchSizeOpt = 64,
     max_seq_length: Annotated[
         int | None, typer.Option(min=8, help="Token limit per sentence (longer is truncated and counted).")
     ] = None,
-    text_field: Annotated[str, typer.Option(help="Text column/field for .jsonl/.csv/.tsv.")] = "text",
-    id_field: Annotated[str, typer.Option(help="Id column/field (optional in the data; auto ids otherwise).")] = "id",
-    split_sentences: Annotated[
-        bool, typer.Option("--split-sentences", help="Split documents into sentences (keeps doc id and offsets).")
-    ] = False,
-    max_chars: Annotated[int, typer.Option(min=1, help="Reject rows whose text is longer than this.")] = 20_000,
-    max_rejects: Annotated[
-        str, typer.Option(help="Fail without publishing above this many rejects: a count or a share like 1%.")
-    ] = "1%",
+    text_field: TextFieldOpt = "text",
+    id_field: IdFieldOpt = "id",
+    split_sentences: SplitOpt = False,
+    max_chars: MaxCharsOpt = 20_000,
+    max_rejects: MaxRejectsOpt = "1%",
     on_duplicate: Annotated[
         OnDuplicateOpt, typer.Option(help="Duplicate ids: fail, or let the later row win.")
     ] = OnDuplicateOpt.error,
-    resume: Annotated[
-        bool, typer.Option("--resume", help="Continue an interrupted build of the same inputs and options.")
-    ] = False,
-    keep: Annotated[int | None, typer.Option(min=1, help="After publishing, keep only the newest N versions.")] = None,
+    resume: ResumeOpt = False,
+    keep: KeepOpt = None,
     chunk_size: Annotated[
         int, typer.Option(min=1, help="Rows per checkpoint (the unit --resume restarts from).")
     ] = 4096,
-    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    progress: ProgressOpt = True,
 ) -> None:
     """Build a new index version from input files and publish it atomically."""
     from indexer.pipeline import BuildOptions, run_build
@@ -151,18 +167,18 @@ def build(
 def add(
     input: Annotated[list[Path], typer.Option("--input", help="Input file(s) with rows to append or upsert.")],
     index: IndexArg,
-    batch_size: Annotated[int, typer.Option(min=1, max=4096)] = 64,
-    text_field: Annotated[str, typer.Option()] = "text",
-    id_field: Annotated[str, typer.Option()] = "id",
-    split_sentences: Annotated[bool, typer.Option("--split-sentences")] = False,
-    max_chars: Annotated[int, typer.Option(min=1)] = 20_000,
-    max_rejects: Annotated[str, typer.Option()] = "1%",
+    batch_size: BatchSizeOpt = 64,
+    text_field: TextFieldOpt = "text",
+    id_field: IdFieldOpt = "id",
+    split_sentences: SplitOpt = False,
+    max_chars: MaxCharsOpt = 20_000,
+    max_rejects: MaxRejectsOpt = "1%",
     on_duplicate: Annotated[
         OnDuplicateOpt, typer.Option(help="An id already in the index: replace it (default) or fail.")
     ] = OnDuplicateOpt.keep_last,
-    resume: Annotated[bool, typer.Option("--resume")] = False,
-    keep: Annotated[int | None, typer.Option(min=1)] = None,
-    progress: Annotated[bool, typer.Option()] = True,
+    resume: ResumeOpt = False,
+    keep: KeepOpt = None,
+    progress: ProgressOpt = True,
 ) -> None:
     """Append/upsert rows by id into a new version (same model, pooling and index type as the index)."""
     from indexer.pipeline import BuildOptions, run_build
@@ -193,7 +209,7 @@ def delete(
     missing_ok: Annotated[
         bool, typer.Option("--missing-ok", help="Delete the ids found even if some are absent.")
     ] = False,
-    keep: Annotated[int | None, typer.Option(min=1)] = None,
+    keep: KeepOpt = None,
 ) -> None:
     """Publish a new version without the given ids."""
     from indexer.pipeline import run_delete

@@ -62,6 +62,7 @@ def build_beir_index(
     index_params: dict[str, Any] | None = None,
     batch_size: int = 64,
     progress: bool = True,
+    backend: str = "torch",
 ) -> str:
     """Index a BEIR corpus (id = _id, text = title + " " + text, metadata = title); returns the version."""
     from indexer.pipeline import BuildOptions, run_build
@@ -81,6 +82,7 @@ def build_beir_index(
             output=index,
             model=model,
             pooling=pooling,  # type: ignore[arg-type]
+            backend=backend,  # type: ignore[arg-type]
             index_type=index_type,
             index_params=dict(index_params or {}),
             batch_size=batch_size,
@@ -110,6 +112,7 @@ def beir(
     rebuild: Annotated[bool, typer.Option("--rebuild", help="Build a new index version from the corpus.")] = False,
     model: Annotated[str | None, typer.Option(help="Model for --build (default: packaged all-MiniLM-L6-v2).")] = None,
     pooling: Annotated[PoolingOpt, typer.Option(help="Pooling for --build.")] = PoolingOpt.mean,
+    backend: Annotated[BackendOpt, typer.Option(help="Encoder backend for --build.")] = BackendOpt.torch,
     index_type: Annotated[str, typer.Option(help="FAISS index type for --build (flat, hnsw, ivf, sq8, ...).")] = "flat",
     index_param: Annotated[list[str] | None, typer.Option(help="Index parameter key=value for --build.")] = None,
     mode: Annotated[ModeOpt, typer.Option(help="Search mode.")] = ModeOpt.dense,
@@ -169,6 +172,7 @@ def beir(
             _parse_params(index_param or []),
             batch_size,
             progress,
+            backend.value,
         )
         log.info("built %s %s", index, version)
     elif build:

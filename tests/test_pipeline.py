@@ -227,6 +227,8 @@ def test_killed_build_leaves_current_usable_and_resume_continues(tmp_path, small
         "100",
         "--batch-size",
         "16",
+        "--backend",
+        "torch",  # resumed below through run_build, whose default backend is torch
         "--no-progress",
     ]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
