@@ -139,6 +139,7 @@ class Services:
                 Reranker(
                     settings.reranker,
                     backend=settings.reranker_backend,
+                    fusion_weight=settings.reranker_weight,
                     backend_options={"num_threads": settings.workers_threads},
                 )
                 if settings.reranker

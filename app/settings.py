@@ -48,6 +48,13 @@ class Settings(BaseSettings):
     reranker: str | None = Field(
         None, description="Cross-encoder reranker: a local folder (e.g. from `make reranker`) or a hub name."
     )
+    reranker_weight: float | None = Field(
+        None,
+        ge=0.0,
+        le=1.0,
+        description="Weight of the retrieval cosine when reranking a query's candidates: "
+        "(1 - w) * z(cross-encoder) + w * z(cosine). Default: the reranker folder's own (semsearch_reranker.json).",
+    )
     reranker_backend: Backend = Field(
         "torch",
         description="Reranker backend (torch, onnx, onnx-int8); the ONNX ones need a local folder and are "

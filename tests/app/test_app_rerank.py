@@ -22,7 +22,7 @@ from app.main import create_app
 from app.runtime import Runtime
 from app.settings import Settings
 from semsearch.models import resolve_model
-from semsearch.rerank import RERANKER_META_FILE, Reranker
+from semsearch.rerank import RERANKER_META_FILE, Reranker, fuse
 from semsearch.search import search as core_search
 
 pytest_plugins = ["app_fixtures"]
@@ -155,3 +155,28 @@ def test_rerank_in_hybrid_mode_keeps_the_cosine_as_retrieval_score(rclient: Test
 )
 def test_rerank_limits_are_422(rclient: TestClient, check_error: Check, path: str, body: Any) -> None:
     check_error(rclient.post(path, json=body), 422, "invalid_input")
+
+
+def test_reranker_weight_and_onnx_backend_settings(
+    app_settings: Callable[..., Settings], reranker_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SEMSEARCH_RERANKER_WEIGHT / _BACKEND reach the served reranker: /info says so and /search's
+    scores are the ONNX logits fused with that weight."""
+    monkeypatch.setenv("SEMSEARCH_CACHE_DIR", str(tmp_path))
+    settings = app_settings(reranker=str(reranker_dir), reranker_weight=0.9, reranker_backend="onnx")
+    with TestClient(create_app(settings)) as client:
+        info = client.get("/info").json()["reranker"]
+        assert info["backend"] == "onnx" and info["fusion"]["weight"] == 0.9
+        assert info["fusion"]["pairwise_weight"] == 0.3  # the folder's STS weight is kept for pairs
+        body = client.post("/search", json={"query": QUERY, "k": 5, "rerank": True, "candidates": 10}).json()
+        rt: Runtime = client.app.state.runtime  # type: ignore[attr-defined]
+        vectors = rt.services.encoder.encode([QUERY])
+        with rt.services.indexes.use() as index:
+            hits = core_search(index, [QUERY], vectors, 10)[0]
+    reference = Reranker(reranker_dir)  # torch
+    logits = reference.logits([(QUERY, h.text) for h in hits])
+    expected = fuse(logits, [h.score for h in hits], 0.9)
+    order = np.argsort(-expected, kind="stable")[:5]
+    assert [r["id"] for r in body["results"]] == [hits[i].id for i in order]
+    np.testing.assert_allclose([r["score"] for r in body["results"]], expected[order], atol=1e-3)
+    assert list(tmp_path.glob("onnx/*-cross-encoder/model.onnx"))
