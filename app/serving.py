@@ -133,6 +133,7 @@ class Services:
                 backend=settings.backend or m.backend,  # type: ignore[arg-type]
                 max_seq_length=m.max_seq_length,
                 num_threads=settings.workers_threads,
+                spinning=settings.onnx_spinning,
             )
             index.check_encoder(encoder.fingerprint, encoder.name, encoder.pooling)
             reranker = (
@@ -140,7 +141,7 @@ class Services:
                     settings.reranker,
                     backend=settings.reranker_backend,
                     fusion_weight=settings.reranker_weight,
-                    backend_options={"num_threads": settings.workers_threads},
+                    backend_options={"num_threads": settings.workers_threads, "spinning": settings.onnx_spinning},
                 )
                 if settings.reranker
                 else None

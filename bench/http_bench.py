@@ -41,9 +41,11 @@ SAMPLE = REPO / "data" / "sample" / "wordnet_glosses.jsonl.gz"
 RESULTS = REPO / "bench" / "results"
 SERVING_RE = re.compile(r"semsearch serving .* at (http://\S+?)/ ")
 SERVERS: dict[str, dict[str, str]] = {
-    "micro-batched": {},  # the defaults: 2 ms window, up to 32 texts per encode
+    "micro-batched": {},  # the defaults: no batch window, up to 32 texts per encode, ONNX threads sleep
     "unbatched": {"SEMSEARCH_MAX_BATCH": "1"},  # baseline: each request encoded alone
-    "window0": {"SEMSEARCH_BATCH_WINDOW_MS": "0"},  # batches form only while the worker is busy
+    "window2ms": {"SEMSEARCH_BATCH_WINDOW_MS": "2"},  # wait up to 2 ms for company
+    "spinning": {"SEMSEARCH_ONNX_SPINNING": "true"},  # ONNX intra-op threads spin-wait
+    "threads1": {"SEMSEARCH_WORKERS_THREADS": "1"},  # one intra-op thread
 }
 
 

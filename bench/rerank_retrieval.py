@@ -5,8 +5,9 @@ once by each reranker (raw logits, cached per query/doc pair); then, with the sa
 
 * ``retrieval``  the retriever's own order (the baseline),
 * ``ce only``    the cross-encoder logit alone (fusion weight 0),
-* ``fused@w``    ``(1 - w) * z(logit) + w * z(cosine)`` per query: what ``/search`` with ``rerank: true``
-  returns, at the reranker's configured weight and at ``--weight`` values given on the command line.
+* ``fused@w``    ``(1 - w) * z(logit) + w * z(retrieval score)`` per query (the mode's own score: cosine
+  for dense, the fused score for hybrid): what ``/search`` with ``rerank: true`` returns, at the
+  reranker's configured weight and at ``--weight`` values given on the command line.
 
 With ``--tune-qids`` (a file of query ids from ``--tune-split``, disjoint from the reported split) the
 weight is also tuned on those queries only and reported as ``tuned``. Nothing is tuned on the
@@ -21,6 +22,7 @@ reported split.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -67,6 +69,9 @@ def main() -> int:
     parser.add_argument("--candidates", type=int, default=50)
     parser.add_argument("--modes", nargs="+", default=["dense", "hybrid"])
     parser.add_argument("--weight", type=float, action="append", default=[], help="extra fixed weights to report")
+    parser.add_argument(
+        "--logits-cache", type=Path, default=None, help="JSON file of cross-encoder logits reused across runs"
+    )
     parser.add_argument("--name", default=None, help="result file name (default: rerank_<dataset>)")
     parser.add_argument("--out", type=Path, default=c.RESULTS)
     args = parser.parse_args()
@@ -97,7 +102,12 @@ def main() -> int:
         rerankers[label] = Reranker(path, backend=args.backend)
 
     rows: list[dict[str, Any]] = []
-    cache: dict[tuple[str, str], dict[int, float]] = {}  # (reranker, qid) -> record id -> logit
+    # (reranker label, qid) -> record id -> logit; kept in --logits-cache between runs
+    cache: dict[tuple[str, str], dict[int, float]] = {}
+    if args.logits_cache and args.logits_cache.is_file():
+        for key, values in json.loads(args.logits_cache.read_text()).items():
+            label, _, qid = key.partition("|")
+            cache[(label, qid)] = {int(i): float(v) for i, v in values.items()}
     speed: dict[str, float] = {}  # reranker -> pairs/s
     for mode in args.modes:
         hits = {part: retrieve(index, encoder, qs, mode, args.candidates) for part, (qs, _) in splits.items()}
@@ -131,8 +141,8 @@ def main() -> int:
             ) -> float:
                 order = {}
                 for q, h in hs[part].items():
-                    cos = [x.dense_score if x.dense_score is not None else x.score for x in h]
-                    order[q] = ranked(h, fuse(lg[part][q], cos, w) if w > 0 else lg[part][q])
+                    retrieval = [x.score for x in h]  # the mode's own score, as semsearch.search.rerank fuses
+                    order[q] = ranked(h, fuse(lg[part][q], retrieval, w) if w > 0 else lg[part][q])
                 return ndcg10(order, splits[part][1])
 
             weights: dict[str, float] = {"ce only": 0.0}
@@ -157,6 +167,9 @@ def main() -> int:
                             "tune_curve": curve,
                         }
                     )
+    if args.logits_cache:
+        blob = {f"{label}|{qid}": {str(i): v for i, v in d.items()} for (label, qid), d in cache.items()}
+        args.logits_cache.write_text(json.dumps(blob))
     for r in rows:
         r["ndcg@10"] = round(r["ndcg@10"], 4)
     split_label = {"report": args.split, "tune": f"tune ({args.tune_split})"}

@@ -64,6 +64,7 @@ class Encoder:
     max_seq_length: int | None = None
     num_threads: int | None = None
     cache_dir: str | None = None
+    spinning: bool = True  # ONNX backends: spin-wait between operators (throughput) or sleep (shared CPUs)
     stats: EncodeStats = field(default_factory=EncodeStats, init=False)
 
     def __post_init__(self) -> None:
@@ -108,6 +109,7 @@ class Encoder:
                 variant=self.backend,
                 cache_dir=Path(self.cache_dir) if self.cache_dir else None,
                 num_threads=self.num_threads,
+                spinning=self.spinning,
             )
             self._onnx = onnx_model.run
         log.info(

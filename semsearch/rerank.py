@@ -15,7 +15,7 @@ training time, so a pair's score does not depend on the other pairs in the call.
 
 Backends: ``"torch"`` (default, the CrossEncoder's own forward), ``"onnx"`` and ``"onnx-int8"`` (the same
 transformer exported/quantised once and cached by weight fingerprint, see :mod:`semsearch.onnx_backend`;
-``backend_options``: ``cache_dir``, ``num_threads``). Others plug in with :func:`register_backend`; a
+``backend_options``: ``cache_dir``, ``num_threads``, ``spinning``). Others plug in with :func:`register_backend`; a
 backend only has to turn the CrossEncoder's tokenised features into logits (see :class:`FeatureBackend`).
 """
 
@@ -194,6 +194,7 @@ def _onnx_factory(variant: str) -> BackendFactory:
                 variant=variant,  # type: ignore[arg-type]
                 cache_dir=Path(cache_dir) if cache_dir else None,
                 num_threads=context.options.get("num_threads"),
+                spinning=bool(context.options.get("spinning", True)),
             )
         except RuntimeError as exc:
             raise ModelLoadError(f"cannot build the {variant} reranker for {context.name_or_path!r}: {exc}") from exc

@@ -259,16 +259,18 @@ def rerank(
 ) -> list[list[Hit]]:
     """Rerank each query's hits with a cross-encoder and keep the top k.
 
-    The new ``score`` is :meth:`Reranker.score` (fused with the hits' cosine when the reranker
-    configures fusion; the cosine is ``dense_score``, or ``score`` for plain dense hits).
+    The new ``score`` is :meth:`Reranker.score`, fused (when the reranker configures fusion) with the
+    hits' own retrieval ``score``: the cosine in dense mode, the fused BM25 + dense score in hybrid mode,
+    BM25 in lexical mode; per-query z-normalisation makes the scales comparable. ``dense_score`` (the
+    cosine) is kept on each hit. Fusing with the mode's score rather than the cosine keeps the lexical
+    evidence hybrid search found (measured in docs/reranker.md).
     """
     out: list[list[Hit]] = []
     for query, hits in zip(queries, results, strict=True):
         if not hits:
             out.append([])
             continue
-        cos = [h.dense_score for h in hits]
-        retrieval = None if any(c is None for c in cos) else [float(c) for c in cos if c is not None]
+        retrieval = [float(h.score) for h in hits]
         scores = reranker.score(query, [h.text for h in hits], retrieval_scores=retrieval, batch_size=batch_size)
         order = np.argsort(-scores, kind="stable")[:k]
         out.append([replace(hits[int(i)], score=float(scores[int(i)])) for i in order])

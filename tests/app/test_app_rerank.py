@@ -134,10 +134,24 @@ def test_get_and_batch_search_rerank_too(rclient: TestClient) -> None:
     assert [r["id"] for r in batch["results"][0]] == [r["id"] for r in single["results"]]
 
 
-def test_rerank_in_hybrid_mode_keeps_the_cosine_as_retrieval_score(rclient: TestClient) -> None:
+def test_rerank_in_hybrid_mode_fuses_with_the_hybrid_score(
+    rclient: TestClient, runtime: Runtime, reranker: Reranker
+) -> None:
+    """Hybrid candidates are fused with their hybrid score (not the cosine, which would drop the BM25
+    evidence); the response's retrieval_score stays the cosine."""
     body = rclient.post("/search", json={"query": QUERY, "k": 3, "rerank": True, "mode": "hybrid"}).json()
     assert body["reranked"] is True
-    assert all(-1.0 <= r["retrieval_score"] <= 1.0 for r in body["results"])
+    vectors = runtime.services.encoder.encode([QUERY])
+    with runtime.services.indexes.use() as index:
+        hits = core_search(index, [QUERY], vectors, 50, mode="hybrid")[0]
+    texts = [h.text for h in hits]
+    expected = reranker.score(QUERY, texts, retrieval_scores=[h.score for h in hits])
+    with_cosine = reranker.score(QUERY, texts, retrieval_scores=[h.dense_score for h in hits])  # type: ignore[misc]
+    assert not np.allclose(expected, with_cosine)
+    order = np.argsort(-expected, kind="stable")[:3]
+    assert [r["id"] for r in body["results"]] == [hits[i].id for i in order]
+    np.testing.assert_allclose([r["score"] for r in body["results"]], expected[order], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose([r["retrieval_score"] for r in body["results"]], [hits[i].dense_score for i in order])
 
 
 @pytest.mark.parametrize(
