@@ -29,7 +29,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as c
-from bench_rerank import model_folder, register_onnx_backends
+from bench_rerank import model_folder
 
 PAPER = {"cross_encoder_s": 65 * 3600.0, "embed_s": 5.0, "compare_s": 0.01, "hardware": "V100 GPU"}
 
@@ -107,7 +107,6 @@ def main() -> int:
     sample = [tuple(rng.sample(texts, 2)) for _ in range(args.ce_sample)]
     with tempfile.TemporaryDirectory(prefix="bench-seed-") as tmp:
         folder, note = model_folder(Path(tmp))
-        register_onnx_backends(None)
         for backend in args.ce_backends:
             ce = Reranker(folder, backend=backend)
             ce.logits(sample[:32])

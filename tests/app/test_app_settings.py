@@ -44,10 +44,11 @@ def test_defaults(app_index: Path) -> None:
         8000,
         100,
         32,
-        2.0,
+        0.0,
         2.0,
     )
     assert s.api_key is None and s.reranker is None and s.cors_origins == [] and s.workers_threads >= 1
+    assert (s.onnx_spinning, s.reranker_backend, s.reranker_weight) == (False, "torch", None)
     assert Settings(index=app_index, api_key="  ").api_key is None  # blank means unset
 
 
