@@ -48,6 +48,12 @@ def main() -> int:
     parser.add_argument("--backends", nargs="*", default=None, help="default: all available")
     parser.add_argument("--threads", type=int, default=None, help="intra-op threads (default: all cores)")
     parser.add_argument("--cache-dir", default=None, help="ONNX cache (default: the semsearch default)")
+    parser.add_argument(
+        "--spinning",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="ONNX threads spin-wait (default off, as in the service; interleaved spinning pools fight)",
+    )
     parser.add_argument("--out", type=Path, default=c.RESULTS)
     args = parser.parse_args()
 
@@ -71,7 +77,7 @@ def main() -> int:
         rerankers: dict[str, Reranker] = {}
         for backend in backends:
             try:
-                options = {"cache_dir": args.cache_dir, "num_threads": args.threads}
+                options = {"cache_dir": args.cache_dir, "num_threads": args.threads, "spinning": args.spinning}
                 rerankers[backend] = Reranker(folder, backend=backend, backend_options=options)
             except Exception as e:  # report a backend that cannot load instead of hiding it
                 print(f"  {backend}: cannot load ({type(e).__name__}: {e})", flush=True)
@@ -121,6 +127,7 @@ def main() -> int:
         "settings": {
             "repeats": args.repeats,
             "batch_size": args.batch_size,
+            "onnx_spinning": args.spinning,
             "queries": "STS-B dev sentence1",
             "candidates": "random WordNet glosses",
         },

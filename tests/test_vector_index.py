@@ -105,4 +105,10 @@ def test_params_and_presets():
         resolve_params("hnsw", 10, 384, {"bogus": 1})
     with pytest.raises(InvalidInputError, match="choose one of: flat, hnsw"):
         resolve_params("annoy", 10, 384)
-    assert [auto_index_type(n) for n in (1_000, 1_000_000, 5_000_000)] == ["flat", "hnsw-sq8", "binary"]
+    assert [auto_index_type(n) for n in (1_000, 20_000, 20_001, 1_000_000, 5_000_000)] == [
+        "flat",
+        "flat",
+        "hnsw-sq8",
+        "hnsw-sq8",
+        "binary",
+    ]
