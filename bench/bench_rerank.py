@@ -43,6 +43,8 @@ def model_folder(tmp: Path) -> tuple[Path, str]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--candidates", type=int, nargs="+", default=[10, 50, 100])
+    parser.add_argument("--model", type=Path, default=None, help="CrossEncoder folder (default: models/reranker)")
+    parser.add_argument("--name", default="bench_rerank", help="results file name (without .json/.png)")
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--batch-size", type=int, default=32, help="Reranker.score batch size (its default)")
     parser.add_argument("--backends", nargs="*", default=None, help="default: all available")
@@ -72,7 +74,10 @@ def main() -> int:
     glosses = c.wordnet_glosses()
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="bench-rerank-") as tmp:
-        folder, model_note = model_folder(Path(tmp))
+        if args.model is not None:
+            folder, model_note = args.model, str(args.model)
+        else:
+            folder, model_note = model_folder(Path(tmp))
         print(f"model: {model_note}", flush=True)
         rerankers: dict[str, Reranker] = {}
         for backend in backends:
@@ -132,7 +137,7 @@ def main() -> int:
             "candidates": "random WordNet glosses",
         },
     }
-    path = c.save("bench_rerank", result, args.out)
+    path = c.save(args.name, result, args.out)
     plt = c.pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     for i, b in enumerate(dict.fromkeys(r["backend"] for r in ok)):
@@ -158,8 +163,8 @@ def main() -> int:
     ax.legend(fontsize=8)
     ax.set_title(f"cross-encoder rerank latency — {info['cpu']}, {info['usable_cores']} cores", fontsize=9)
     fig.tight_layout()
-    fig.savefig(args.out / "bench_rerank.png", dpi=120)
-    print(f"saved {path} and {args.out / 'bench_rerank.png'}")
+    fig.savefig(args.out / f"{args.name}.png", dpi=120)
+    print(f"saved {path} and {args.out / (args.name + '.png')}")
     return 0
 
 

@@ -80,6 +80,10 @@ def train_reranker(
         str | None,
         typer.Option(help="Initial weights (default: the packaged all-MiniLM-L6-v2 transformer + a fresh head)."),
     ] = None,
+    num_layers: Annotated[
+        int | None,
+        typer.Option(min=1, help="Keep only the first N transformer layers of the base model (faster reranker)."),
+    ] = None,
     epochs: Annotated[int, typer.Option(min=1)] = 3,
     batch_size: Annotated[int, typer.Option(min=1)] = 16,
     learning_rate: Annotated[float, typer.Option(min=0.0)] = 5e-5,
@@ -138,6 +142,7 @@ def train_reranker(
         seed=seed,
         fusion=fusion,
         retrieval_fusion_weight=retrieval_weight,
+        num_layers=num_layers,
         overwrite=overwrite,
     )
     typer.echo(

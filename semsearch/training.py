@@ -391,6 +391,23 @@ def _load_cross_encoder(base_model: str, max_length: int | None) -> Any:
         raise ModelLoadError(f"cannot load base model {base_model!r}: {exc}") from exc
 
 
+def truncate_layers(cross_encoder: Any, num_layers: int) -> int:
+    """Keep the first ``num_layers`` transformer layers of the CrossEncoder's model (a cheaper reranker:
+    cost is linear in layers); returns the original count. The config is updated, so a saved folder
+    reloads with the smaller depth."""
+    model = cross_encoder.model
+    encoder: Any = getattr(getattr(model, model.base_model_prefix, None), "encoder", None)
+    layers = getattr(encoder, "layer", None)
+    if encoder is None or layers is None:
+        raise InvalidInputError(f"cannot truncate layers of a {type(model).__name__} (no encoder.layer list)")
+    total = len(layers)
+    if not 1 <= num_layers <= total:
+        raise InvalidInputError(f"num_layers must be in 1..{total}, got {num_layers}")
+    encoder.layer = layers[:num_layers]
+    model.config.num_hidden_layers = num_layers
+    return total
+
+
 def _batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
@@ -530,6 +547,7 @@ def train_cross_encoder(
     fusion: bool = True,
     fusion_grid: Sequence[float] = DEFAULT_FUSION_GRID,
     retrieval_fusion_weight: float | None = None,
+    num_layers: int | None = None,
     eval_batch_size: int = 64,
     show_progress: bool = True,
     overwrite: bool = False,
@@ -543,6 +561,7 @@ def train_cross_encoder(
     stopping and the kept checkpoint; the fusion weight is tuned on ``dev`` only; ``test`` is only reported.
     ``retrieval_fusion_weight`` (tuned by the caller on a retrieval dev set) is stored as the weight that
     ``Reranker.score`` uses for query-candidate lists; without it that weight is the STS dev weight.
+    ``num_layers`` keeps only the first N transformer layers of the base model (a faster reranker).
     """
     t_start = time.perf_counter()
     if epochs < 1 or batch_size < 1 or learning_rate <= 0 or score_max <= 0:
@@ -580,6 +599,7 @@ def train_cross_encoder(
         _check_output(output_dir, overwrite)
 
         model = _load_cross_encoder(base, max_length)
+        base_layers = truncate_layers(model, num_layers) if num_layers is not None else None
         model.train()
         no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight")
         params = [
@@ -797,6 +817,8 @@ def train_cross_encoder(
             "warmup_steps": warmup_steps,
             "max_grad_norm": max_grad_norm,
             "max_length": max_length,
+            "num_layers": num_layers,
+            "base_num_layers": base_layers,
             "loss": "BCEWithLogits(score / score_max)",
             "score_max": score_max,
             "symmetric": symmetric,

@@ -421,3 +421,18 @@ def test_train_reranker_cli_relevance_with_mined_dev(tmp_path: Path, small_index
     texts = [rows[0]["text"], rows[1]["text"]]
     expected = fuse(rr.logits([(rows[0]["query"], t) for t in texts]), [0.9, 0.1], 0.7)
     np.testing.assert_allclose(rr.score(rows[0]["query"], texts, retrieval_scores=[0.9, 0.1]), expected)
+
+
+def test_num_layers_trains_a_shallower_reranker_that_reloads(
+    tmp_path: Path, stsb_slices: tuple[list[ScoredPair], list[ScoredPair]]
+) -> None:
+    train, dev = stsb_slices
+    result = _train(tmp_path / "l2", train[:32], dev[:16], num_layers=2, fusion=False)
+    assert result.metadata["hyperparameters"]["num_layers"] == 2
+    assert result.metadata["hyperparameters"]["base_num_layers"] == 6
+    reloaded = Reranker(result.output_dir)
+    assert reloaded.cross_encoder.model.config.num_hidden_layers == 2
+    assert len(reloaded.cross_encoder.model.bert.encoder.layer) == 2
+    assert reloaded.score(QUERY, TEXTS).shape == (len(TEXTS),)
+    with pytest.raises(InvalidInputError, match=r"num_layers must be in 1\.\.6"):
+        _train(tmp_path / "l9", train[:16], dev[:8], num_layers=9)
