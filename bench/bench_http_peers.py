@@ -23,10 +23,8 @@ import argparse
 import asyncio
 import os
 import re
-import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -36,7 +34,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as c
-from http_bench import SERVERS, Request, Server, drive, load_queries, search_request
+from http_bench import SERVERS, Request, Server, ServerProcess, drive, load_queries, search_request
 
 TXTAI_BUILD = """
 import gzip, json, sys, time
@@ -58,7 +56,7 @@ async def txtai(client: httpx.AsyncClient, query: str, k: int) -> httpx.Response
     return await client.get("/search", params={"query": query, "limit": k})
 
 
-class TxtaiServer:
+class TxtaiServer(ServerProcess):
     """``uvicorn txtai.api:app`` (one process) on a free port with a read-only config."""
 
     def __init__(self, python: str, index: Path, work: Path, threads: int) -> None:
@@ -75,48 +73,8 @@ class TxtaiServer:
             encoding="utf-8",
         )
         env = {**os.environ, "CONFIG": str(config), "OMP_NUM_THREADS": str(threads)}
-        self.proc = subprocess.Popen(
-            [
-                python,
-                "-m",
-                "uvicorn",
-                "txtai.api:app",
-                "--port",
-                "0",
-                "--no-access-log",
-                "--log-level",
-                "info",
-            ],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        self.url = ""
-        self.lines: list[str] = []
-        ready = threading.Event()
-
-        def read() -> None:
-            assert self.proc.stdout is not None
-            for line in self.proc.stdout:
-                self.lines.append(line)
-                if m := UVICORN_RE.search(line):
-                    self.url = m.group(1)
-                    ready.set()
-            ready.set()
-
-        threading.Thread(target=read, daemon=True).start()
-        if not ready.wait(300) or not self.url:
-            self.stop()
-            raise SystemExit("txtai did not start:\n" + "".join(self.lines))
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+        cmd = [python, "-m", "uvicorn", "txtai.api:app", "--port", "0", "--no-access-log", "--log-level", "info"]
+        super().__init__(cmd, env, UVICORN_RE, "txtai", cwd=work)
 
 
 def measure(

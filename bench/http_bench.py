@@ -78,33 +78,27 @@ def load_queries(n: int, lo: int = 26, hi: int = 34, seed: int = 0) -> list[str]
     return picked[:n]
 
 
-class Server:
-    """``python -m app`` on a free port; stopped with SIGTERM."""
+class ServerProcess:
+    """A server subprocess whose log line matching ``url_re`` gives its URL; stopped with SIGTERM."""
 
-    def __init__(self, index: Path, env: dict[str, str]) -> None:
-        full_env = {k: v for k, v in os.environ.items() if not k.startswith("SEMSEARCH_")}
-        full_env.update({"SEMSEARCH_ACCESS_LOG": "false", "SEMSEARCH_RELOAD_POLL_S": "0", **env})
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "app", "--index", str(index), "--port", "0"],
-            cwd=REPO,
-            env=full_env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
+    def __init__(
+        self, cmd: list[str], env: dict[str, str], url_re: re.Pattern[str], name: str, cwd: Path = REPO
+    ) -> None:
+        self.proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         self.url = ""
         self.lines: list[str] = []
+        self._url_re = url_re
         self._ready = threading.Event()
         threading.Thread(target=self._read, daemon=True).start()
         if not self._ready.wait(300) or not self.url:
             self.stop()
-            raise SystemExit("server did not start:\n" + "".join(self.lines))
+            raise SystemExit(f"{name} did not start:\n" + "".join(self.lines))
 
     def _read(self) -> None:
         assert self.proc.stdout is not None
         for line in self.proc.stdout:
             self.lines.append(line)
-            if m := SERVING_RE.search(line):
+            if m := self._url_re.search(line):
                 self.url = m.group(1)
                 self._ready.set()
         self._ready.set()
@@ -116,6 +110,16 @@ class Server:
                 self.proc.wait(60)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
+
+
+class Server(ServerProcess):
+    """``python -m app`` on a free port, SEMSEARCH_* settings from ``env`` only."""
+
+    def __init__(self, index: Path, env: dict[str, str]) -> None:
+        full_env = {k: v for k, v in os.environ.items() if not k.startswith("SEMSEARCH_")}
+        full_env.update({"SEMSEARCH_ACCESS_LOG": "false", "SEMSEARCH_RELOAD_POLL_S": "0", **env})
+        cmd = [sys.executable, "-m", "app", "--index", str(index), "--port", "0"]
+        super().__init__(cmd, full_env, SERVING_RE, "server")
 
 
 def batch_totals(client: httpx.Client) -> tuple[float, float]:

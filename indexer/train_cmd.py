@@ -2,37 +2,27 @@
 
 from __future__ import annotations
 
-import gzip
-import json
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from semsearch.errors import InvalidInputError
-
 
 def read_relevance_pairs(path: Path, query_field: str, positive_field: str) -> list[tuple[str, str]]:
-    """(query, positive) pairs from a .jsonl[.gz] file; a missing field is an error naming the line."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    pairs: list[tuple[str, str]] = []
-    with opener(path, "rt", encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-                query, positive = obj[query_field], obj[positive_field]
-            except (json.JSONDecodeError, KeyError, TypeError) as e:
-                raise InvalidInputError(
-                    f"{path}:{lineno}: expected a JSON object with {query_field!r} and {positive_field!r} ({e})"
-                ) from e
-            if "title" in obj and positive_field == "text" and obj.get("title"):
-                positive = f"{obj['title']} {positive}"
-            pairs.append((str(query), str(positive)))
-    return pairs
+    """(query, positive) pairs from a .jsonl[.gz] file; a missing field is an error naming the line.
+    With ``positive_field == "text"`` a ``title`` is prepended as BEIR corpus texts are indexed."""
+    from semsearch.evaluation import doc_text
+    from semsearch.readers import read_json_lines
+
+    def pair(obj: dict[str, Any]) -> tuple[str, str]:
+        positive = str(obj[positive_field])
+        if positive_field == "text":
+            positive = doc_text(obj.get("title"), positive)
+        return str(obj[query_field]), positive
+
+    return list(read_json_lines(path, pair, f"a JSON object with {query_field!r} and {positive_field!r}"))
 
 
 def index_miner(index_dir: Path) -> Callable[[list[str], int], list[list[str]]]:

@@ -15,19 +15,18 @@ ordered like trec_eval: score descending, ties by document id descending (:func:
 from __future__ import annotations
 
 import csv
-import gzip
-import json
 import logging
 import math
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from semsearch.errors import InvalidInputError
+from semsearch.readers import ScoredPair, read_json_lines, read_scored_pairs
 
 if TYPE_CHECKING:
     from semsearch.encoder import Encoder
@@ -134,12 +133,6 @@ class BeirDataset:
     qrels: Qrels
 
 
-def _open_text(path: Path) -> IO[str]:
-    if path.suffix == ".gz":
-        return gzip.open(path, "rt", encoding="utf-8")
-    return path.open(encoding="utf-8")
-
-
 def find_corpus(directory: Path) -> Path:
     for name in ("corpus.jsonl", "corpus.jsonl.gz"):
         if (directory / name).is_file():
@@ -154,19 +147,15 @@ def doc_text(title: str | None, text: str | None) -> str:
 
 def iter_corpus(path: Path) -> Iterator[dict[str, Any]]:
     """BEIR corpus rows as ``{"id", "text", "title"}`` (text = title + " " + text)."""
-    with _open_text(path) as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-                yield {
-                    "id": str(obj["_id"]),
-                    "text": doc_text(obj.get("title"), obj.get("text")),
-                    "title": obj.get("title") or "",
-                }
-            except (json.JSONDecodeError, KeyError, TypeError) as e:
-                raise InvalidInputError(f"{path}:{lineno}: not a BEIR corpus row ({e})") from e
+
+    def row(obj: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "id": str(obj["_id"]),
+            "text": doc_text(obj.get("title"), obj.get("text")),
+            "title": obj.get("title") or "",
+        }
+
+    return read_json_lines(path, row, "a BEIR corpus row")
 
 
 def read_qrels(path: Path) -> Qrels:
@@ -195,17 +184,7 @@ def read_qrels(path: Path) -> Qrels:
 
 
 def read_queries(path: Path) -> dict[str, str]:
-    queries: dict[str, str] = {}
-    with _open_text(path) as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-                queries[str(obj["_id"])] = str(obj["text"])
-            except (json.JSONDecodeError, KeyError, TypeError) as e:
-                raise InvalidInputError(f"{path}:{lineno}: not a BEIR query row ({e})") from e
-    return queries
+    return dict(read_json_lines(path, lambda obj: (str(obj["_id"]), str(obj["text"])), "a BEIR query row"))
 
 
 def load_beir(directory: str | Path, split: str = "test") -> BeirDataset:
@@ -326,36 +305,12 @@ def evaluate_retrieval(
 # ------------------------------------------------------------------------------------------- STS
 
 
-@dataclass
-class StsPair:
-    sentence1: str
-    sentence2: str
-    score: float
+StsPair = ScoredPair  # an STS pair: sentence1, sentence2, gold score
 
 
 def read_sts(path: str | Path) -> list[StsPair]:
     """STS-B style TSV (header with ``sentence1``, ``sentence2``, ``score``), read with QUOTE_NONE."""
-    path = Path(path)
-    if not path.is_file():
-        raise InvalidInputError(f"STS file {path} does not exist")
-    pairs: list[StsPair] = []
-    with _open_text(path) as fh:
-        reader = csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE)
-        header = [h.strip() for h in next(reader, [])]
-        try:
-            c1, c2, cs = (header.index(n) for n in ("sentence1", "sentence2", "score"))
-        except ValueError as e:
-            raise InvalidInputError(f"{path}: the header must name sentence1, sentence2 and score; got {header}") from e
-        for lineno, row in enumerate(reader, 2):
-            if not row:
-                continue
-            if len(row) != len(header):
-                raise InvalidInputError(f"{path}:{lineno}: expected {len(header)} fields, got {len(row)}")
-            try:
-                pairs.append(StsPair(row[c1], row[c2], float(row[cs])))
-            except ValueError as e:
-                raise InvalidInputError(f"{path}:{lineno}: score {row[cs]!r} is not a number") from e
-    return pairs
+    return read_scored_pairs(path)
 
 
 def correlations(predicted: Sequence[float] | np.ndarray, gold: Sequence[float] | np.ndarray) -> dict[str, float]:

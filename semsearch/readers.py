@@ -1,8 +1,11 @@
 """Streaming input readers: ``.txt``, ``.jsonl``, ``.csv``, ``.tsv`` and their ``.gz`` variants.
 
-Readers yield :class:`Record` or :class:`Reject` one row at a time (memory does not grow with the
-corpus). A bad row never stops the stream: it becomes a ``Reject`` with its line number and reason,
-and the caller decides when there are too many.
+Corpus readers yield :class:`Record` or :class:`Reject` one row at a time (memory does not grow with
+the corpus). A bad row never stops the stream: it becomes a ``Reject`` with its line number and
+reason, and the caller decides when there are too many.
+
+Labelled data (evaluation and reranker training) is read strictly instead: :func:`read_json_lines`
+and :func:`read_scored_pairs` raise :class:`InvalidInputError` naming the file and line.
 """
 
 from __future__ import annotations
@@ -13,10 +16,10 @@ import io
 import json
 import re
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 from semsearch.errors import InvalidInputError
 from semsearch.store import Record
@@ -269,3 +272,72 @@ def read_inputs(
                 yield from explode(row, doc_number)
             else:
                 yield row
+
+
+# ------------------------------------------------------------------------------ labelled data (strict)
+
+T = TypeVar("T")
+
+
+def open_text(path: Path) -> IO[str]:
+    """UTF-8 text (gunzipped for ``.gz``), ``newline=""`` so that the csv module sees raw line ends."""
+    if path.suffix == ".gz":
+        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", newline="")
+    return open(path, encoding="utf-8", newline="")
+
+
+def read_json_lines(path: Path, parse: Callable[[Any], T], what: str) -> Iterator[T]:
+    """``parse(obj)`` for every non-blank JSON line of ``path`` (``.gz`` allowed); a line that is not
+    JSON or that ``parse`` rejects (KeyError, TypeError, ValueError) is an error naming ``path:line``
+    and ``what`` the line should be."""
+    with open_text(path) as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                value = parse(json.loads(line))
+            except (KeyError, TypeError, ValueError) as e:  # json.JSONDecodeError is a ValueError
+                raise InvalidInputError(f"{path}:{lineno}: not {what} ({e})") from e
+            yield value
+
+
+@dataclass(frozen=True)
+class ScoredPair:
+    """A sentence pair with a graded similarity/relevance score (e.g. STS-B, 0–5)."""
+
+    sentence1: str
+    sentence2: str
+    score: float
+
+
+def read_scored_pairs(
+    path: str | Path,
+    *,
+    sentence1_column: str = "sentence1",
+    sentence2_column: str = "sentence2",
+    score_column: str = "score",
+) -> list[ScoredPair]:
+    """A tab-separated file with a header (``csv.QUOTE_NONE``; ``.gz`` allowed), e.g. STS-B."""
+    path = Path(path)
+    if not path.is_file():
+        raise InvalidInputError(f"scored pairs file {path} does not exist")
+    columns = (sentence1_column, sentence2_column, score_column)
+    pairs: list[ScoredPair] = []
+    with open_text(path) as handle:
+        reader = csv.DictReader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
+        missing = set(columns) - set(reader.fieldnames or ())
+        if missing:
+            raise InvalidInputError(
+                f"{path}: missing column(s) {sorted(missing)}: the header must name {', '.join(columns[:2])} "
+                f"and {columns[2]}; got {reader.fieldnames}"
+            )
+        for line_no, row in enumerate(reader, start=2):
+            try:
+                score = float(row[score_column])
+            except (TypeError, ValueError) as exc:
+                raise InvalidInputError(f"{path}:{line_no}: score {row[score_column]!r} is not a number") from exc
+            s1, s2 = row[sentence1_column], row[sentence2_column]
+            if not s1 or not s2:
+                raise InvalidInputError(f"{path}:{line_no}: empty sentence")
+            pairs.append(ScoredPair(s1, s2, score))
+    return pairs

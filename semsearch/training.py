@@ -21,11 +21,8 @@ z-normalised, ``(1 - w) * z(ce) + w * z(cos)``; ``w`` is grid-searched on the de
 from __future__ import annotations
 
 import copy
-import csv
-import gzip
 import hashlib
 import importlib.metadata
-import io
 import json
 import logging
 import math
@@ -37,7 +34,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -45,6 +42,7 @@ from scipy.stats import pearsonr, spearmanr
 from tqdm.auto import tqdm
 
 from semsearch.errors import InvalidInputError, ModelLoadError
+from semsearch.readers import ScoredPair, read_scored_pairs
 from semsearch.rerank import RERANKER_META_FILE, fuse
 
 logger = logging.getLogger(__name__)
@@ -55,15 +53,6 @@ DEFAULT_FUSION_GRID: tuple[float, ...] = tuple(round(0.05 * i, 2) for i in range
 
 MineNegatives = Callable[[list[str], int], list[list[str]]]
 ScoredInput = Sequence["ScoredPair"] | str | Path
-
-
-@dataclass(frozen=True)
-class ScoredPair:
-    """A sentence pair with a graded similarity/relevance score (e.g. STS-B, 0–5)."""
-
-    sentence1: str
-    sentence2: str
-    score: float
 
 
 @dataclass(frozen=True)
@@ -121,41 +110,6 @@ class _DataInfo:
 
 
 # --------------------------------------------------------------------------------------------------- data
-
-
-def _open_text(path: Path) -> IO[str]:
-    if path.suffix == ".gz":
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", newline="")
-    return open(path, encoding="utf-8", newline="")
-
-
-def read_scored_pairs(
-    path: str | Path,
-    *,
-    sentence1_column: str = "sentence1",
-    sentence2_column: str = "sentence2",
-    score_column: str = "score",
-) -> list[ScoredPair]:
-    """Read a tab-separated file with a header (``csv.QUOTE_NONE``; ``.gz`` allowed), e.g. STS-B."""
-    path = Path(path)
-    if not path.is_file():
-        raise InvalidInputError(f"scored pairs file not found: {path}")
-    pairs: list[ScoredPair] = []
-    with _open_text(path) as handle:
-        reader = csv.DictReader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
-        missing = {sentence1_column, sentence2_column, score_column} - set(reader.fieldnames or ())
-        if missing:
-            raise InvalidInputError(f"{path}: missing column(s) {sorted(missing)} in the header")
-        for line_no, row in enumerate(reader, start=2):
-            try:
-                score = float(row[score_column])
-            except (TypeError, ValueError) as exc:
-                raise InvalidInputError(f"{path}:{line_no}: bad score {row[score_column]!r}") from exc
-            s1, s2 = row[sentence1_column], row[sentence2_column]
-            if not s1 or not s2:
-                raise InvalidInputError(f"{path}:{line_no}: empty sentence")
-            pairs.append(ScoredPair(s1, s2, score))
-    return pairs
 
 
 def _sha256_file(path: Path) -> str:

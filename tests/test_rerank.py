@@ -436,3 +436,18 @@ def test_num_layers_trains_a_shallower_reranker_that_reloads(
     assert reloaded.score(QUERY, TEXTS).shape == (len(TEXTS),)
     with pytest.raises(InvalidInputError, match=r"num_layers must be in 1\.\.6"):
         _train(tmp_path / "l9", train[:16], dev[:8], num_layers=9)
+
+
+def test_read_relevance_pairs_prepends_titles_and_names_bad_lines(tmp_path: Path) -> None:
+    from indexer.train_cmd import read_relevance_pairs
+
+    good = tmp_path / "pairs.jsonl"
+    good.write_text(
+        '{"query": "q1", "title": "T", "text": "body"}\n\n{"query": "q2", "title": "", "text": "only body"}\n',
+        encoding="utf-8",
+    )
+    assert read_relevance_pairs(good, "query", "text") == [("q1", "T body"), ("q2", "only body")]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"query": "q1", "text": "x"}\n{"text": "no query"}\n', encoding="utf-8")
+    with pytest.raises(InvalidInputError, match=r"bad\.jsonl:2: not a JSON object with 'query' and 'text'"):
+        read_relevance_pairs(bad, "query", "text")
