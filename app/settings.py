@@ -52,8 +52,9 @@ class Settings(BaseSettings):
         None,
         ge=0.0,
         le=1.0,
-        description="Weight of the retrieval cosine when reranking a query's candidates: "
-        "(1 - w) * z(cross-encoder) + w * z(cosine). Default: the reranker folder's own (semsearch_reranker.json).",
+        description="Weight of the retrieval score (the cosine; the hybrid score in hybrid mode) when reranking "
+        "a query's candidates: (1 - w) * z(cross-encoder) + w * z(retrieval). "
+        "Default: the reranker folder's own (semsearch_reranker.json).",
     )
     reranker_backend: Backend = Field(
         "torch",
