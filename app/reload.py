@@ -1,7 +1,9 @@
 """Hot reload: follow the index root's ``current`` pointer without dropping a request.
 
-A new version is loaded and checked (``SearchIndex.load(check=True)`` and ``check_encoder``) in a
-worker thread while the old one keeps serving; then one reference is swapped
+A new version is loaded and checked (:func:`app.serving.load_index`: exactly the checks startup
+applies) in a worker thread while the old one keeps serving; the segments it shares with the served
+version are reused from the segment pool (memory-mapped, not read again), so a reload costs the new
+segments only. Then one reference is swapped
 (:meth:`IndexHolder.swap`). Batches already running finish on the version they borrowed; it is
 closed when the last one returns it. A version that fails to load or verify is refused and logged,
 the old version keeps serving, and ``last_reload_error`` records why (``GET /info``). The poller
@@ -104,7 +106,9 @@ class Reloader:
             if target == serving or (target == self._refused and not forced):
                 return self._outcome("unchanged", serving, None, started)
             try:
-                index = await asyncio.to_thread(load_index, self.root.versions_dir / target, self.services.encoder)
+                index = await asyncio.to_thread(
+                    load_index, self.root.versions_dir / target, self.services.encoder, self.services.pool
+                )
             except SemsearchError as e:
                 raise self._refuse(target, e) from e
             except Exception as e:  # anything else a broken version can raise while loading

@@ -16,7 +16,9 @@ from pathlib import Path
 
 from app.settings import Settings
 from semsearch.encoder import Encoder
-from semsearch.index import SearchIndex
+from semsearch.index import SearchIndex, SegmentPool
+from semsearch.layout import resolve_version_dir
+from semsearch.manifest import Manifest
 from semsearch.rerank import Reranker
 
 log = logging.getLogger(__name__)
@@ -101,9 +103,13 @@ def set_threads(n: int) -> None:
     faiss.omp_set_num_threads(n)
 
 
-def load_index(path: Path, encoder: Encoder) -> SearchIndex:
-    """Load and check an index version for ``encoder``; a refused version is closed again."""
-    index = SearchIndex.load(path, mmap=True, check=True)
+def load_index(path: Path, encoder: Encoder, pool: SegmentPool) -> SearchIndex:
+    """Load and check an index version for ``encoder``: the one check startup and every reload apply.
+
+    Segments already in ``pool`` (held by the version being served) are reused, not read again;
+    a refused version is closed again.
+    """
+    index = SearchIndex.load(path, mmap=True, check=True, pool=pool)
     try:
         index.check_encoder(encoder.fingerprint, encoder.name, encoder.pooling)
     except Exception:
@@ -119,23 +125,25 @@ class Services:
     encoder: Encoder
     indexes: IndexHolder
     reranker: Reranker | None
+    pool: SegmentPool
 
     @classmethod
     def load(cls, settings: Settings) -> Services:
         """Load everything or raise the core error that says why not (nothing half-started)."""
         set_threads(settings.workers_threads)
-        index = SearchIndex.load(settings.index, mmap=True, check=True)
+        m = Manifest.read(resolve_version_dir(settings.index))
+        encoder = Encoder(
+            model=settings.model or m.model,
+            pooling=m.pooling,  # type: ignore[arg-type]
+            backend=settings.backend or m.backend,  # type: ignore[arg-type]
+            max_seq_length=m.max_seq_length,
+            num_threads=settings.workers_threads,
+            spinning=settings.onnx_spinning,
+        )
+        pool = SegmentPool()
+        index = load_index(settings.index, encoder, pool)
         m = index.manifest
         try:
-            encoder = Encoder(
-                model=settings.model or m.model,
-                pooling=m.pooling,  # type: ignore[arg-type]
-                backend=settings.backend or m.backend,  # type: ignore[arg-type]
-                max_seq_length=m.max_seq_length,
-                num_threads=settings.workers_threads,
-                spinning=settings.onnx_spinning,
-            )
-            index.check_encoder(encoder.fingerprint, encoder.name, encoder.pooling)
             reranker = (
                 Reranker(
                     settings.reranker,
@@ -153,17 +161,19 @@ class Services:
             index.close()
             raise
         log.info(
-            "serving index %s (%s, %d sentences) with %s (pooling %s, backend %s), %d threads, reranker %s",
+            "serving index %s (%s, %d sentences in %d segment(s)) with %s (pooling %s, backend %s), "
+            "%d threads, reranker %s",
             index.directory,
             m.version,
             m.count,
+            len(index.segments),
             encoder.name,
             encoder.pooling,
             encoder.backend,
             settings.workers_threads,
             settings.reranker or "none",
         )
-        return cls(encoder, IndexHolder(index), reranker)
+        return cls(encoder, IndexHolder(index), reranker, pool)
 
     def close(self) -> None:
         self.indexes.close()

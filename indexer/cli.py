@@ -61,6 +61,13 @@ ResumeOpt = Annotated[
 ]
 KeepOpt = Annotated[int | None, typer.Option(min=1, help="After publishing, keep only the newest N versions.")]
 ProgressOpt = Annotated[bool, typer.Option(help="Show a progress bar.")]
+MergeOpt = Annotated[
+    bool,
+    typer.Option(
+        "--merge/--no-merge",
+        help="Afterwards, merge segments as the merge policy asks (size tiers of 8; segments over 20% deleted).",
+    ),
+]
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -134,6 +141,9 @@ def build(
     chunk_size: Annotated[
         int, typer.Option(min=1, help="Rows per checkpoint (the unit --resume restarts from).")
     ] = 4096,
+    segment_rows: Annotated[
+        int, typer.Option(min=1, help="Rows per immutable segment (a big build writes several).")
+    ] = 1_000_000,
     progress: ProgressOpt = True,
 ) -> None:
     """Build a new index version from input files and publish it atomically."""
@@ -158,6 +168,7 @@ def build(
         resume=resume,
         keep=keep,
         chunk_size=chunk_size,
+        segment_rows=segment_rows,
         progress=progress,
     )
     _report(run_build(opts))
@@ -178,9 +189,11 @@ def add(
     ] = OnDuplicateOpt.keep_last,
     resume: ResumeOpt = False,
     keep: KeepOpt = None,
+    merge: MergeOpt = True,
     progress: ProgressOpt = True,
 ) -> None:
-    """Append/upsert rows by id into a new version (same model, pooling and index type as the index)."""
+    """Append/upsert rows by id: writes one new segment (only the new rows are encoded) and tombstones
+    the rows it replaces; same model, pooling and index type as the index."""
     from indexer.pipeline import BuildOptions, run_build
 
     opts = BuildOptions(
@@ -195,6 +208,7 @@ def add(
         on_duplicate=on_duplicate.value,
         resume=resume,
         keep=keep,
+        merge=merge,
         progress=progress,
     )
     _report(run_build(opts, incremental=True))
@@ -210,12 +224,29 @@ def delete(
         bool, typer.Option("--missing-ok", help="Delete the ids found even if some are absent.")
     ] = False,
     keep: KeepOpt = None,
+    merge: MergeOpt = True,
 ) -> None:
-    """Publish a new version without the given ids."""
+    """Publish a new version without the given ids (it writes tombstones only)."""
     from indexer.pipeline import run_delete
 
     flat = [i.strip() for v in ids for i in v.split(",") if i.strip()]
-    _report(run_delete(index, flat, keep=keep, missing_ok=missing_ok))
+    _report(run_delete(index, flat, keep=keep, missing_ok=missing_ok, merge=merge))
+
+
+@app.command()
+def compact(index: IndexArg, keep: KeepOpt = None) -> None:
+    """Merge all segments into one and drop deleted rows (published atomically; ANN types are rebuilt)."""
+    from indexer.pipeline import run_compact
+
+    _report(run_compact(index, keep=keep))
+
+
+@app.command()
+def upgrade(index: IndexArg) -> None:
+    """Convert a format-1 index to the segmented format 2 (hard links: no copy; old versions stay)."""
+    from indexer.pipeline import run_upgrade
+
+    _report(run_upgrade(index))
 
 
 def _report(result: Any) -> None:
@@ -230,6 +261,10 @@ def _report(result: Any) -> None:
         parts.append(f"{result.truncated} truncated to the model's token limit")
     if result.rejects:
         parts.append(f"{result.rejects} rows rejected (see {result.rejects_file})")
+    if result.merged:
+        parts.append(f"merged segments into {', '.join(result.merged)}")
+    if result.segments:
+        parts.append(f"{result.segments} segment(s), {result.tombstones} tombstone(s)")
     if result.pruned:
         parts.append(f"pruned {', '.join(result.pruned)}")
     parts.append(f"{result.seconds:.1f}s")
@@ -272,6 +307,7 @@ def info(
         **m.summary(),
         "path": str(directory),
         "versions": IndexRoot(index).versions(),
+        "segment_list": m.segments,
         "build": m.build,
         "libraries": m.libraries,
     }

@@ -228,7 +228,7 @@ def beir(
 
 def _check_coverage(idx: SearchIndex, dataset: BeirDataset) -> None:
     judged = sorted({d for rels in dataset.qrels.values() for d, r in rels.items() if r > 0})
-    found = idx.docs.iids_for_ext_ids(judged)
+    found = idx.iids_for_ext_ids(judged)
     missing = len(judged) - len(found)
     if missing:
         log.warning(

@@ -60,3 +60,9 @@ class ModelLoadError(SemsearchError):
     """A model could not be loaded (missing folder, no network for a hub name, bad files)."""
 
     code = "model_load_failed"
+
+
+class DiskFullError(SemsearchError):
+    """The filesystem holding the index ran out of space; nothing was published."""
+
+    code = "disk_full"

@@ -1,10 +1,18 @@
-"""A loaded index version: search over FAISS + SQLite, and integrity verification."""
+"""A loaded index version: its segments seen through its tombstones; search primitives and ``verify``.
+
+Every segment is searched and the per-segment top k merged by score (ties: lower internal id), so
+a flat version answers exactly what one flat segment of the same live rows would; tombstoned rows
+never come back (skipped inside each segment's search, see :meth:`VectorIndex.search`). Segments
+are loaded through a :class:`SegmentPool`: a service reloading a new version keeps the segments
+it already has (memory-mapped) and loads only new ones.
+"""
 
 from __future__ import annotations
 
-import hashlib
+import heapq
 import logging
-import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,14 +20,15 @@ from typing import Any
 import numpy as np
 
 from semsearch.errors import CorruptIndexError, ModelMismatchError
+from semsearch.filters import CompiledFilter, matching_iids
+from semsearch.format import SEGMENT_MANIFEST, SEGMENTS, TOMBSTONES_FILE, file_sha256, hex_sum, row_hash, sum_hex
 from semsearch.layout import resolve_version_dir
-from semsearch.manifest import Manifest
-from semsearch.store import DOCS_DB, DocStore, UserId, corpus_checksum
-from semsearch.vector_index import IDS_FILE, INDEX_FILE, VECTORS_FILE, VectorIndex
+from semsearch.lexical import CollectionStats, bm25_all, doc_lengths
+from semsearch.manifest import Manifest, SegmentManifest
+from semsearch.segment import Segment, SegmentView, verify_segment
+from semsearch.store import Doc, UserId
 
 log = logging.getLogger(__name__)
-
-VERSION_FILES = (INDEX_FILE, VECTORS_FILE, IDS_FILE, DOCS_DB)
 
 
 @dataclass
@@ -35,7 +44,7 @@ class Hit:
     start: int | None = None
     end: int | None = None
     # Component scores, set by semsearch.search (None when not computed): the bi-encoder cosine and
-    # the BM25 score (FTS5 ``-bm25()``, higher is better). ``score`` is the mode's own score.
+    # the BM25 score (higher is better). ``score`` is the mode's own score.
     dense_score: float | None = None
     lexical_score: float | None = None
 
@@ -50,14 +59,57 @@ class Hit:
         return out
 
 
+class SegmentPool:
+    """Loaded segments, shared by reference between the versions that list them."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._segments: dict[tuple[str, str], tuple[Segment, list[int]]] = {}  # (dir, sha256) -> (seg, [users])
+
+    def acquire(self, directory: Path, sha256: str, mmap: bool = True) -> Segment:
+        key = (str(directory), sha256)
+        with self._lock:
+            entry = self._segments.get(key)
+            if entry is not None:
+                entry[1][0] += 1
+                return entry[0]
+        segment = Segment.load(directory, expected_sha256=sha256, mmap=mmap)
+        with self._lock:
+            entry = self._segments.setdefault(key, (segment, [0]))
+            entry[1][0] += 1
+        if entry[0] is not segment:  # another thread loaded it meanwhile
+            segment.close()
+        return entry[0]
+
+    def release(self, segment: Segment) -> None:
+        with self._lock:
+            for key, (seg, users) in list(self._segments.items()):
+                if seg is segment:
+                    users[0] -= 1
+                    if users[0] == 0:
+                        del self._segments[key]
+                        segment.close()
+                    return
+        segment.close()  # not pooled (a format-1 version's segment)
+
+    def loaded(self) -> list[str]:
+        with self._lock:
+            return sorted(seg.name for seg, _ in self._segments.values())
+
+
 class SearchIndex:
     """One immutable index version, loaded for search (thread-safe for concurrent reads)."""
 
-    def __init__(self, directory: Path, manifest: Manifest, vectors: VectorIndex, docs: DocStore) -> None:
+    def __init__(
+        self, directory: Path, manifest: Manifest, views: Sequence[SegmentView], pool: SegmentPool | None = None
+    ) -> None:
         self.directory = directory
         self.manifest = manifest
-        self.vectors = vectors
-        self.docs = docs
+        self.views = list(views)
+        self._pool = pool
+        live = sum(v.live for v in self.views)
+        dead_tokens = sum(int(doc_lengths(v.conn, v.dead).sum()) for v in self.views if len(v.dead))
+        self.stats = CollectionStats(rows=live, tokens=sum(v.segment.meta.tokens for v in self.views) - dead_tokens)
 
     @property
     def version(self) -> str:
@@ -67,33 +119,68 @@ class SearchIndex:
     def count(self) -> int:
         return self.manifest.count
 
+    @property
+    def segments(self) -> list[Segment]:
+        return [v.segment for v in self.views]
+
     @classmethod
-    def load(cls, path: str | Path, mmap: bool = True, check: bool = True) -> SearchIndex:
+    def load(
+        cls, path: str | Path, mmap: bool = True, check: bool = True, pool: SegmentPool | None = None
+    ) -> SearchIndex:
         """Load the current version of an index root (or a version directory).
 
-        ``check`` runs the quick integrity checks (file presence, counts, dimension) before the
-        index is used; ``verify(full=True)`` adds checksums.
+        The checks are always the same (startup, reload, CLI): the manifest's own checksum, every
+        segment's manifest against the version's list (sha256) and its files' structure, the
+        tombstones file against its checksum, and the counts. ``verify(full=True)`` adds file and
+        content checksums. ``check=False`` skips only the count cross-check of the tombstones.
         """
         directory = resolve_version_dir(path)
         manifest = Manifest.read(directory)
-        if check:
-            problems = quick_problems(directory, manifest)
-            if problems:
-                raise CorruptIndexError(f"index version {directory} failed verification: " + "; ".join(problems))
-        vectors = VectorIndex.load(directory, manifest.index_type, manifest.index_params, mmap=mmap)
-        docs = DocStore(directory / DOCS_DB)
-        idx = cls(directory, manifest, vectors, docs)
-        if check and vectors.ntotal != manifest.count:
-            raise CorruptIndexError(
-                f"{directory}: FAISS holds {vectors.ntotal} vectors but the manifest says {manifest.count}"
-            )
+        if manifest.legacy:
+            segment = Segment.load_legacy(directory, manifest, mmap=mmap)
+            return cls(directory, manifest, [SegmentView(segment, np.zeros(0, np.int64))], None)
+        pool = pool or SegmentPool()
+        tombstones = _read_tombstones(directory, manifest)
+        segments_dir = directory.parent.parent / SEGMENTS
+        loaded: list[Segment] = []
+        try:
+            for entry in manifest.segments:
+                seg = pool.acquire(segments_dir / entry["name"], entry["sha256"], mmap=mmap)
+                loaded.append(seg)
+                if seg.meta.model_fingerprint != manifest.model_fingerprint or seg.meta.dimension != manifest.dimension:
+                    raise CorruptIndexError(f"segment {seg.name} was written by another model than {directory} records")
+            views = [SegmentView(seg, tombstones[seg.contains(tombstones)]) for seg in loaded]
+            if check:
+                live = sum(v.live for v in views)
+                if sum(len(v.dead) for v in views) != len(tombstones) or live != manifest.count:
+                    raise CorruptIndexError(
+                        f"index version {directory} failed verification: its segments hold {live} live rows and "
+                        f"{sum(len(v.dead) for v in views)} of its {len(tombstones)} tombstones; manifest says "
+                        f"{manifest.count} rows"
+                    )
+            index = cls(directory, manifest, views, pool)
+        except BaseException:
+            for seg in loaded:
+                pool.release(seg)
+            raise
         log.info(
-            "loaded index %s (%s, %d sentences, %s)", directory, manifest.version, manifest.count, manifest.index_type
+            "loaded index %s (%s, %d sentences in %d segment(s), %d tombstones, %s)",
+            directory,
+            manifest.version,
+            manifest.count,
+            len(views),
+            len(tombstones),
+            manifest.index_type,
         )
-        return idx
+        return index
 
     def close(self) -> None:
-        self.docs.close()
+        for v in self.views:
+            if self._pool is not None:
+                self._pool.release(v.segment)
+            else:
+                v.segment.close()
+        self.views = []
 
     def check_encoder(self, model_fingerprint: str, model_name: str, pooling: str) -> None:
         """Refuse an encoder that is not the one the index was built with, naming both."""
@@ -105,15 +192,95 @@ class SearchIndex:
                 f"{model_fingerprint}, pooling {pooling})"
             )
 
+    # ------------------------------------------------------------------------------ dense
+
     def search(self, query_vectors: np.ndarray, k: int, allowed: np.ndarray | None = None) -> list[list[Hit]]:
         """Top-k hits per query vector, best first; ``score`` is the cosine similarity."""
-        scores, iids = self.vectors.search(query_vectors, k, allowed)
+        scores, iids = self.dense(query_vectors, k, allowed)
         return self.hits(scores, iids)
+
+    def dense(
+        self, query_vectors: np.ndarray, k: int, allowed: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k ``(scores, iids)`` per query over every segment's live rows; missing slots are -1."""
+        q = np.ascontiguousarray(query_vectors, dtype=np.float32)
+        parts: list[tuple[np.ndarray, np.ndarray]] = []
+        for v in self.views:
+            seg_allowed = None
+            if allowed is not None:
+                seg_allowed = allowed[v.segment.contains(allowed)]
+                if len(seg_allowed) == 0:
+                    continue
+            parts.append(v.segment.vectors.search(q, k, seg_allowed, excluded=v.dead))
+        if not parts:
+            return np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64)
+        if len(parts) == 1:
+            return parts[0]
+        scores = np.concatenate([p[0] for p in parts], axis=1)
+        iids = np.concatenate([p[1] for p in parts], axis=1)
+        scores = np.where(iids < 0, -np.inf, scores)
+        order = np.lexsort((iids, -scores), axis=1)[:, :k] if scores.size else np.zeros((len(q), 0), np.int64)
+        top_s, top_i = np.take_along_axis(scores, order, 1), np.take_along_axis(iids, order, 1)
+        return top_s.astype(np.float32), np.where(np.isfinite(top_s), top_i, -1)
+
+    def exact_scores(self, queries: np.ndarray, iids: np.ndarray) -> np.ndarray:
+        """Cosine of each query (m, d) with the vectors of ``iids`` (m, c); -1 ids give -inf."""
+        out = np.full(iids.shape, -np.inf, dtype=np.float32)
+        flat = iids.ravel()
+        for v in self.views:
+            mask = (flat >= 0) & v.segment.contains(flat)
+            if not mask.any():
+                continue
+            sub = np.where(mask.reshape(iids.shape), iids, -1)
+            scores = v.segment.vectors.exact_scores(queries, sub)
+            out = np.where(mask.reshape(iids.shape), scores, out)
+        return out
+
+    # ------------------------------------------------------------------------------ filters, lexical
+
+    def matching_iids(self, compiled: CompiledFilter) -> np.ndarray:
+        """Ascending live iids whose metadata match (cached per segment: segments are immutable)."""
+        parts = []
+        for v in self.views:
+            ids = matching_iids(v.conn, compiled, v.segment)
+            parts.append(ids[~v.is_dead(ids)] if len(v.dead) else ids)
+        return np.sort(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
+
+    def lexical(self, text: str) -> tuple[np.ndarray, np.ndarray]:
+        """``(iids, BM25 scores)`` of every live row matching the text (collection-wide statistics)."""
+        return bm25_all(self.views, self.stats, text)
+
+    # ------------------------------------------------------------------------------ documents
+
+    def docs_for(self, iids: Sequence[int] | np.ndarray | set[int]) -> dict[int, Doc]:
+        wanted = np.fromiter((int(i) for i in iids), dtype=np.int64)
+        out: dict[int, Doc] = {}
+        for v in self.views:
+            mask = v.segment.contains(wanted)
+            if mask.any():
+                out.update(v.segment.docs.get(wanted[mask].tolist()))
+        return out
+
+    def iter_docs(self) -> Iterator[Doc]:
+        """Every live document, in internal-id order."""
+        streams = []
+        for v in self.views:
+            dead = set(v.dead.tolist())
+            streams.append(d for d in v.segment.docs.iter_docs() if d.iid not in dead)
+        yield from heapq.merge(*streams, key=lambda d: d.iid)
+
+    def iids_for_ext_ids(self, ext_ids: Sequence[UserId]) -> dict[str, int]:
+        """Live internal ids of these user ids (absent ids are left out)."""
+        out: dict[str, int] = {}
+        for v in self.views:
+            found = v.segment.docs.iids_for_ext_ids(ext_ids)
+            dead = set(v.dead.tolist())
+            out.update({e: i for e, i in found.items() if i not in dead})
+        return out
 
     def hits(self, scores: np.ndarray, iids: np.ndarray) -> list[list[Hit]]:
         """Join (scores, ids) rows with the stored documents."""
-        wanted = {int(i) for i in iids.ravel() if i >= 0}
-        docs = self.docs.get(wanted)
+        docs = self.docs_for({int(i) for i in iids.ravel() if i >= 0})
         out: list[list[Hit]] = []
         for row_scores, row_ids in zip(scores, iids, strict=True):
             row: list[Hit] = []
@@ -126,93 +293,106 @@ class SearchIndex:
         return out
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def quick_problems(directory: Path, manifest: Manifest) -> list[str]:
-    """Cheap structural checks: files present, vectors shape and ids consistent with the manifest."""
-    problems = [f"{name} is missing" for name in VERSION_FILES if not (directory / name).is_file()]
-    if problems:
-        return problems
+def _read_tombstones(directory: Path, manifest: Manifest) -> np.ndarray:
+    path = directory / TOMBSTONES_FILE
+    if manifest.tombstones == 0:
+        return np.zeros(0, np.int64)
+    if not path.is_file():
+        raise CorruptIndexError(f"{path} is missing: the manifest lists {manifest.tombstones} tombstones")
     try:
-        vectors = np.load(directory / VECTORS_FILE, mmap_mode="r")
-        ids = np.load(directory / IDS_FILE, mmap_mode="r")
+        tombs = np.load(path)
     except (OSError, ValueError) as e:
-        return [f"cannot read vectors/ids: {e}"]
-    if vectors.shape != (manifest.count, manifest.dimension):
-        problems.append(
-            f"vectors.npy has shape {vectors.shape}, manifest says ({manifest.count}, {manifest.dimension})"
+        raise CorruptIndexError(f"{path} is not a readable array: {e}") from e
+    if tombs.dtype != np.int64 or tombs.ndim != 1 or len(tombs) != manifest.tombstones:
+        raise CorruptIndexError(
+            f"{path} holds {tombs.shape} {tombs.dtype}; the manifest says {manifest.tombstones} ids"
         )
-    if ids.shape != (manifest.count,):
-        problems.append(f"ids.npy has {ids.shape[0] if ids.ndim else 0} ids, manifest says {manifest.count}")
-    elif manifest.count > 1 and not bool(np.all(np.diff(ids) > 0)):
-        problems.append("ids.npy is not strictly ascending")
-    return problems
+    if len(tombs) > 1 and not bool(np.all(np.diff(tombs) > 0)):
+        raise CorruptIndexError(f"{path} is not sorted and unique")
+    return np.asarray(tombs)
 
 
 def verify(path: str | Path, full: bool = True) -> list[str]:
     """Every integrity problem of an index version, as precise messages (empty list = sound).
 
-    Checks: manifest readable and sane, files present, file checksums (``full``), FAISS count =
-    SQLite count = manifest count, the FAISS ids equal the SQLite ids, vectors unit length, corpus
-    checksum.
+    The version manifest (its own checksum, counts, corpus checksum), every segment (its
+    ``segment.json`` against the version's list and itself, files, FAISS = SQLite = ids, unit
+    vectors, content sum) and the tombstones (checksum, sorted, each a row of some segment).
+    ``full=False`` skips file checksums.
     """
     try:
         directory = resolve_version_dir(path)
         manifest = Manifest.read(directory)
     except Exception as e:  # any failure to even find the version is itself the finding
         return [str(e)]
-    problems = quick_problems(directory, manifest)
-    if problems:
-        return problems
-    if full:
-        for name, expected in sorted(manifest.files.items()):
-            actual = file_sha256(directory / name)
-            if actual != expected:
-                problems.append(f"{name}: sha256 {actual[:12]}… differs from the manifest's {expected[:12]}…")
+    if manifest.legacy:
+        from semsearch.segment import legacy_segment_manifest
+
+        meta = legacy_segment_manifest(directory, manifest, tokens=None)
+        return verify_segment(directory, meta, full, legacy_checksum=manifest.corpus_checksum)
+    problems: list[str] = []
+    segments_dir = directory.parent.parent / SEGMENTS
+    metas: list[tuple[Path, SegmentManifest]] = []
+    for entry in manifest.segments:
+        seg_dir = segments_dir / entry["name"]
+        if not (seg_dir / SEGMENT_MANIFEST).is_file():
+            problems.append(f"segment {entry['name']} is missing ({seg_dir})")
+            continue
+        if file_sha256(seg_dir / SEGMENT_MANIFEST) != entry.get("sha256"):
+            problems.append(f"segment {entry['name']}: segment.json differs from the version's record (sha256)")
+        try:
+            meta = SegmentManifest.read(seg_dir)
+        except CorruptIndexError as e:
+            problems.append(str(e))
+            continue
+        problems += [f"segment {entry['name']}: {p}" for p in verify_segment(seg_dir, meta, full)]
+        if meta.model_fingerprint != manifest.model_fingerprint:
+            problems.append(f"segment {entry['name']} was encoded by model {meta.model_fingerprint}, not the version's")
+        metas.append((seg_dir, meta))
     try:
-        vi = VectorIndex.load(directory, manifest.index_type, manifest.index_params, mmap=True)
+        tombs = _read_tombstones(directory, manifest)
     except CorruptIndexError as e:
         return [*problems, str(e)]
-    if vi.ntotal != manifest.count:
-        problems.append(f"FAISS holds {vi.ntotal} vectors, manifest says {manifest.count}")
-    try:
-        conn = sqlite3.connect(f"file:{directory / DOCS_DB}?mode=ro", uri=True)
-        sql_ids = np.fromiter((r[0] for r in conn.execute("SELECT iid FROM docs ORDER BY iid")), dtype=np.int64)
-        checksum = corpus_checksum(conn)
-        conn.close()
-    except sqlite3.DatabaseError as e:
-        return [*problems, f"{DOCS_DB} is not a readable SQLite database: {e}"]
-    if len(sql_ids) != manifest.count:
-        problems.append(f"SQLite holds {len(sql_ids)} sentences, manifest says {manifest.count}")
-    if not np.array_equal(sql_ids, np.asarray(vi.ids)):
-        missing = np.setdiff1d(vi.ids, sql_ids)[:5].tolist()
-        extra = np.setdiff1d(sql_ids, vi.ids)[:5].tolist()
-        problems.append(f"FAISS ids and SQLite ids differ (in FAISS only: {missing}; in SQLite only: {extra})")
-    elif manifest.count and hasattr(vi.index, "id_map"):
-        faiss_ids = np.sort(_faiss_ids(vi.index))
-        if not np.array_equal(faiss_ids, sql_ids):
-            problems.append("the FAISS index's own id map differs from ids.npy")
-    if checksum != manifest.corpus_checksum:
-        problems.append(
-            f"corpus checksum {checksum[:12]}… differs from the manifest's {manifest.corpus_checksum[:12]}…"
-        )
-    if manifest.count:
-        sample = np.asarray(vi.vectors[: min(1000, manifest.count)], dtype=np.float32)
-        norms = np.linalg.norm(sample, axis=1)
-        if not np.allclose(norms, 1.0, atol=1e-3):
-            problems.append("stored vectors are not unit length (normalized=true in the manifest)")
-    if manifest.dimension != vi.dim:
-        problems.append(f"vectors have dimension {vi.dim}, manifest says {manifest.dimension}")
+    if full and len(tombs):
+        actual = file_sha256(directory / TOMBSTONES_FILE)
+        if actual != manifest.files.get(TOMBSTONES_FILE):
+            problems.append(f"{TOMBSTONES_FILE}: sha256 {actual[:12]}… differs from the manifest's")
+    if problems:
+        return problems
+    return _verify_totals(manifest, metas, tombs, full)
+
+
+def _verify_totals(
+    manifest: Manifest, metas: list[tuple[Path, SegmentManifest]], tombs: np.ndarray, full: bool
+) -> list[str]:
+    import sqlite3
+
+    problems: list[str] = []
+    owned = np.zeros(len(tombs), dtype=bool)
+    dead_sum = 0
+    for seg_dir, _ in metas:
+        ids = np.load(seg_dir / "ids.npy", mmap_mode="r")
+        mask = np.isin(tombs, ids)
+        owned |= mask
+        if full and mask.any():
+            conn = sqlite3.connect(f"file:{seg_dir / 'docs.sqlite'}?mode=ro", uri=True)
+            for part in range(0, int(mask.sum()), 900):
+                chunk = tombs[mask][part : part + 900].tolist()
+                marks = ",".join("?" * len(chunk))
+                for row in conn.execute(f"SELECT ext_id, text, metadata FROM docs WHERE iid IN ({marks})", chunk):
+                    dead_sum += row_hash(*row)
+            conn.close()
+    if not owned.all():
+        problems.append(f"tombstones name ids in no segment: {tombs[~owned][:5].tolist()}")
+    live = sum(m.count for _, m in metas) - len(tombs)
+    if live != manifest.count:
+        problems.append(f"segments hold {live} live rows, manifest says {manifest.count}")
+    if metas and manifest.next_iid <= max(m.max_iid for _, m in metas):
+        problems.append(f"next_iid {manifest.next_iid} is not above the largest id in use")
+    if full:
+        corpus = sum_hex(sum(hex_sum(m.corpus_sum) for _, m in metas) - dead_sum)
+        if corpus != manifest.corpus_checksum:
+            problems.append(
+                f"corpus checksum {corpus[:12]}… differs from the manifest's {manifest.corpus_checksum[:12]}…"
+            )
     return problems
-
-
-def _faiss_ids(index: Any) -> np.ndarray:
-    import faiss
-
-    return faiss.vector_to_array(index.id_map).astype(np.int64)

@@ -1,18 +1,11 @@
-"""The versioned index directory and its atomic publishing protocol.
+"""The index root: versions, segments, the atomic ``current`` switch, and garbage collection.
 
-::
-
-    INDEX_ROOT/
-      current -> versions/v000002     relative symlink, switched with os.replace (atomic)
-      versions/v000001/               complete, immutable versions (manifest.json written last)
-      versions/v000002/
-      staging/<build-id>/             builds in progress and their resume checkpoints
-      rejects/<build-id>.jsonl        rows the indexer refused, with line numbers and reasons
-      .lock                           held by a writer (one build at a time)
-
-A version directory only appears under ``versions/`` by ``rename`` of a finished staging
-directory, and ``current`` only moves after that, so a crash at any point leaves the previous
-version in place and serving; a staging directory is never read by the service.
+See :mod:`semsearch.format` for the layout. A version directory only appears under ``versions/``
+by ``rename`` of a finished staging directory, and ``current`` only moves after that, so a crash
+at any point leaves the previous version in place and serving; a staging directory is never read
+by the service. Segments are moved into ``segments/`` before the version that lists them is
+published; a crash in between leaves unreferenced segments that :meth:`IndexRoot.collect_garbage`
+removes.
 """
 
 from __future__ import annotations
@@ -27,23 +20,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from semsearch.errors import IndexNotFoundError, InvalidInputError
-from semsearch.manifest import MANIFEST
+from semsearch.format import CURRENT, LOCK, MANIFEST, REJECTS, SEGMENTS, STAGING, VERSIONS, fsync_dir
 
 log = logging.getLogger(__name__)
 
-CURRENT = "current"
-VERSIONS = "versions"
-STAGING = "staging"
-REJECTS = "rejects"
 _VERSION_RE = re.compile(r"^v(\d{6})$")
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class IndexRoot:
@@ -59,6 +40,10 @@ class IndexRoot:
     @property
     def staging_dir(self) -> Path:
         return self.path / STAGING
+
+    @property
+    def segments_dir(self) -> Path:
+        return self.path / SEGMENTS
 
     @property
     def rejects_dir(self) -> Path:
@@ -99,7 +84,7 @@ class IndexRoot:
     def lock(self) -> Iterator[None]:
         """Exclusive writer lock; a second concurrent build fails fast instead of racing."""
         self.path.mkdir(parents=True, exist_ok=True)
-        with (self.path / ".lock").open("a") as fh:
+        with (self.path / LOCK).open("a") as fh:
             try:
                 fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError as e:
@@ -109,30 +94,38 @@ class IndexRoot:
             finally:
                 fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
-    def publish(self, staged: Path) -> str:
-        """Move a finished staging directory into ``versions/`` and switch ``current`` to it."""
+    def publish(self, staged: Path, segments: list[Path] | None = None) -> str:
+        """Move staged segments into ``segments/``, the staged version into ``versions/``, then switch
+        ``current`` to it (the commit point). Returns the version's name."""
         if not (staged / MANIFEST).is_file():
             raise InvalidInputError(f"refusing to publish {staged}: it has no {MANIFEST}")
+        if segments:
+            self.segments_dir.mkdir(parents=True, exist_ok=True)
+            for seg in segments:
+                _fsync_tree(seg)
+                os.rename(seg, self.segments_dir / seg.name)
+            fsync_dir(self.segments_dir)
         self.versions_dir.mkdir(parents=True, exist_ok=True)
         name = self.next_version()
         final = self.versions_dir / name
-        for f in staged.iterdir():
-            if f.is_file():
-                with f.open("rb") as fh:
-                    os.fsync(fh.fileno())
+        _fsync_tree(staged)
         os.rename(staged, final)
         fsync_dir(self.versions_dir)
+        self.point_current(name)
+        log.info("published %s as current", final)
+        return name
+
+    def point_current(self, name: str) -> None:
         tmp_link = self.path / f".{CURRENT}.tmp-{os.getpid()}"
         with contextlib.suppress(FileNotFoundError):
             tmp_link.unlink()
         os.symlink(f"{VERSIONS}/{name}", tmp_link)
         os.replace(tmp_link, self.path / CURRENT)
         fsync_dir(self.path)
-        log.info("published %s as current", final)
-        return name
 
     def prune(self, keep: int) -> list[str]:
-        """Delete all but the newest ``keep`` versions; the current version is never deleted."""
+        """Delete all but the newest ``keep`` versions (never the current one), then the segments
+        that no remaining version lists."""
         if keep < 1:
             raise InvalidInputError("--keep must be at least 1")
         current = self.current_version()
@@ -145,7 +138,43 @@ class IndexRoot:
             removed.append(name)
         if removed:
             log.info("pruned old versions: %s", ", ".join(removed))
+        self.collect_garbage()
         return removed
+
+    def referenced_segments(self) -> set[str]:
+        """Names of the segments some published version lists (an unreadable manifest keeps everything)."""
+        from semsearch.manifest import Manifest
+
+        names: set[str] = set()
+        for version in self.versions():
+            try:
+                manifest = Manifest.read(self.versions_dir / version)
+            except Exception:  # a version we cannot read may still reference anything
+                return {p.name for p in self.segments_dir.iterdir()} if self.segments_dir.is_dir() else set()
+            names.update(s["name"] for s in manifest.segments)
+        return names
+
+    def collect_garbage(self) -> list[str]:
+        """Remove segments that no published version references (left by a crash or by pruning)."""
+        if not self.segments_dir.is_dir():
+            return []
+        keep = self.referenced_segments()
+        removed = []
+        for seg in sorted(self.segments_dir.iterdir()):
+            if seg.name not in keep:
+                shutil.rmtree(seg, ignore_errors=True)
+                removed.append(seg.name)
+        if removed:
+            log.info("removed %d unreferenced segment(s): %s", len(removed), ", ".join(removed))
+        return removed
+
+
+def _fsync_tree(directory: Path) -> None:
+    for f in directory.rglob("*"):
+        if f.is_file():
+            with f.open("rb") as fh:
+                os.fsync(fh.fileno())
+    fsync_dir(directory)
 
 
 def resolve_version_dir(path: str | Path) -> Path:

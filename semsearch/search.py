@@ -4,9 +4,9 @@ Modes (``Hit.score`` is each mode's own score; ``Hit.dense_score`` / ``Hit.lexic
 the components where computed):
 
 * ``dense``: FAISS over the bi-encoder vectors; ``score`` = cosine similarity (= ``dense_score``).
-* ``lexical``: BM25 over the SQLite FTS5 table (:mod:`semsearch.lexical`); ``score`` = BM25
-  (``-bm25()``, higher is better; = ``lexical_score``); ``dense_score`` is filled in when query
-  vectors are given.
+* ``lexical``: BM25 over the segments' SQLite FTS5 tables with collection-wide statistics
+  (:mod:`semsearch.lexical`); ``score`` = BM25 (higher is better; = ``lexical_score``);
+  ``dense_score`` is filled in when query vectors are given.
 * ``hybrid``: the top ``depth`` candidates of both, fused (:class:`HybridParams`). ``score`` is the
   fused score (RRF: ``w/(rrf_k + rank_dense) + (1-w)/(rrf_k + rank_lexical)``, a list the document is
   not in adds 0; ``minmax``/``zscore``: ``w·norm(cosine) + (1-w)·norm(bm25)`` over the candidate
@@ -30,9 +30,9 @@ import numpy as np
 
 from semsearch.encoder import check_choice
 from semsearch.errors import InvalidInputError
-from semsearch.filters import CompiledFilter, compile_filter, matching_iids
+from semsearch.filters import compile_filter
 from semsearch.index import Hit, SearchIndex
-from semsearch.lexical import bm25_scores, bm25_search
+from semsearch.lexical import top_k
 
 if TYPE_CHECKING:
     from semsearch.rerank import Reranker
@@ -114,7 +114,7 @@ def search(
     elif mode != "lexical":
         raise InvalidInputError(f"{mode} search needs the encoded query vectors")
     compiled = compile_filter(filter)
-    allowed = matching_iids(index.docs.conn, compiled, index) if compiled else None
+    allowed = index.matching_iids(compiled) if compiled else None
     if not queries:
         return []
     if allowed is not None and len(allowed) == 0:
@@ -127,9 +127,24 @@ def search(
                 h.dense_score = h.score
         return results
     if mode == "lexical":
-        return _lexical(index, queries, query_vectors, k, compiled)
+        return _lexical(index, queries, query_vectors, k, allowed)
     assert query_vectors is not None
-    return _hybrid(index, queries, query_vectors, k, compiled, allowed, hybrid or DEFAULT_HYBRID)
+    return _hybrid(index, queries, query_vectors, k, allowed, hybrid or DEFAULT_HYBRID)
+
+
+class _Lexical:
+    """Each query's BM25 over the whole version, computed once per search (top lists and fill-ins)."""
+
+    def __init__(self, index: SearchIndex, queries: Sequence[str]) -> None:
+        self.results = [index.lexical(text) for text in queries]
+
+    def top(self, qi: int, k: int, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        iids, scores = self.results[qi]
+        return top_k(iids, scores, k, allowed)
+
+    def scores(self, qi: int) -> dict[int, float]:
+        iids, scores = self.results[qi]
+        return dict(zip(iids.tolist(), scores.tolist(), strict=True))
 
 
 def _lexical(
@@ -137,11 +152,12 @@ def _lexical(
     queries: Sequence[str],
     query_vectors: np.ndarray | None,
     k: int,
-    compiled: CompiledFilter,
+    allowed: np.ndarray | None,
 ) -> list[list[Hit]]:
+    lexical = _Lexical(index, queries)
     rows: list[list[Candidate]] = []
-    for text in queries:
-        scores, iids = bm25_search(index.docs.conn, text, k, compiled.where or None, compiled.params)
+    for qi in range(len(queries)):
+        scores, iids = lexical.top(qi, k, allowed)
         rows.append([Candidate(int(i), lexical=float(s), fused=float(s)) for s, i in zip(scores, iids, strict=True)])
     if query_vectors is not None:
         _fill_dense(index, query_vectors, rows)
@@ -153,30 +169,30 @@ def _hybrid(
     queries: Sequence[str],
     query_vectors: np.ndarray,
     k: int,
-    compiled: CompiledFilter,
     allowed: np.ndarray | None,
     params: HybridParams,
 ) -> list[list[Hit]]:
     depth = max(params.depth, k)
-    d_scores, d_iids = index.vectors.search(query_vectors, depth, allowed)
+    d_scores, d_iids = index.dense(query_vectors, depth, allowed)
+    lexical = _Lexical(index, queries)
     rows: list[list[Candidate]] = []
-    for qi, text in enumerate(queries):
+    for qi in range(len(queries)):
         cands: dict[int, Candidate] = {}
         for rank, (s, i) in enumerate(zip(d_scores[qi], d_iids[qi], strict=True), start=1):
             if i >= 0:
                 cands[int(i)] = Candidate(int(i), dense=float(s), dense_rank=rank)
-        l_scores, l_iids = bm25_search(index.docs.conn, text, depth, compiled.where or None, compiled.params)
+        l_scores, l_iids = lexical.top(qi, depth, allowed)
         for rank, (s, i) in enumerate(zip(l_scores, l_iids, strict=True), start=1):
             c = cands.setdefault(int(i), Candidate(int(i)))
             c.lexical, c.lexical_rank = float(s), rank
         rows.append(list(cands.values()))
     if params.method != "rrf":  # score fusion needs both scores of every candidate
         _fill_dense(index, query_vectors, rows)
-        _fill_lexical(index, queries, rows)
+        _fill_lexical(lexical, rows)
     ranked = [fuse(row, params)[:k] for row in rows]
     if params.method == "rrf":  # only the returned hits need their missing component
         _fill_dense(index, query_vectors, ranked)
-        _fill_lexical(index, queries, ranked)
+        _fill_lexical(lexical, ranked)
     return _to_hits(index, ranked)
 
 
@@ -211,24 +227,24 @@ def _fill_dense(index: SearchIndex, query_vectors: np.ndarray, rows: list[list[C
         if not missing:
             continue
         iids = np.array([[c.iid for c in missing]], dtype=np.int64)
-        scores = index.vectors.exact_scores(query_vectors[qi : qi + 1], iids)[0]
+        scores = index.exact_scores(query_vectors[qi : qi + 1], iids)[0]
         for c, s in zip(missing, scores, strict=True):
             c.dense = float(s)
 
 
-def _fill_lexical(index: SearchIndex, queries: Sequence[str], rows: list[list[Candidate]]) -> None:
+def _fill_lexical(lexical: _Lexical, rows: list[list[Candidate]]) -> None:
     """BM25 for candidates that lack it (0.0 for a row that matches no query term)."""
-    for text, row in zip(queries, rows, strict=True):
+    for qi, row in enumerate(rows):
         missing = [c for c in row if c.lexical is None]
         if not missing:
             continue
-        found = bm25_scores(index.docs.conn, text, [c.iid for c in missing])
+        found = lexical.scores(qi)
         for c in missing:
             c.lexical = found.get(c.iid, 0.0)
 
 
 def _to_hits(index: SearchIndex, rows: list[list[Candidate]]) -> list[list[Hit]]:
-    docs = index.docs.get({c.iid for row in rows for c in row})
+    docs = index.docs_for({c.iid for row in rows for c in row})
     out: list[list[Hit]] = []
     for row in rows:
         hits: list[Hit] = []

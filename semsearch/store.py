@@ -16,9 +16,7 @@ from typing import Any
 
 from semsearch.errors import CorruptIndexError
 
-DOCS_DB = "docs.sqlite"
-
-SCHEMA = """
+DOCS_SCHEMA = """
 CREATE TABLE IF NOT EXISTS docs (
     iid       INTEGER PRIMARY KEY,
     ext_id    TEXT NOT NULL UNIQUE,
@@ -30,6 +28,13 @@ CREATE TABLE IF NOT EXISTS docs (
     source    TEXT,
     metadata  TEXT NOT NULL DEFAULT '{}'
 );
+"""
+
+# The staging database of a write operation (semsearch.writer): the open segment's rows, plus the
+# rejects, tombstones and resume state, all committed together chunk by chunk.
+STAGING_SCHEMA = (
+    DOCS_SCHEMA
+    + """
 CREATE TABLE IF NOT EXISTS rejects (
     n      INTEGER PRIMARY KEY,
     source TEXT NOT NULL,
@@ -41,7 +46,11 @@ CREATE TABLE IF NOT EXISTS build_state (
     key   TEXT PRIMARY KEY,
     value TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS tombstones (
+    iid INTEGER PRIMARY KEY
+);
 """
+)
 
 FTS_SCHEMA = """
 CREATE VIRTUAL TABLE IF NOT EXISTS docs_fts USING fts5(
@@ -50,6 +59,7 @@ CREATE VIRTUAL TABLE IF NOT EXISTS docs_fts USING fts5(
 """
 
 UserId = int | str
+COLUMNS = 'iid, ext_id, id_is_int, text, doc_id, start, "end", source, metadata'
 
 
 @dataclass
@@ -79,16 +89,21 @@ class Doc:
     source: str | None = None
 
 
-def connect(path: Path, readonly: bool = False) -> sqlite3.Connection:
+def connect(path: Path, readonly: bool = False, schema: str = DOCS_SCHEMA) -> sqlite3.Connection:
+    """A read-only connection to a finished (immutable) store, or a writable one with ``schema``.
+
+    Writable connections use a rollback journal with full sync: a commit is durable and atomic
+    under kill -9 and power loss, and the file stays self-contained (no ``-wal`` beside it).
+    """
     if readonly:
         if not path.is_file():
             raise CorruptIndexError(f"{path} is missing")
         conn = sqlite3.connect(f"file:{path}?mode=ro&immutable=1", uri=True, check_same_thread=False)
     else:
         conn = sqlite3.connect(path, check_same_thread=False)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")
-        conn.executescript(SCHEMA)
+        conn.execute("PRAGMA journal_mode=DELETE")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.executescript(schema)
     return conn
 
 
@@ -106,9 +121,6 @@ def _row_to_doc(row: Sequence[Any]) -> Doc:
     )
 
 
-_COLUMNS = 'iid, ext_id, id_is_int, text, doc_id, start, "end", source, metadata'
-
-
 class DocStore:
     """Read access to a finished version's documents (thread-safe for reads)."""
 
@@ -123,25 +135,19 @@ class DocStore:
     def close(self) -> None:
         self.conn.close()
 
-    def count(self) -> int:
-        return int(self.conn.execute("SELECT COUNT(*) FROM docs").fetchone()[0])
-
     def get(self, iids: Iterable[int]) -> dict[int, Doc]:
         ids = [int(i) for i in iids]
         out: dict[int, Doc] = {}
         for start in range(0, len(ids), 900):  # SQLite's bound-parameter limit
             part = ids[start : start + 900]
             marks = ",".join("?" * len(part))
-            for row in self.conn.execute(f"SELECT {_COLUMNS} FROM docs WHERE iid IN ({marks})", part):
+            for row in self.conn.execute(f"SELECT {COLUMNS} FROM docs WHERE iid IN ({marks})", part):
                 doc = _row_to_doc(row)
                 out[doc.iid] = doc
         return out
 
-    def iids(self) -> list[int]:
-        return [r[0] for r in self.conn.execute("SELECT iid FROM docs ORDER BY iid")]
-
     def iter_docs(self) -> Iterator[Doc]:
-        for row in self.conn.execute(f"SELECT {_COLUMNS} FROM docs ORDER BY iid"):
+        for row in self.conn.execute(f"SELECT {COLUMNS} FROM docs ORDER BY iid"):
             yield _row_to_doc(row)
 
     def iids_for_ext_ids(self, ext_ids: Sequence[UserId]) -> dict[str, int]:
@@ -154,8 +160,8 @@ class DocStore:
         return out
 
 
-def corpus_checksum(conn: sqlite3.Connection) -> str:
-    """sha256 over (id, text, metadata) of every row in iid order: the content identity of a version."""
+def legacy_corpus_checksum(conn: sqlite3.Connection) -> str:
+    """Format 1's corpus checksum: sha256 over (id, text, metadata) of every row in iid order."""
     import hashlib
 
     digest = hashlib.sha256()

@@ -45,6 +45,7 @@ PARAM_TYPES: dict[str, type] = {
 # binary 20: recall@10 0.983 vs 0.963 with 10, for +0.07 ms per query at 100K (docs/benchmarks.md)
 _RESCORE_DEFAULT = {"sq8": 4, "pq": 8, "hnsw-sq8": 4, "binary": 20}
 EXACT_SCAN_MAX = 50_000  # filtered search: scan the matching rows exactly up to this many
+EXCLUDE_OVERFETCH_MAX = 4096  # tombstones skipped by over-fetching; more go through an id selector
 
 
 def auto_index_type(n: int) -> str:
@@ -227,16 +228,26 @@ class VectorIndex:
         scores = np.einsum("md,mcd->mc", queries, cand)
         return np.where(valid, scores, -np.inf).astype(np.float32)
 
-    def search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def search(
+        self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None, excluded: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Top-k (scores, ids) per query, best first; missing slots have id -1.
 
         ``allowed``: restrict to these ids (a metadata filter). Few allowed rows are scanned exactly;
         many go through FAISS with an id selector, falling back to the exact scan if that returns
-        fewer than k.
+        fewer than k. ``excluded``: ids never to return (tombstones); a few are skipped by fetching
+        k + len(excluded) and dropping them (exact for flat: the true top k of the live rows), many
+        through an id selector.
         """
         queries = np.ascontiguousarray(queries, dtype=np.float32)
-        k = max(1, min(k, self.ntotal)) if self.ntotal else 0
         m = len(queries)
+        if excluded is not None and len(excluded):
+            excluded = np.asarray(excluded, dtype=np.int64)
+            if allowed is not None:
+                allowed = np.setdiff1d(np.asarray(allowed, dtype=np.int64), excluded)
+            else:
+                return self._search_excluding(queries, k, excluded)
+        k = max(1, min(k, self.ntotal)) if self.ntotal else 0
         if k == 0 or m == 0:
             return np.zeros((m, 0), np.float32), np.zeros((m, 0), np.int64)
         if allowed is not None:
@@ -249,13 +260,38 @@ class VectorIndex:
             return scores, iids
         return self._ann(queries, k, None)
 
-    def _ann(self, queries: np.ndarray, k: int, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    def _search_excluding(self, queries: np.ndarray, k: int, excluded: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        m = len(queries)
+        live = self.ntotal - int(np.isin(excluded, self.ids).sum())
+        k = min(k, live)
+        if k <= 0 or m == 0:
+            return np.zeros((m, 0), np.float32), np.zeros((m, 0), np.int64)
+        if len(excluded) > EXCLUDE_OVERFETCH_MAX and self.index_type not in ("binary", "pq"):
+            batch = faiss.IDSelectorBatch(excluded)
+            sel = faiss.IDSelectorNot(batch)
+            scores, iids = self._ann(queries, k, None, selector=(sel, batch))
+            if (iids[:, :k] < 0).any():  # the graph ran out of live neighbours: scan them exactly
+                return self._exact_subset(queries, k, np.setdiff1d(self.ids, excluded))
+            return scores, iids
+        scores, iids = self._ann(queries, min(self.ntotal, k + len(excluded)), None)
+        dead = np.isin(iids, excluded) | (iids < 0)
+        scores = np.where(dead, -np.inf, scores)
+        order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        scores, iids = np.take_along_axis(scores, order, 1), np.take_along_axis(iids, order, 1)
+        return scores.astype(np.float32), np.where(np.isfinite(scores), iids, -1)
+
+    def _ann(
+        self, queries: np.ndarray, k: int, allowed: np.ndarray | None, selector: Any = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         rescore = int(self.params.get("rescore", 1))
         fetch = min(self.ntotal, k * rescore)
         if self.index_type == "binary":
             _, iids = self.index.search(to_binary(queries), fetch)
         else:
-            search_params = self._search_params(allowed)
+            if allowed is not None:
+                selector = faiss.IDSelectorBatch(allowed)
+            # ``selector`` (and what it wraps) stays referenced here until the search returns
+            search_params = self._search_params(selector[0] if isinstance(selector, tuple) else selector)
             if search_params is not None:
                 _, iids = self.index.search(queries, fetch, params=search_params)
             else:
@@ -266,11 +302,9 @@ class VectorIndex:
         order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
         return np.take_along_axis(scores, order, 1), np.take_along_axis(iids, order, 1)
 
-    def _search_params(self, allowed: np.ndarray | None) -> Any:
-        if allowed is None:
+    def _search_params(self, sel: Any) -> Any:
+        if sel is None:
             return None
-        sel = faiss.IDSelectorBatch(allowed)
-        self._keep_alive = sel  # the selector must outlive the search call
         p = self.params
         if "ef_search" in p:
             return faiss.SearchParametersHNSW(sel=sel, efSearch=max(p["ef_search"], 2 * p.get("M", 32)))

@@ -172,7 +172,7 @@ def test_index_built_with_onnx_records_backend_and_serves(
     try:
         assert index.manifest.backend == "onnx"
         # the stored vectors are the onnx encoder's
-        stored = np.asarray(index.vectors.vectors, dtype=np.float32)
+        stored = np.concatenate([np.asarray(s.vectors.vectors, dtype=np.float32) for s in index.segments])
         np.testing.assert_allclose(np.sort(stored @ encoders["onnx"].encode(rows).T, axis=None)[-5:], 1.0, atol=1e-4)
     finally:
         index.close()

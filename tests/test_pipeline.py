@@ -51,7 +51,8 @@ def test_build_publishes_a_verified_self_describing_version(small_index, encoder
         True,
     )
     assert m.model == "sentence-transformers/all-MiniLM-L6-v2" and len(m.model_fingerprint) == 16
-    assert set(m.files) == {"index.faiss", "vectors.npy", "ids.npy", "docs.sqlite"}
+    assert m.format_version == 2 and m.files == {} and m.tombstones == 0 and len(m.segments) == 1
+    assert set(idx.segments[0].meta.files) == {"index.faiss", "vectors.npy", "ids.npy", "docs.sqlite"}
     assert {"torch", "faiss-cpu", "sentence-transformers"} <= set(m.libraries)
     hits = idx.search(encoder.encode([sample_rows(300)[17]["text"]]), 3)[0]
     assert hits[0].id == sample_rows(300)[17]["id"] and hits[0].score == pytest.approx(1.0, abs=1e-4)
@@ -68,7 +69,7 @@ def test_user_ids_keep_their_type_and_survive_add_and_delete(tmp_path, encoder):
     root = tmp_path / "idx"
     _build([write_jsonl(tmp_path / "a.jsonl", rows)], root)
     first = SearchIndex.load(root)
-    iids_before = {d.id: d.iid for d in first.docs.iter_docs()}
+    iids_before = {d.id: d.iid for d in first.iter_docs()}
     hit = _search(root, encoder, "puppy barking")[0]
     assert hit.id == 10 and isinstance(hit.id, int)
     assert _search(root, encoder, "kitten napping")[0].id == "cat-1"
@@ -80,19 +81,23 @@ def test_user_ids_keep_their_type_and_survive_add_and_delete(tmp_path, encoder):
     ]
     res = run_build(
         BuildOptions(
-            inputs=[write_jsonl(tmp_path / "b.jsonl", extra)], output=root, progress=False, on_duplicate="keep-last"
+            inputs=[write_jsonl(tmp_path / "b.jsonl", extra)],
+            output=root,
+            progress=False,
+            on_duplicate="keep-last",
+            merge=False,  # the merge policy is tested on its own (tests/test_segments.py)
         ),
         incremental=True,
     )
     assert res.version == "v000002" and res.count == 4
     idx = SearchIndex.load(root)
-    docs = {d.id: d for d in idx.docs.iter_docs()}
+    docs = {d.id: d for d in idx.iter_docs()}
     assert docs[99].text == "the bond market rallied strongly"
     assert docs[10].iid == iids_before[10] and docs["cat-1"].iid == iids_before["cat-1"]  # untouched rows keep ids
     assert _search(root, encoder, "jet departing")[0].id == "new"
     assert verify(root) == []
 
-    res = run_delete(root, ["10", "cat-1"])
+    res = run_delete(root, ["10", "cat-1"], merge=False)
     assert res.count == 2 and res.deleted == 2
     assert {h.id for h in _search(root, encoder, "dog", k=10)} == {"new", 99}
     assert verify(root) == []
@@ -120,7 +125,7 @@ def test_each_input_format_round_trips(tmp_path):
     res = _build(files, root)
     assert res.count == 6 and res.rejects == 0
     idx = SearchIndex.load(root)
-    stored = {str(d.id): (d.text, d.metadata) for d in idx.docs.iter_docs()}
+    stored = {str(d.id): (d.text, d.metadata) for d in idx.iter_docs()}
     assert stored[rows[3]["id"]] == (rows[3]["text"], {"pos": rows[3]["pos"]})
     assert stored[rows[5]["id"]][0] == rows[5]["text"]
     assert sorted(t for t, _ in stored.values()) == sorted(r["text"] for r in rows)
@@ -163,7 +168,7 @@ def test_duplicate_ids_error_by_default_or_keep_last(tmp_path):
     res = _build([path], tmp_path / "y", on_duplicate="keep-last")
     assert res.count == 2
     idx = SearchIndex.load(tmp_path / "y")
-    assert {d.id: d.text for d in idx.docs.iter_docs()} == {"a": "second text", "b": "other"}
+    assert {d.id: d.text for d in idx.iter_docs()} == {"a": "second text", "b": "other"}
 
 
 def test_split_sentences_keeps_document_and_offsets(tmp_path, encoder):
@@ -192,6 +197,7 @@ def test_index_types_build_and_find_exact_matches(tmp_path, small_corpus, encode
         res = _build([small_corpus], root, index_type=index_type)
         idx = SearchIndex.load(root)
         assert idx.manifest.index_type == index_type and idx.manifest.index_params
+        assert idx.segments[0].meta.index_type == index_type
         top = [h[0].id for h in idx.search(queries, 1)]
         assert top == [rows[i]["id"] for i in (3, 150, 299)], index_type
         assert verify(root) == [], index_type
@@ -199,7 +205,7 @@ def test_index_types_build_and_find_exact_matches(tmp_path, small_corpus, encode
 
 
 def _committed_chunks(root: Path) -> int:
-    for db in (root / "staging").glob("*/docs.sqlite"):
+    for db in (root / "staging").glob("*/build.sqlite"):
         try:
             conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=0.1)
             row = conn.execute("SELECT value FROM build_state WHERE key='chunks'").fetchone()
@@ -253,7 +259,7 @@ def test_killed_build_leaves_current_usable_and_resume_continues(tmp_path, small
     assert IndexRoot(root).current_version() == "v000002"
     assert verify(root) == []
     idx = SearchIndex.load(root)
-    assert sorted(str(d.id) for d in idx.docs.iter_docs()) == sorted(r["id"] for r in sample_rows(900))
-    ids = np.load(idx.directory / "ids.npy")
+    assert sorted(str(d.id) for d in idx.iter_docs()) == sorted(r["id"] for r in sample_rows(900))
+    ids = np.load(idx.segments[0].directory / "ids.npy")
     np.testing.assert_array_equal(ids, np.arange(900))
     assert not (root / "staging").exists()

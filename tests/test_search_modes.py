@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import sqlite3
 from collections import Counter
 from typing import Any
 
@@ -19,13 +20,12 @@ from conftest import write_jsonl
 
 from indexer.pipeline import BuildOptions, run_build, run_delete
 from semsearch.errors import InvalidInputError
-from semsearch.filters import compile_filter, matching_iids
+from semsearch.filters import compile_filter
 from semsearch.index import SearchIndex
-from semsearch.lexical import STOPWORDS, bm25_search, fts_query, query_terms
+from semsearch.lexical import STOPWORDS, query_terms
 from semsearch.manifest import Manifest
 from semsearch.search import DEFAULT_MODE, HybridParams, search
-from semsearch.store import DOCS_DB, FTS_SCHEMA, DocStore, connect
-from semsearch.vector_index import VectorIndex
+from semsearch.segment import Segment, SegmentView, write_segment
 
 # Words whose Porter stems are distinct and equal to themselves modulo a bijection, so a Python
 # BM25 over the raw words equals FTS5's over the stems.
@@ -83,17 +83,14 @@ def synth(tmp_path_factory: pytest.TempPathFactory) -> tuple[SearchIndex, np.nda
     vecs = rng.standard_normal((N_DOCS, DIM)).astype(np.float32)
     vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
     iids = np.arange(N_DOCS, dtype=np.int64) * 3 + 5  # ids are not row positions
-    conn = connect(directory / DOCS_DB)
-    with conn:
-        conn.executemany(
-            "INSERT INTO docs(iid, ext_id, id_is_int, text, metadata) VALUES (?, ?, 0, ?, ?)",
-            [(int(i), f"doc{n}", t, json.dumps(m)) for n, (i, t, m) in enumerate(zip(iids, texts, metas, strict=True))],
-        )
-        conn.executescript(FTS_SCHEMA)
-        conn.execute("INSERT INTO docs_fts(docs_fts) VALUES ('rebuild')")
-    conn.execute("PRAGMA journal_mode=DELETE")
-    conn.close()
-    vi = VectorIndex.build(vecs, iids, "flat")
+    rows = [(int(i), f"doc{n}", t, json.dumps(m)) for n, (i, t, m) in enumerate(zip(iids, texts, metas, strict=True))]
+
+    def fill(conn: sqlite3.Connection) -> None:
+        conn.executemany("INSERT INTO docs(iid, ext_id, id_is_int, text, metadata) VALUES (?, ?, 0, ?, ?)", rows)
+
+    seg_dir, meta = write_segment(
+        directory, "s1", iids, vecs, fill, index_type="flat", index_params={}, model_fingerprint="0", origin={}
+    )
     manifest = Manifest(
         model="synthetic",
         model_fingerprint="0",
@@ -104,9 +101,9 @@ def synth(tmp_path_factory: pytest.TempPathFactory) -> tuple[SearchIndex, np.nda
         index_type="flat",
         index_params={},
         count=N_DOCS,
-        corpus_checksum="",
+        corpus_checksum=meta.corpus_sum,
     )
-    idx = SearchIndex(directory, manifest, vi, DocStore(directory / DOCS_DB))
+    idx = SearchIndex(directory, manifest, [SegmentView(Segment.load(seg_dir), np.zeros(0, np.int64))])
     yield idx, vecs, texts, metas
     idx.close()
 
@@ -195,7 +192,7 @@ FILTERS: list[dict[str, Any]] = [
 @pytest.mark.parametrize("spec", FILTERS, ids=lambda s: json.dumps(s))
 def test_filter_matches_python_reference(synth, spec) -> None:
     idx, _, _, metas = synth
-    got = matching_iids(idx.docs.conn, compile_filter(spec))
+    got = idx.matching_iids(compile_filter(spec))
     expected = np.array([5 + 3 * i for i, m in enumerate(metas) if _matches(m, spec)], dtype=np.int64)
     np.testing.assert_array_equal(got, expected)
 
@@ -236,7 +233,7 @@ def test_lexical_is_bm25_top_k_among_matching_rows(synth, spec) -> None:
         assert all(h.lexical_score == h.score for h in hits)
         np.testing.assert_allclose(
             [h.dense_score for h in hits],
-            [float(idx.vectors.exact_scores(q[qi : qi + 1], np.array([[h.iid]]))[0, 0]) for h in hits],
+            [float(idx.exact_scores(q[qi : qi + 1], np.array([[h.iid]]))[0, 0]) for h in hits],
             rtol=1e-5,
         )
 
@@ -380,8 +377,8 @@ def test_argument_validation(synth) -> None:
         ("", None),
     ],
 )
-def test_fts_query_is_quoted_terms(text, expected) -> None:
-    assert fts_query(text) == expected
+def test_query_terms_are_plain_words(text, expected) -> None:
+    assert query_terms(text) == ([t.strip('"') for t in expected.split(" OR ")] if expected else [])
 
 
 def test_stopwords_are_lucenes() -> None:
@@ -427,7 +424,7 @@ def test_hostile_lexical_queries_never_raise(small_index, text) -> None:
     try:
         hits = search(idx, [text], None, 5, "lexical")[0]
         assert len(hits) <= 5
-        if fts_query(text) is None:
+        if not query_terms(text):
             assert hits == []
     finally:
         idx.close()
@@ -439,7 +436,7 @@ def test_hostile_lexical_queries_never_raise(small_index, text) -> None:
 def test_real_index_modes_agree_on_an_exact_gloss(small_index, encoder) -> None:
     idx = SearchIndex.load(small_index)
     try:
-        target = next(d for d in idx.docs.iter_docs() if len(d.text.split()) > 6)
+        target = next(d for d in idx.iter_docs() if len(d.text.split()) > 6)
         vec = encoder.encode([target.text])
         for mode in ("dense", "lexical", "hybrid"):
             hits = search(idx, [target.text], vec, 5, mode)[0]  # type: ignore[arg-type]
@@ -486,7 +483,7 @@ def test_lexical_index_follows_add_delete_and_versions(tmp_path, small_index, en
     old = SearchIndex.load(root / "versions" / "v000002")
     try:
         assert [h.id for h in search(old, ["zyzzyva"], None, 5, "lexical")[0]] == ["z1"]
-        n_fts = old.docs.conn.execute("SELECT COUNT(*) FROM docs_fts").fetchone()[0]
+        n_fts = sum(seg.docs.conn.execute("SELECT COUNT(*) FROM docs_fts").fetchone()[0] for seg in old.segments)
         assert n_fts == old.count == 302
     finally:
         old.close()
@@ -494,6 +491,6 @@ def test_lexical_index_follows_add_delete_and_versions(tmp_path, small_index, en
     try:
         hits = search(cur, ["zyzzyva weevil quokka"], encoder.encode(["zyzzyva weevil quokka"]), 5, "hybrid")[0]
         assert "z1" not in {h.id for h in hits} and hits[0].id == "z2"
-        assert bm25_search(cur.docs.conn, "zyzzyva", 5)[1].size == 0
+        assert cur.lexical("zyzzyva")[0].size == 0
     finally:
         cur.close()

@@ -50,7 +50,7 @@ def test_recall_against_exact(data, index_type, minimum):
 
 def test_binary_with_rescoring_on_real_embeddings(small_index):
     """Sign bits of real 384-d sentence embeddings + exact rescoring keep most of exact search's top-10."""
-    vectors = np.load(next(small_index.glob("versions/*/vectors.npy")))
+    vectors = np.load(next(small_index.glob("segments/*/vectors.npy")))
     corpus, queries = vectors[:250], vectors[250:]
     ids = np.arange(250, dtype=np.int64) * 3
     _, truth = VectorIndex.build(corpus, ids, "flat").search(queries, 10)

@@ -22,18 +22,39 @@ def _version(root: Path) -> Path:
     return root / "versions" / "v000001"
 
 
+def _segment(root: Path) -> Path:
+    (seg,) = (root / "segments").iterdir()
+    return seg
+
+
 def _drop_file(d: Path) -> None:
     (d / "index.faiss").unlink()
 
 
+def _edit_json(path: Path, **changes: object) -> None:
+    m = json.loads(path.read_text())
+    m.update(changes)
+    path.write_text(json.dumps(m))
+
+
 def _manifest_count(d: Path) -> None:
-    m = json.loads((d / "manifest.json").read_text())
-    m["count"] += 1
-    (d / "manifest.json").write_text(json.dumps(m))
+    _edit_json(d / "manifest.json", count=301)
+
+
+def _manifest_model(d: Path) -> None:
+    _edit_json(d / "manifest.json", model="some/other-model")
 
 
 def _manifest_garbage(d: Path) -> None:
     (d / "manifest.json").write_text("{ not json")
+
+
+def _segment_count(d: Path) -> None:
+    _edit_json(d / "segment.json", count=301)
+
+
+def _segment_missing(d: Path) -> None:
+    shutil.rmtree(d)
 
 
 def _sqlite_row_deleted(d: Path) -> None:
@@ -65,25 +86,29 @@ def _ids_shifted(d: Path) -> None:
     np.save(d / "ids.npy", ids + 1000)
 
 
-CORRUPTIONS: dict[str, tuple[Callable[[Path], None], str]] = {
-    "missing file": (_drop_file, "index.faiss is missing"),
-    "manifest count": (_manifest_count, "vectors.npy has shape (300, 384), manifest says (301, 384)"),
-    "manifest not json": (_manifest_garbage, "manifest.json is not valid JSON"),
-    "sqlite row deleted": (_sqlite_row_deleted, "SQLite holds 299 sentences, manifest says 300"),
-    "sqlite text changed": (_sqlite_text_changed, "corpus checksum"),
-    "vector flipped": (_vector_bytes_flipped, "vectors.npy: sha256"),
-    "faiss garbage": (_faiss_garbage, "not a readable FAISS index"),
-    "ids shifted": (_ids_shifted, "FAISS ids and SQLite ids differ"),
+# (corruption, where it is applied: the version directory or the segment, what verify must say)
+CORRUPTIONS: dict[str, tuple[Callable[[Path], None], str, str]] = {
+    "manifest count": (_manifest_count, "version", "its checksum does not match its fields"),
+    "manifest model edited": (_manifest_model, "version", "its checksum does not match its fields"),
+    "manifest not json": (_manifest_garbage, "version", "manifest.json is not valid JSON"),
+    "segment manifest edited": (_segment_count, "segment", "segment.json differs from the version's record"),
+    "segment missing": (_segment_missing, "segment", "is missing"),
+    "missing file": (_drop_file, "segment", "index.faiss is missing"),
+    "sqlite row deleted": (_sqlite_row_deleted, "segment", "SQLite holds 299 sentences, manifest says 300"),
+    "sqlite text changed": (_sqlite_text_changed, "segment", "corpus checksum"),
+    "vector flipped": (_vector_bytes_flipped, "segment", "vectors.npy: sha256"),
+    "faiss garbage": (_faiss_garbage, "segment", "not a readable FAISS index"),
+    "ids shifted": (_ids_shifted, "segment", "ids.npy spans 1000..1299, manifest says 0..299"),
 }
 
 
 @pytest.mark.parametrize("name", list(CORRUPTIONS))
 def test_verify_catches(tmp_path, small_index, name):
-    corrupt, expected = CORRUPTIONS[name]
+    corrupt, where, expected = CORRUPTIONS[name]
     root = tmp_path / "idx"
     shutil.copytree(small_index, root, symlinks=True)
     assert verify(root) == []
-    corrupt(_version(root))
+    corrupt(_version(root) if where == "version" else _segment(root))
     problems = verify(root)
     assert any(expected in p for p in problems), problems
 
@@ -91,8 +116,11 @@ def test_verify_catches(tmp_path, small_index, name):
 def test_load_refuses_a_structurally_broken_version(tmp_path, small_index):
     root = tmp_path / "idx"
     shutil.copytree(small_index, root, symlinks=True)
-    _manifest_count(_version(root))
-    with pytest.raises(CorruptIndexError, match="failed verification"):
+    (_segment(root) / "ids.npy").unlink()
+    with pytest.raises(CorruptIndexError, match=r"failed verification: ids\.npy is missing"):
+        SearchIndex.load(root)
+    _manifest_model(_version(root))
+    with pytest.raises(CorruptIndexError, match="checksum does not match"):
         SearchIndex.load(root)
 
 
@@ -102,7 +130,8 @@ def test_cli_verify_exit_codes(tmp_path, small_index):
     cmd = [sys.executable, "-m", "indexer", "verify", "--index", str(root)]
     ok = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
     assert ok.returncode == 0 and "OK" in ok.stdout
-    _sqlite_row_deleted(_version(root))
+    _sqlite_row_deleted(_segment(root))
     bad = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
     assert bad.returncode == 1
-    assert "FAIL: SQLite holds 299 sentences, manifest says 300" in bad.stderr
+    assert "SQLite holds 299 sentences, manifest says 300" in bad.stderr
+    assert all(line.startswith("FAIL: segment ") for line in bad.stderr.splitlines())

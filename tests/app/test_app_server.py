@@ -21,6 +21,7 @@ import pytest
 
 from indexer.pipeline import BuildOptions, run_build, run_delete
 from semsearch.layout import IndexRoot
+from semsearch.manifest import Manifest
 
 pytest_plugins = ["app_fixtures"]
 
@@ -250,9 +251,16 @@ def test_corrupt_version_is_refused_and_the_old_one_keeps_serving(
 ) -> None:
     root = IndexRoot(reload_root)
     serving = root.current_version()
+    # a new version whose segment's SQLite store is garbage (a copy of the served segment, corrupted)
+    manifest = Manifest.read(root.versions_dir / str(serving))
+    bad_segment = root.segments_dir / "s-corrupt-copy"
+    shutil.copytree(root.segments_dir / manifest.segments[0]["name"], bad_segment)
+    (bad_segment / "docs.sqlite").write_bytes(b"this is not a SQLite database" * 100)
     bad = root.versions_dir / root.next_version()
     shutil.copytree(root.versions_dir / str(serving), bad)
-    (bad / "docs.sqlite").write_bytes(b"this is not a SQLite database" * 100)
+    manifest.segments = [{**manifest.segments[0], "name": bad_segment.name}, *manifest.segments[1:]]
+    manifest.version = bad.name
+    manifest.write(bad)
     tmp_link = reload_root / ".current.test"
     os.symlink(f"versions/{bad.name}", tmp_link)
     os.replace(tmp_link, reload_root / "current")  # the atomic switch a buggy writer could make

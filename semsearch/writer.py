@@ -1,0 +1,625 @@
+"""The index writer: every change to an index goes through one :class:`IndexWriter` operation.
+
+An operation (build, add, delete, merge, upgrade) starts from the current version (its *base*),
+stages what it creates under ``staging/<operation>/`` and ends with :meth:`IndexWriter.commit`,
+which publishes a new version atomically. What each costs is its own size:
+
+* **add/build** write new segments only: rows are committed chunk by chunk into the staging
+  database ``build.sqlite`` (rows of the open segment, rejects, tombstones and the resume state in
+  one transaction, vectors in a chunk file renamed into place first), and the open segment is
+  sealed into an immutable segment every ``segment_rows`` rows and at commit. An id that is
+  already live (in the base or an earlier segment of this operation) is tombstoned (upsert) or
+  refused (``on_duplicate="error"``).
+* **delete** writes only tombstones.
+* **merge** (compaction) rewrites the live rows of some segments into one and drops their
+  tombstones; the content of the version does not change.
+
+Nothing in ``staging/`` is ever read by a reader, and :meth:`IndexRoot.publish` moves segments and
+the version into place before switching ``current``, so kill -9 at any point leaves the previous
+version current and loadable; ``--resume`` continues a build/add from its last committed chunk.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import logging
+import shutil
+import sqlite3
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from semsearch.errors import DiskFullError, DuplicateIdError, InvalidInputError, SemsearchError
+from semsearch.format import (
+    DOCS_DB,
+    TOMBSTONES_FILE,
+    file_sha256,
+    hex_sum,
+    row_hash,
+    save_npy_atomic,
+    sum_hex,
+)
+from semsearch.layout import IndexRoot
+from semsearch.manifest import Manifest, SegmentManifest
+from semsearch.segment import link_legacy_segment, write_segment
+from semsearch.store import COLUMNS, STAGING_SCHEMA, Record, connect
+from semsearch.vector_index import auto_index_type, resolve_params
+
+log = logging.getLogger(__name__)
+
+OnDuplicate = Literal["error", "keep-last"]
+STAGING_DB = "build.sqlite"
+CHUNKS = "chunks"
+NEW_SEGMENTS = "segments"
+NEW_VERSION = "version"
+DEFAULT_SEGMENT_ROWS = 1_000_000
+
+_INSERT = f"INSERT INTO docs({COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?)"
+
+
+def new_segment_name() -> str:
+    """Unique and time-ordered: operations never collide, even an interrupted one resumed later."""
+    return f"s{time.strftime('%Y%m%d%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:8]}"
+
+
+@dataclass
+class SegmentRef:
+    """A segment as a version lists it."""
+
+    name: str
+    directory: Path
+    meta: SegmentManifest
+
+
+@dataclass
+class BaseVersion:
+    """The version an operation starts from: its manifest, segments and tombstones."""
+
+    directory: Path
+    manifest: Manifest
+    segments: list[SegmentRef]
+    tombstones: np.ndarray
+    _conns: dict[str, sqlite3.Connection] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def read(cls, root: IndexRoot) -> BaseVersion | None:
+        if root.current_version() is None:
+            return None
+        directory = root.resolve()
+        manifest = Manifest.read(directory)
+        if manifest.legacy:
+            raise InvalidInputError(f"internal: {directory} is a format-1 version; upgrade it first")
+        segments = [
+            SegmentRef(s["name"], root.segments_dir / s["name"], SegmentManifest.read(root.segments_dir / s["name"]))
+            for s in manifest.segments
+        ]
+        tomb_path = directory / TOMBSTONES_FILE
+        tombstones = np.load(tomb_path) if tomb_path.is_file() else np.zeros(0, np.int64)
+        return cls(directory, manifest, segments, np.asarray(tombstones, dtype=np.int64))
+
+    def conn(self, ref: SegmentRef) -> sqlite3.Connection:
+        if ref.name not in self._conns:
+            self._conns[ref.name] = connect(ref.directory / DOCS_DB, readonly=True)
+        return self._conns[ref.name]
+
+    def close(self) -> None:
+        for c in self._conns.values():
+            c.close()
+        self._conns.clear()
+
+
+def _chunked(values: Sequence[Any], size: int = 900) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(values), size):
+        yield values[start : start + size]
+
+
+def _row_values(iid: int, rec: Record) -> tuple[Any, ...]:
+    ext_id = rec.ext_id if rec.ext_id is not None else iid
+    return (
+        iid,
+        str(ext_id),
+        isinstance(ext_id, int),
+        rec.text,
+        rec.doc_id,
+        rec.start,
+        rec.end,
+        rec.source,
+        json.dumps(rec.metadata, ensure_ascii=False, sort_keys=True),
+    )
+
+
+def is_disk_full(error: BaseException) -> bool:
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    return isinstance(error, sqlite3.OperationalError) and "disk is full" in str(error)
+
+
+class IndexWriter:
+    """One write operation on an index root; the caller holds :meth:`IndexRoot.lock`."""
+
+    def __init__(
+        self,
+        root: IndexRoot,
+        op: str,
+        encoder_meta: dict[str, Any],
+        index_request: dict[str, Any],
+        *,
+        resume: bool = False,
+        segment_rows: int = DEFAULT_SEGMENT_ROWS,
+        base: BaseVersion | None = None,
+    ) -> None:
+        self.root = root
+        self.op = op
+        self.encoder_meta = encoder_meta
+        self.index_request = {"type": index_request.get("type", "flat"), "params": index_request.get("params", {})}
+        self.segment_rows = segment_rows
+        self.base = base
+        self.dir = root.staging_dir / op
+        fresh_state: dict[str, Any] = {
+            "base_version": base.manifest.version if base else None,
+            "consumed": 0,
+            "next_iid": base.manifest.next_iid if base else 0,
+            "chunks": 0,
+            "open_first_chunk": 0,
+            "rejects": 0,
+            "sealed": [],
+            "tomb_sum": "0",
+            "merged_away": [],
+        }
+        if self.dir.exists() and resume:
+            self.db = connect(self.dir / STAGING_DB, schema=STAGING_SCHEMA)
+            if self.state().get("base_version", fresh_state["base_version"]) != fresh_state["base_version"]:
+                log.warning("--resume: the index changed since the interrupted run; starting from the beginning")
+                self.db.close()
+                shutil.rmtree(self.dir)
+        elif self.dir.exists():
+            log.info("discarding an unfinished run at %s (pass --resume to continue it)", self.dir)
+            shutil.rmtree(self.dir)
+        elif resume:
+            log.warning("--resume: no checkpoint for these inputs and options; starting from the beginning")
+        if not self.dir.exists():
+            (self.dir / CHUNKS).mkdir(parents=True)
+            (self.dir / NEW_SEGMENTS).mkdir()
+            self.db = connect(self.dir / STAGING_DB, schema=STAGING_SCHEMA)
+            with self.db:
+                self._set_state(**fresh_state)
+        state = self.state()
+        for key, value in fresh_state.items():
+            state.setdefault(key, value)
+        self._state = state
+        self._sealed_conns: dict[str, sqlite3.Connection] = {}
+        self._clean_uncommitted()
+
+    # ------------------------------------------------------------------------------------ state
+
+    def state(self) -> dict[str, Any]:
+        return {k: json.loads(v) for k, v in self.db.execute("SELECT key, value FROM build_state")}
+
+    def _set_state(self, **values: Any) -> None:
+        self.db.executemany(
+            "INSERT OR REPLACE INTO build_state(key, value) VALUES (?, ?)",
+            [(k, json.dumps(v)) for k, v in values.items()],
+        )
+        if hasattr(self, "_state"):
+            self._state.update(values)
+
+    @property
+    def consumed(self) -> int:
+        """Input items (rows and rejects) committed so far: what ``--resume`` skips."""
+        return int(self._state["consumed"])
+
+    @property
+    def rejects(self) -> int:
+        return int(self._state["rejects"])
+
+    def _clean_uncommitted(self) -> None:
+        """After a crash: drop chunk files past the last commit and segments no commit recorded."""
+        first, last = self._state["open_first_chunk"], self._state["chunks"]
+        for f in (self.dir / CHUNKS).glob("*.npy"):
+            n = int(f.name.split(".")[0])
+            if not first <= n < last:
+                f.unlink()
+        sealed = set(self._state["sealed"])
+        for seg in (self.dir / NEW_SEGMENTS).iterdir():
+            if seg.name not in sealed:
+                shutil.rmtree(seg)
+
+    # ------------------------------------------------------------------------------------ rows
+
+    def _live_lookup(self, ext_ids: list[str]) -> dict[str, tuple[int, sqlite3.Connection]]:
+        """Live rows with these user ids in the base and in this operation's sealed segments."""
+        dead = set(self.base.tombstones.tolist()) if self.base else set()
+        dead.update(r[0] for r in self.db.execute("SELECT iid FROM tombstones"))
+        sources: list[sqlite3.Connection] = []
+        if self.base is not None:
+            sources += [self.base.conn(ref) for ref in self.base.segments if ref.name not in self._merged_away]
+        sources += [self._sealed_conn(name) for name in self._state["sealed"]]
+        found: dict[str, tuple[int, sqlite3.Connection]] = {}
+        for conn in sources:
+            for part in _chunked(ext_ids):
+                marks = ",".join("?" * len(part))
+                for ext_id, iid in conn.execute(f"SELECT ext_id, iid FROM docs WHERE ext_id IN ({marks})", list(part)):
+                    if iid not in dead:
+                        found[ext_id] = (iid, conn)
+        return found
+
+    @property
+    def _merged_away(self) -> set[str]:
+        return set(self._state["merged_away"])
+
+    def _sealed_conn(self, name: str) -> sqlite3.Connection:
+        if name not in self._sealed_conns:
+            self._sealed_conns[name] = connect(self.dir / NEW_SEGMENTS / name / DOCS_DB, readonly=True)
+        return self._sealed_conns[name]
+
+    def _tombstone(self, rows: list[tuple[int, sqlite3.Connection]]) -> int:
+        """Record tombstones for live rows of existing segments; returns the sum of their row hashes."""
+        total = 0
+        for iid, conn in rows:
+            ext_id, text, metadata = conn.execute(
+                "SELECT ext_id, text, metadata FROM docs WHERE iid = ?", (iid,)
+            ).fetchone()
+            total += row_hash(ext_id, text, metadata)
+        self.db.executemany("INSERT OR IGNORE INTO tombstones(iid) VALUES (?)", [(iid,) for iid, _ in rows])
+        return total
+
+    def add_chunk(
+        self,
+        records: Sequence[Record],
+        vectors: np.ndarray,
+        rejects: Sequence[Any],
+        consumed: int,
+        on_duplicate: OnDuplicate,
+    ) -> None:
+        """Commit one chunk: its rows and vectors, its rejects, upsert tombstones and ``consumed``
+        input items, atomically (the unit ``--resume`` restarts from)."""
+        next_iid, chunk_no = int(self._state["next_iid"]), int(self._state["chunks"])
+        iids = np.arange(next_iid, next_iid + len(records), dtype=np.int64)
+        if len(records):
+            save_npy_atomic(self.dir / CHUNKS / f"{chunk_no:06d}.vec.npy", np.asarray(vectors, dtype=np.float32))
+            save_npy_atomic(self.dir / CHUNKS / f"{chunk_no:06d}.ids.npy", iids)
+        values = [_row_values(int(i), r) for i, r in zip(iids.tolist(), records, strict=True)]
+        with self.db:
+            existing = self._live_lookup([v[1] for v in values])
+            upserted: dict[str, tuple[int, sqlite3.Connection]] = {}
+            for v, rec in zip(values, records, strict=True):
+                if v[1] in existing and v[1] not in upserted:
+                    if on_duplicate == "error":
+                        iid, conn = existing[v[1]]
+                        prev = conn.execute("SELECT source FROM docs WHERE iid = ?", (iid,)).fetchone()[0]
+                        raise DuplicateIdError(
+                            f"duplicate id {v[1]!r} at {rec.source}: already in the index (first seen at {prev}); "
+                            "use --on-duplicate keep-last to let the later row replace the earlier one",
+                            {"id": v[1], "source": rec.source, "previous": prev},
+                        )
+                    upserted[v[1]] = existing[v[1]]
+                self._insert_open(v, rec, on_duplicate)
+            tomb_sum = hex_sum(self._state["tomb_sum"]) + self._tombstone(list(upserted.values()))
+            self.db.executemany(
+                "INSERT INTO rejects(source, line, reason, raw) VALUES (?, ?, ?, ?)",
+                [(r.source, r.line, r.reason, r.raw) for r in rejects],
+            )
+            self._set_state(
+                next_iid=next_iid + len(records),
+                chunks=chunk_no + (1 if len(records) else 0),
+                consumed=self.consumed + consumed,
+                rejects=self.rejects + len(rejects),
+                tomb_sum=sum_hex(tomb_sum),
+            )
+        if self.open_rows() >= self.segment_rows:
+            self.seal()
+
+    def _insert_open(self, values: tuple[Any, ...], rec: Record, on_duplicate: OnDuplicate) -> None:
+        try:
+            self.db.execute(_INSERT, values)
+        except sqlite3.IntegrityError as e:
+            prev = self.db.execute("SELECT source FROM docs WHERE ext_id = ?", (values[1],)).fetchone()
+            if prev is None:
+                raise
+            if on_duplicate == "error":
+                raise DuplicateIdError(
+                    f"duplicate id {rec.ext_id!r} at {rec.source} (first seen at {prev[0]}); "
+                    "use --on-duplicate keep-last to let the later row replace the earlier one",
+                    {"id": rec.ext_id, "source": rec.source, "previous": prev[0]},
+                ) from e
+            self.db.execute("DELETE FROM docs WHERE ext_id = ?", (values[1],))
+            self.db.execute(_INSERT, values)
+
+    def open_rows(self) -> int:
+        return int(self.db.execute("SELECT COUNT(*) FROM docs").fetchone()[0])
+
+    def reject_rows(self, limit: int | None = None) -> list[tuple[str, int, str, str | None]]:
+        sql = "SELECT source, line, reason, raw FROM rejects ORDER BY n" + (f" LIMIT {int(limit)}" if limit else "")
+        return list(self.db.execute(sql))
+
+    # ------------------------------------------------------------------------------------ segments
+
+    def seal(self) -> str | None:
+        """Turn the open segment's committed rows into an immutable segment (None if it is empty)."""
+        if self.open_rows() == 0:
+            return None
+        first, last = int(self._state["open_first_chunk"]), int(self._state["chunks"])
+        live = np.fromiter((r[0] for r in self.db.execute("SELECT iid FROM docs ORDER BY iid")), dtype=np.int64)
+        dim = int(self.encoder_meta["dimension"])
+        gathered = np.lib.format.open_memmap(
+            self.dir / "gather.npy", mode="w+", dtype=np.float32, shape=(len(live), dim)
+        )
+        row = 0
+        for n in range(first, last):
+            ids = np.load(self.dir / CHUNKS / f"{n:06d}.ids.npy")
+            keep = np.isin(ids, live, assume_unique=True)
+            if keep.any():
+                vecs = np.load(self.dir / CHUNKS / f"{n:06d}.vec.npy", mmap_mode="r")
+                gathered[row : row + int(keep.sum())] = vecs[keep]
+                row += int(keep.sum())
+        if row != len(live):
+            raise InvalidInputError(f"internal: assembled {row} vectors for {len(live)} rows")
+        name = new_segment_name()
+        staging_db = str(self.dir / STAGING_DB)
+
+        def fill(conn: sqlite3.Connection) -> None:
+            conn.execute("ATTACH DATABASE ? AS staged", (staging_db,))
+            conn.execute(f"INSERT INTO docs({COLUMNS}) SELECT {COLUMNS} FROM staged.docs ORDER BY iid")
+
+        write_segment(
+            self.dir / NEW_SEGMENTS,
+            name,
+            live,
+            gathered,
+            fill,
+            index_type=self.index_request["type"],
+            index_params=self.index_request["params"],
+            model_fingerprint=self.encoder_meta["fingerprint"],
+            origin={"kind": self.op.split("-")[0], "operation": self.op},
+        )
+        del gathered
+        (self.dir / "gather.npy").unlink()
+        with self.db:
+            self.db.execute("DELETE FROM docs")
+            self._set_state(sealed=[*self._state["sealed"], name], open_first_chunk=last)
+        self._clean_uncommitted()
+        return name
+
+    def merge(self, names: Sequence[str]) -> str:
+        """Rewrite the live rows of these base segments into one new segment (drops their tombstones)."""
+        if self.base is None:
+            raise InvalidInputError("nothing to merge: the index is empty")
+        refs = {r.name: r for r in self.base.segments}
+        sources = [refs[n] for n in names]
+        dead = self.base.tombstones
+        live_parts = [ref_ids[~np.isin(ref_ids, dead)] for ref_ids in (_segment_ids(r) for r in sources)]
+        ids = np.sort(np.concatenate(live_parts)) if live_parts else np.zeros(0, np.int64)
+        if len(ids) == 0:  # every row deleted: the segments simply go away
+            with self.db:
+                self._set_state(merged_away=[*self._state["merged_away"], *names])
+            return ""
+        dim = int(self.encoder_meta["dimension"])
+        gathered = np.lib.format.open_memmap(
+            self.dir / "gather.npy", mode="w+", dtype=np.float32, shape=(len(ids), dim)
+        )
+        for ref, live_ids in zip(sources, live_parts, strict=True):
+            seg_ids = _segment_ids(ref)
+            vecs = np.load(ref.directory / "vectors.npy", mmap_mode="r")
+            rows = np.searchsorted(seg_ids, live_ids)
+            gathered[np.searchsorted(ids, live_ids)] = vecs[rows]
+        name = new_segment_name()
+
+        def fill(conn: sqlite3.Connection) -> None:
+            conn.execute("CREATE TEMP TABLE dead(iid INTEGER PRIMARY KEY)")
+            conn.executemany("INSERT INTO temp.dead VALUES (?)", [(int(i),) for i in dead])
+            for ref in sources:
+                conn.execute("ATTACH DATABASE ? AS src", (f"file:{ref.directory / DOCS_DB}?mode=ro",))
+                conn.execute(
+                    f"INSERT INTO docs({COLUMNS}) SELECT {COLUMNS} FROM src.docs "
+                    "WHERE iid NOT IN (SELECT iid FROM temp.dead) ORDER BY iid"
+                )
+                conn.commit()
+                conn.execute("DETACH DATABASE src")
+
+        write_segment(
+            self.dir / NEW_SEGMENTS,
+            name,
+            ids,
+            gathered,
+            fill,
+            index_type=self.index_request["type"],
+            index_params=self.index_request["params"],
+            model_fingerprint=self.encoder_meta["fingerprint"],
+            origin={"kind": "merge", "merged": list(names)},
+        )
+        del gathered
+        (self.dir / "gather.npy").unlink()
+        with self.db:
+            self._set_state(sealed=[*self._state["sealed"], name], merged_away=[*self._state["merged_away"], *names])
+        return name
+
+    def delete(self, ext_ids: Sequence[str]) -> list[str]:
+        """Tombstone the live rows with these user ids; returns the ids not found."""
+        with self.db:
+            found = self._live_lookup(list(dict.fromkeys(ext_ids)))
+            total = hex_sum(self._state["tomb_sum"]) + self._tombstone(list(found.values()))
+            self._set_state(tomb_sum=sum_hex(total))
+        return [i for i in ext_ids if i not in found]
+
+    def upgrade_legacy(self, version_dir: Path, manifest: Manifest) -> str:
+        """Stage a format-1 version's files as this operation's one segment (hard links)."""
+        name = new_segment_name()
+        link_legacy_segment(version_dir, manifest, self.dir / NEW_SEGMENTS, name)
+        with self.db:
+            self._set_state(sealed=[name], next_iid=self._legacy_next_iid(version_dir))
+        return name
+
+    @staticmethod
+    def _legacy_next_iid(version_dir: Path) -> int:
+        ids = np.load(version_dir / "ids.npy", mmap_mode="r")
+        return int(ids[-1]) + 1 if len(ids) else 0
+
+    # ------------------------------------------------------------------------------------ commit
+
+    def commit(self, build: dict[str, Any], parent: Manifest | None = None, corpus_base: str | None = None) -> Manifest:
+        """Seal what is open, write the version manifest (last) and publish; returns the manifest."""
+        self.seal()
+        sealed = list(self._state["sealed"])
+        merged_away = self._merged_away
+        entries: list[tuple[str, Path, SegmentManifest]] = []
+        if self.base is not None:
+            entries += [(r.name, r.directory, r.meta) for r in self.base.segments if r.name not in merged_away]
+        new_dirs = [self.dir / NEW_SEGMENTS / n for n in sealed]
+        entries += [(d.name, d, SegmentManifest.read(d)) for d in new_dirs]
+        op_tombs = np.fromiter((r[0] for r in self.db.execute("SELECT iid FROM tombstones")), dtype=np.int64)
+        base_tombs = self.base.tombstones if self.base is not None else np.zeros(0, np.int64)
+        tombs = np.union1d(base_tombs, op_tombs)
+        if merged_away and self.base is not None:  # their tombstones went away with them
+            gone = [_segment_ids(r) for r in self.base.segments if r.name in merged_away]
+            tombs = tombs[~np.isin(tombs, np.concatenate(gone))]
+        count = sum(m.count for _, _, m in entries) - len(tombs)
+        if count <= 0:
+            raise InvalidInputError("no sentences to index: every row was rejected, deleted or the input is empty")
+        base_sum = hex_sum(
+            corpus_base if corpus_base is not None else (self.base.manifest.corpus_checksum if self.base else "")
+        )
+        new_rows = sum(hex_sum(m.corpus_sum) for n, _, m in entries if n in sealed and m.origin.get("kind") != "merge")
+        corpus = base_sum + new_rows - hex_sum(self._state["tomb_sum"])
+        version_dir = self.dir / NEW_VERSION
+        shutil.rmtree(version_dir, ignore_errors=True)
+        version_dir.mkdir()
+        files: dict[str, str] = {}
+        if len(tombs):
+            save_npy_atomic(version_dir / TOMBSTONES_FILE, np.asarray(tombs, dtype=np.int64))
+            files[TOMBSTONES_FILE] = file_sha256(version_dir / TOMBSTONES_FILE)
+        requested = self.index_request["type"]
+        kind = auto_index_type(count) if requested == "auto" else requested
+        meta = self.encoder_meta
+        manifest = Manifest(
+            model=meta["model"],
+            model_fingerprint=meta["fingerprint"],
+            pooling=meta["pooling"],
+            backend=meta["backend"],
+            max_seq_length=meta["max_seq_length"],
+            dimension=int(meta["dimension"]),
+            index_type=kind,
+            index_params=resolve_params(kind, count, int(meta["dimension"]), self.index_request["params"]),
+            count=count,
+            corpus_checksum=sum_hex(corpus),
+            files=files,
+            version=self.root.next_version(),
+            parent_version=parent.version if parent else (self.base.manifest.version if self.base else None),
+            build=build,
+            segments=[
+                {"name": n, "count": m.count, "index_type": m.index_type, "sha256": file_sha256(d / "segment.json")}
+                for n, d, m in entries
+            ],
+            tombstones=len(tombs),
+            next_iid=int(self._state["next_iid"]),
+            index_request=self.index_request,
+        )
+        manifest.write(version_dir)
+        self.close()
+        self.root.publish(version_dir, [d for d in new_dirs])
+        shutil.rmtree(self.dir, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            self.root.staging_dir.rmdir()
+        self.root.collect_garbage()
+        return manifest
+
+    def close(self) -> None:
+        for c in self._sealed_conns.values():
+            c.close()
+        self._sealed_conns.clear()
+        with contextlib.suppress(sqlite3.Error):
+            self.db.close()
+        if self.base is not None:
+            self.base.close()
+
+    def abort(self) -> None:
+        """Throw the operation away (its staging directory goes; the index is untouched)."""
+        self.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            self.root.staging_dir.rmdir()
+
+
+def _segment_ids(ref: SegmentRef) -> np.ndarray:
+    return np.asarray(np.load(ref.directory / "ids.npy", mmap_mode="r"))
+
+
+@contextlib.contextmanager
+def disk_errors(root: IndexRoot, writer: IndexWriter | None = None) -> Iterator[None]:
+    """Turn "no space left" anywhere in a write into one clear error, after removing the staging."""
+    try:
+        yield
+    except SemsearchError:
+        raise
+    except (OSError, sqlite3.OperationalError) as e:
+        if not is_disk_full(e):
+            raise
+        if writer is not None:
+            writer.abort()
+        free = shutil.disk_usage(root.path).free if root.path.exists() else 0
+        raise DiskFullError(
+            f"the disk holding {root.path} is full ({free // (1 << 20)} MiB free): {e}; the unfinished "
+            "work was removed and the current version is untouched; free some space and run the command again",
+            {"path": str(root.path), "free_bytes": free},
+        ) from e
+
+
+def legacy_base_dir(root: IndexRoot) -> Path | None:
+    """The current version's directory if it is format 1 (needs :func:`upgrade` before writing)."""
+    if root.current_version() is None:
+        return None
+    directory = root.resolve()
+    return directory if Manifest.read(directory).legacy else None
+
+
+def upgrade(root: IndexRoot) -> Manifest | None:
+    """Convert the current format-1 version into a format-2 version of one segment (hard links,
+    no copy; the old version stays readable). None if it already is format 2."""
+    version_dir = legacy_base_dir(root)
+    if version_dir is None:
+        return None
+    old = Manifest.read(version_dir)
+    writer = IndexWriter(
+        root,
+        f"upgrade-{old.version}",
+        old.encoder_meta(),
+        {"type": old.index_type, "params": {}},
+    )
+    with disk_errors(root, writer):
+        writer.upgrade_legacy(version_dir, old)
+        return writer.commit({"kind": "upgrade", "from_format": 1}, parent=old, corpus_base="0")
+
+
+@dataclass(frozen=True)
+class MergePolicy:
+    """When ``add``/``delete`` merge segments (``--no-merge`` skips it; ``compact`` merges all).
+
+    * **Tiers by size**: a segment's tier is ``floor(log10(live rows))``; when a tier holds
+      ``merge_factor`` segments or more, they are merged into one (which lands a tier higher), so a
+      stream of small adds costs O(log n) rewrites per row, as Lucene's tiered policy does.
+    * **Deletes**: a segment whose tombstoned share exceeds ``max_deleted`` is rewritten without
+      them, so tombstones never cost more than that share of the scan.
+    """
+
+    merge_factor: int = 8
+    max_deleted: float = 0.2
+
+    def plan(self, segments: Sequence[tuple[str, int, int]]) -> list[str]:
+        """One group of segment names to merge now, from ``(name, rows, tombstoned rows)`` (empty: none)."""
+        tiers: dict[int, list[str]] = {}
+        heavy: list[str] = []
+        for name, rows, dead in segments:
+            live = rows - dead
+            if rows and dead / rows > self.max_deleted:
+                heavy.append(name)
+            tiers.setdefault(int(np.log10(max(live, 1))), []).append(name)
+        for tier in sorted(tiers):
+            if len(tiers[tier]) >= self.merge_factor:
+                return list(dict.fromkeys([*tiers[tier], *heavy]))
+        return heavy
