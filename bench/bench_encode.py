@@ -26,7 +26,6 @@ a subset, not the full 5,183-document corpus). A backend whose Spearman is more 
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 import time
@@ -37,6 +36,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as c
+
+from semsearch.evaluation import ndcg_at_k, spearman
 
 BACKENDS = ("sentence-transformers", "torch", "onnx", "onnx-int8")
 
@@ -75,22 +76,9 @@ def timed(runner: Runner, texts: list[str]) -> tuple[float, np.ndarray]:
     return time.perf_counter() - started, vecs
 
 
-def spearman(pred: np.ndarray, gold: np.ndarray) -> float:
-    from scipy.stats import spearmanr
-
-    return 100 * float(spearmanr(pred, gold).statistic)
-
-
 def ndcg10(doc_vecs: np.ndarray, doc_ids: list[str], q_vecs: np.ndarray, q_ids: list[str], qrels: Any) -> float:
-    scores = q_vecs @ doc_vecs.T
-    top = np.argsort(-scores, axis=1)[:, :10]
-    total = 0.0
-    for qi, q in enumerate(q_ids):
-        rels = qrels.get(q, {})
-        ideal = sorted((r for r in rels.values() if r > 0), reverse=True)[:10]
-        idcg = sum(r / math.log2(i + 2) for i, r in enumerate(ideal))
-        dcg = sum(max(rels.get(doc_ids[j], 0), 0) / math.log2(i + 2) for i, j in enumerate(top[qi]))
-        total += dcg / idcg if idcg > 0 else 0.0
+    top = np.argsort(-(q_vecs @ doc_vecs.T), axis=1)[:, :10]
+    total = sum(ndcg_at_k([doc_ids[j] for j in top[qi]], qrels.get(q, {}), 10) for qi, q in enumerate(q_ids))
     return 100 * total / len(q_ids)
 
 
@@ -160,7 +148,7 @@ def main() -> int:
         row["short_per_s"] = len(short) / min(row["short_s"])
         a = short_vecs[name][[pos[p[0]] for p in pairs]]
         b = short_vecs[name][[pos[p[1]] for p in pairs]]
-        row["stsb_dev_spearman"] = spearman(np.einsum("nd,nd->n", a, b), gold)
+        row["stsb_dev_spearman"] = 100 * spearman(np.einsum("nd,nd->n", a, b), gold)
         if doc_texts:
             seconds, dvecs = timed(runners[name], doc_texts)
             row["long_s"] = seconds

@@ -15,7 +15,9 @@ from typing import Annotated, Any
 
 import typer
 
-from indexer.options import BackendOpt, PoolingOpt
+from indexer.options import parse_params
+from semsearch.choices import IndexType
+from semsearch.encoder import Backend, Pooling
 from semsearch.errors import SemsearchError
 
 log = logging.getLogger("indexer")
@@ -27,17 +29,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-
-
-class IndexTypeOpt(StrEnum):
-    flat = "flat"
-    hnsw = "hnsw"
-    ivf = "ivf"
-    sq8 = "sq8"
-    pq = "pq"
-    hnsw_sq8 = "hnsw-sq8"
-    binary = "binary"
-    auto = "auto"
 
 
 class OnDuplicateOpt(StrEnum):
@@ -85,16 +76,6 @@ def _root(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug l
     _setup_logging(verbose)
 
 
-def _parse_params(values: list[str]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for v in values:
-        key, sep, val = v.partition("=")
-        if not sep:
-            raise typer.BadParameter(f"expected key=value, got {v!r}", param_hint="--index-param")
-        out[key.strip()] = val.strip()
-    return out
-
-
 def _emit(obj: dict[str, Any]) -> None:
     typer.echo(json.dumps(obj, indent=2, ensure_ascii=False, default=str))
 
@@ -106,20 +87,16 @@ def build(
     model: Annotated[
         str | None, typer.Option(help="Model: hub name or local folder. Default: packaged all-MiniLM-L6-v2.")
     ] = None,
-    pooling: Annotated[
-        PoolingOpt, typer.Option(help="Pooling of token outputs into a sentence vector.")
-    ] = PoolingOpt.mean,
+    pooling: Annotated[Pooling, typer.Option(help="Pooling of token outputs into a sentence vector.")] = "mean",
     backend: Annotated[
-        BackendOpt,
+        Backend,
         typer.Option(
             help="Inference backend for encoding, recorded in the manifest (the service encodes queries with it). "
             "onnx-int8: int8-quantised ONNX export, built once per model and cached, within the quality guard "
             "(docs/benchmarks.md); torch: the sentence-transformers reference."
         ),
-    ] = BackendOpt.onnx_int8,
-    index_type: Annotated[
-        IndexTypeOpt, typer.Option(help="FAISS index type; auto picks by corpus size.")
-    ] = IndexTypeOpt.flat,
+    ] = "onnx-int8",
+    index_type: Annotated[IndexType, typer.Option(help="FAISS index type; auto picks by corpus size.")] = "flat",
     index_param: Annotated[
         list[str] | None,
         typer.Option(help="Index parameter key=value (M, ef_construction, ef_search, nlist, nprobe, pq_m, rescore)."),
@@ -153,10 +130,10 @@ def build(
         inputs=input,
         output=output,
         model=model,
-        pooling=pooling.value,
-        backend=backend.value,
-        index_type=index_type.value,
-        index_params=_parse_params(index_param or []),
+        pooling=pooling,
+        backend=backend,
+        index_type=index_type,
+        index_params=parse_params(index_param or []),
         batch_size=batch_size,
         max_seq_length=max_seq_length,
         text_field=text_field,

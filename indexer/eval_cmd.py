@@ -14,19 +14,19 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
-from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, cast
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from indexer.options import BackendOpt, PoolingOpt
+from indexer.options import parse_params
+from semsearch.choices import FusionMethod, Mode
+from semsearch.encoder import Backend, Pooling
 
 if TYPE_CHECKING:
-    from semsearch.encoder import Pooling
     from semsearch.evaluation import BeirDataset, RetrievalReport
     from semsearch.index import SearchIndex
-    from semsearch.search import FusionMethod
+    from semsearch.search import HybridParams
 
 log = logging.getLogger(__name__)
 
@@ -34,18 +34,6 @@ eval_app = typer.Typer(
     help="Measure quality: retrieval metrics on BEIR-format data (beir), STS correlations (sts).",
     no_args_is_help=True,
 )
-
-
-class ModeOpt(StrEnum):
-    dense = "dense"
-    lexical = "lexical"
-    hybrid = "hybrid"
-
-
-class FusionOpt(StrEnum):
-    rrf = "rrf"
-    minmax = "minmax"
-    zscore = "zscore"
 
 
 def register(app: typer.Typer) -> None:
@@ -57,12 +45,12 @@ def build_beir_index(
     dataset: BeirDataset,
     index: Path,
     model: str | None = None,
-    pooling: str = "mean",
+    pooling: Pooling = "mean",
     index_type: str = "flat",
     index_params: dict[str, Any] | None = None,
     batch_size: int = 64,
     progress: bool = True,
-    backend: str = "torch",
+    backend: Backend = "torch",
 ) -> str:
     """Index a BEIR corpus (id = _id, text = title + " " + text, metadata = title); returns the version."""
     from indexer.pipeline import BuildOptions, run_build
@@ -81,8 +69,8 @@ def build_beir_index(
             inputs=[rows],
             output=index,
             model=model,
-            pooling=pooling,  # type: ignore[arg-type]
-            backend=backend,  # type: ignore[arg-type]
+            pooling=pooling,
+            backend=backend,
             index_type=index_type,
             index_params=dict(index_params or {}),
             batch_size=batch_size,
@@ -111,12 +99,12 @@ def beir(
     ] = False,
     rebuild: Annotated[bool, typer.Option("--rebuild", help="Build a new index version from the corpus.")] = False,
     model: Annotated[str | None, typer.Option(help="Model for --build (default: packaged all-MiniLM-L6-v2).")] = None,
-    pooling: Annotated[PoolingOpt, typer.Option(help="Pooling for --build.")] = PoolingOpt.mean,
-    backend: Annotated[BackendOpt, typer.Option(help="Encoder backend for --build.")] = BackendOpt.torch,
+    pooling: Annotated[Pooling, typer.Option(help="Pooling for --build.")] = "mean",
+    backend: Annotated[Backend, typer.Option(help="Encoder backend for --build.")] = "torch",
     index_type: Annotated[str, typer.Option(help="FAISS index type for --build (flat, hnsw, ivf, sq8, ...).")] = "flat",
     index_param: Annotated[list[str] | None, typer.Option(help="Index parameter key=value for --build.")] = None,
-    mode: Annotated[ModeOpt, typer.Option(help="Search mode.")] = ModeOpt.dense,
-    fusion: Annotated[FusionOpt | None, typer.Option(help="Hybrid fusion method (default: tuned).")] = None,
+    mode: Annotated[Mode, typer.Option(help="Search mode.")] = "dense",
+    fusion: Annotated[FusionMethod | None, typer.Option(help="Hybrid fusion method (default: tuned).")] = None,
     rrf_k: Annotated[int | None, typer.Option(min=0, help="Hybrid RRF rank constant (default: tuned).")] = None,
     depth: Annotated[int | None, typer.Option(min=1, help="Hybrid candidates per retriever (default: tuned).")] = None,
     weight: Annotated[
@@ -126,7 +114,7 @@ def beir(
         str | None, typer.Option("--filter", help='Metadata filter as JSON, e.g. {"year": 2020}.')
     ] = None,
     reranker: Annotated[Path | None, typer.Option(help="Cross-encoder folder: rerank the top --candidates.")] = None,
-    reranker_backend: Annotated[BackendOpt, typer.Option(help="Reranker inference backend.")] = BackendOpt.torch,
+    reranker_backend: Annotated[Backend, typer.Option(help="Reranker inference backend.")] = "torch",
     rerank_weight: Annotated[
         float | None,
         typer.Option(min=0.0, max=1.0, help="Retrieval-score weight in the rerank fusion (default: the model's)."),
@@ -141,25 +129,15 @@ def beir(
     progress: Annotated[bool, typer.Option(help="Progress bar while building.")] = True,
 ) -> None:
     """Retrieval metrics (nDCG@10, recall@10, recall@100, MRR@10) of an index on BEIR-format data."""
-    from dataclasses import replace
-
-    from indexer.cli import _parse_params
-    from semsearch.errors import InvalidInputError
     from semsearch.evaluation import load_beir
 
     dataset = load_beir(data, split)  # fail fast on bad data, before the heavy imports
-    filter_spec = None
-    if filter_json:
-        try:
-            filter_spec = json.loads(filter_json)
-        except json.JSONDecodeError as e:
-            raise InvalidInputError(f"--filter is not valid JSON: {e}") from e
+    filter_spec = _parse_filter(filter_json)
 
     from semsearch.encoder import Encoder
     from semsearch.evaluation import evaluate_retrieval
     from semsearch.index import SearchIndex
     from semsearch.layout import IndexRoot
-    from semsearch.search import DEFAULT_HYBRID
 
     has_version = IndexRoot(index).current_version() is not None or (index / "manifest.json").is_file()
     if rebuild or (build and not has_version):
@@ -167,39 +145,31 @@ def beir(
             dataset,
             index,
             model,
-            pooling.value,
+            pooling,
             index_type,
-            _parse_params(index_param or []),
+            parse_params(index_param or []),
             batch_size,
             progress,
-            backend.value,
+            backend,
         )
         log.info("built %s %s", index, version)
     elif build:
         log.info("--build: %s already has a version; evaluating it (pass --rebuild to build anew)", index)
-    params = DEFAULT_HYBRID
-    if fusion is not None:
-        params = replace(params, method=cast("FusionMethod", fusion.value))
-    if rrf_k is not None:
-        params = replace(params, rrf_k=rrf_k)
-    if depth is not None:
-        params = replace(params, depth=depth)
-    if weight is not None:
-        params = replace(params, weight=weight)
+    params = _hybrid_params(fusion, rrf_k, depth, weight)
     idx = SearchIndex.load(index)
     try:
         _check_coverage(idx, dataset)
-        encoder = None if mode is ModeOpt.lexical and reranker is None else Encoder.from_manifest(idx.manifest)
+        encoder = None if mode == "lexical" and reranker is None else Encoder.from_manifest(idx.manifest)
         rr = None
         if reranker is not None:
             from semsearch.rerank import Reranker
 
-            rr = Reranker(reranker, backend=reranker_backend.value, fusion_weight=rerank_weight)
+            rr = Reranker(reranker, backend=reranker_backend, fusion_weight=rerank_weight)
         report = evaluate_retrieval(
             idx,
             dataset,
             encoder,
-            mode.value,
+            mode,
             k,
             params,
             rr,
@@ -218,12 +188,36 @@ def beir(
     extra = f" + rerank {s['reranker']} (top {s['candidates']})" if reranker is not None else ""
     _print_table(
         f"{data.name} {split}: {report.result.queries} queries, {s['documents']} docs, "
-        f"mode {mode.value}{extra}, "
+        f"mode {mode}{extra}, "
         f"index {s['index_type']} ({s['model']}, {s['pooling']} pooling)",
         report.result.metrics,
     )
     for name, value in report.timings.items():
         typer.echo(f"  {name:<12} {value:.2f}")
+
+
+def _parse_filter(filter_json: str | None) -> dict[str, Any] | None:
+    from semsearch.errors import InvalidInputError
+
+    if not filter_json:
+        return None
+    try:
+        parsed: dict[str, Any] = json.loads(filter_json)
+    except json.JSONDecodeError as e:
+        raise InvalidInputError(f"--filter is not valid JSON: {e}") from e
+    return parsed
+
+
+def _hybrid_params(
+    fusion: FusionMethod | None, rrf_k: int | None, depth: int | None, weight: float | None
+) -> HybridParams:
+    """The tuned hybrid defaults with the given overrides."""
+    from dataclasses import replace
+
+    from semsearch.search import DEFAULT_HYBRID
+
+    given: dict[str, Any] = {"method": fusion, "rrf_k": rrf_k, "depth": depth, "weight": weight}
+    return replace(DEFAULT_HYBRID, **{name: value for name, value in given.items() if value is not None})
 
 
 def _check_coverage(idx: SearchIndex, dataset: BeirDataset) -> None:
@@ -253,9 +247,9 @@ def _write_per_query(path: Path, report: RetrievalReport) -> None:
 def sts(
     data: Annotated[list[Path], typer.Option(help="STS TSV file(s) with header sentence1, sentence2, score.")],
     model: Annotated[str | None, typer.Option(help="Bi-encoder (default: packaged all-MiniLM-L6-v2).")] = None,
-    pooling: Annotated[PoolingOpt, typer.Option(help="Pooling of token outputs.")] = PoolingOpt.mean,
+    pooling: Annotated[Pooling, typer.Option(help="Pooling of token outputs.")] = "mean",
     reranker: Annotated[Path | None, typer.Option(help="Cross-encoder folder: also correlate its scores.")] = None,
-    reranker_backend: Annotated[BackendOpt, typer.Option(help="Reranker inference backend.")] = BackendOpt.torch,
+    reranker_backend: Annotated[Backend, typer.Option(help="Reranker inference backend.")] = "torch",
     batch_size: Annotated[int, typer.Option(min=1, max=4096)] = 64,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
@@ -264,8 +258,8 @@ def sts(
     from semsearch.evaluation import evaluate_sts, read_sts
     from semsearch.rerank import Reranker
 
-    encoder = Encoder(model=model, pooling=cast("Pooling", pooling.value))
-    rr = Reranker(reranker, backend=reranker_backend.value) if reranker is not None else None
+    encoder = Encoder(model=model, pooling=pooling)
+    rr = Reranker(reranker, backend=reranker_backend) if reranker is not None else None
     reports = {}
     for path in data:
         report = evaluate_sts(read_sts(path), encoder, rr, batch_size)

@@ -95,7 +95,7 @@ def train_reranker(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output folder.")] = False,
 ) -> None:
     """Train a cross-encoder reranker (dev-split early stopping, deterministic seed, model card)."""
-    from semsearch.training import RelevanceExample, train_cross_encoder
+    from semsearch.training import RelevanceExample, TrainConfig, train_cross_encoder
 
     def grouped(path: Path | None) -> list[RelevanceExample]:
         if path is None:
@@ -112,7 +112,7 @@ def train_reranker(
         )
     if not scored and not examples:
         raise typer.BadParameter("give --scored and/or --relevance training data", param_hint="--scored")
-    result = train_cross_encoder(
+    config = TrainConfig(
         output_dir=output,
         scored=scored,
         relevance=examples or None,
@@ -135,6 +135,7 @@ def train_reranker(
         num_layers=num_layers,
         overwrite=overwrite,
     )
+    result = train_cross_encoder(config)
     typer.echo(
         f"reranker written to {result.output_dir} in {result.total_seconds / 60:.1f} min "
         f"(training {result.train_seconds / 60:.1f} min)"

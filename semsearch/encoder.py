@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any, Literal, cast, get_args
 
 import numpy as np
 
-from semsearch.errors import InvalidInputError, ModelLoadError, ModelMismatchError
+from semsearch.choices import check_choice
+from semsearch.errors import ModelLoadError, ModelMismatchError
 from semsearch.models import ResolvedModel, model_fingerprint, resolve_model
 
 if TYPE_CHECKING:
@@ -30,12 +31,6 @@ Pooling = Literal["mean", "cls"]
 Backend = Literal["torch", "onnx", "onnx-int8"]
 POOLINGS: tuple[str, ...] = get_args(Pooling)
 BACKENDS: tuple[str, ...] = get_args(Backend)
-
-
-def check_choice(value: str, choices: Sequence[str], what: str) -> None:
-    """Raise a clear error listing the valid values."""
-    if value not in choices:
-        raise InvalidInputError(f"unknown {what} {value!r}; choose one of: {', '.join(choices)}")
 
 
 @dataclass

@@ -313,18 +313,36 @@ def read_sts(path: str | Path) -> list[StsPair]:
     return read_scored_pairs(path)
 
 
+def spearman(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray) -> float:
+    """Spearman rank correlation of two equally long score lists; 0 when undefined (under two values,
+    constant input)."""
+    from scipy.stats import spearmanr
+
+    a, b = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    if len(a) < 2 or np.ptp(a) == 0 or np.ptp(b) == 0:
+        return 0.0
+    value = float(spearmanr(a, b).statistic)
+    return 0.0 if math.isnan(value) else value
+
+
+def pearson(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray) -> float:
+    """Pearson correlation of two equally long score lists; 0 when undefined (as :func:`spearman`)."""
+    from scipy.stats import pearsonr
+
+    a, b = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    if len(a) < 2 or np.ptp(a) == 0 or np.ptp(b) == 0:
+        return 0.0
+    value = float(pearsonr(a, b).statistic)
+    return 0.0 if math.isnan(value) else value
+
+
 def correlations(predicted: Sequence[float] | np.ndarray, gold: Sequence[float] | np.ndarray) -> dict[str, float]:
     """Spearman and Pearson correlation ×100."""
-    from scipy.stats import pearsonr, spearmanr
-
-    p = np.asarray(predicted, dtype=np.float64)
-    g = np.asarray(gold, dtype=np.float64)
-    if len(p) != len(g) or len(p) < 2:
-        raise InvalidInputError(f"need two equally long lists of at least 2 scores, got {len(p)} and {len(g)}")
-    return {
-        "spearman": 100 * float(spearmanr(p, g).statistic),
-        "pearson": 100 * float(pearsonr(p, g).statistic),
-    }
+    if len(predicted) != len(gold) or len(predicted) < 2:
+        raise InvalidInputError(
+            f"need two equally long lists of at least 2 scores, got {len(predicted)} and {len(gold)}"
+        )
+    return {"spearman": 100 * spearman(predicted, gold), "pearson": 100 * pearson(predicted, gold)}
 
 
 def evaluate_sts(

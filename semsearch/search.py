@@ -24,11 +24,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, get_args
 
 import numpy as np
 
-from semsearch.encoder import check_choice
+from semsearch.choices import FusionMethod, Mode, check_choice
 from semsearch.errors import InvalidInputError
 from semsearch.filters import compile_filter
 from semsearch.index import Hit, SearchIndex
@@ -39,10 +39,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-Mode = Literal["dense", "lexical", "hybrid"]
 MODES: tuple[str, ...] = get_args(Mode)
 DEFAULT_MODE: Mode = "dense"
-FusionMethod = Literal["rrf", "minmax", "zscore"]
 FUSION_METHODS: tuple[str, ...] = get_args(FusionMethod)
 MAX_DEPTH = 10_000
 

@@ -13,11 +13,12 @@ import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import faiss as _faiss
 import numpy as np
 
+from semsearch.choices import IndexType, check_choice
 from semsearch.errors import CorruptIndexError, InvalidInputError
 
 log = logging.getLogger(__name__)
@@ -30,7 +31,7 @@ INDEX_FILE = "index.faiss"
 VECTORS_FILE = "vectors.npy"
 IDS_FILE = "ids.npy"
 
-INDEX_TYPES = ("flat", "hnsw", "ivf", "sq8", "pq", "hnsw-sq8", "binary", "auto")
+INDEX_TYPES: tuple[str, ...] = get_args(IndexType)
 # Params a user may set with --index-param key=value, and their types.
 PARAM_TYPES: dict[str, type] = {
     "M": int,
@@ -65,8 +66,7 @@ def default_nlist(n: int) -> int:
 
 def resolve_params(index_type: str, n: int, dim: int, given: dict[str, Any] | None = None) -> dict[str, Any]:
     """Fill in defaults for an index type; unknown keys are an error that lists the valid ones."""
-    if index_type not in INDEX_TYPES:
-        raise InvalidInputError(f"unknown index type {index_type!r}; choose one of: {', '.join(INDEX_TYPES)}")
+    check_choice(index_type, INDEX_TYPES, "index type")
     given = dict(given or {})
     for key in given:
         if key not in PARAM_TYPES:

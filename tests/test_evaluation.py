@@ -18,10 +18,12 @@ from semsearch.evaluation import (
     mrr_at_k,
     ndcg_at_k,
     parse_metric,
+    pearson,
     ranking_from_scores,
     read_qrels,
     read_sts,
     recall_at_k,
+    spearman,
 )
 from semsearch.index import Hit
 
@@ -182,3 +184,15 @@ def test_correlations_times_100() -> None:
     assert correlations([1, 2, 3], [3, 2, 1])["spearman"] == pytest.approx(-100.0)
     with pytest.raises(InvalidInputError):
         correlations([1.0], [1.0])
+
+
+def test_spearman_and_pearson_on_hand_made_numbers_and_undefined_input() -> None:
+    # ranks of x: 1 3 2 4, of y: 1 2 3 4 -> d^2 = 0 1 1 0: rho = 1 - 6 * 2 / (4 * 15) = 0.8
+    assert spearman([0.1, 0.9, 0.4, 1.2], [1.0, 2.0, 3.0, 4.0]) == pytest.approx(0.8)
+    assert pearson([1.0, 2.0, 3.0], [2.0, 4.0, 7.0]) == pytest.approx(5 / math.sqrt(2 * 114 / 9))  # cov / (sd sd)
+    # undefined (a constant list, fewer than two values): 0, never NaN, so early stopping can compare it
+    for metric in (spearman, pearson):
+        assert metric([3.0, 3.0, 3.0], [1.0, 2.0, 3.0]) == 0.0
+        assert metric([1.0, 2.0], [5.0, 5.0]) == 0.0
+        assert metric([1.0], [2.0]) == 0.0
+    assert correlations([2.0, 2.0, 2.0], [1.0, 2.0, 3.0]) == {"spearman": 0.0, "pearson": 0.0}

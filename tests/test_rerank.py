@@ -12,6 +12,7 @@ import torch
 
 from semsearch import training
 from semsearch.errors import InvalidInputError, ModelLoadError
+from semsearch.readers import ScoredPair, read_scored_pairs
 from semsearch.rerank import (
     RERANKER_META_FILE,
     FeatureBackend,
@@ -25,11 +26,12 @@ from semsearch.rerank import (
 from semsearch.training import (
     EarlyStopping,
     RelevanceExample,
-    ScoredPair,
-    read_scored_pairs,
+    TrainConfig,
     train_cross_encoder,
     tune_fusion_weight,
 )
+from semsearch.training import evaluate as training_evaluate
+from semsearch.training.data import relevance_examples
 
 REPO = Path(__file__).resolve().parents[1]
 STSB = REPO / "data" / "stsb"
@@ -53,7 +55,7 @@ def stsb_slices() -> tuple[list[ScoredPair], list[ScoredPair]]:
 def _train(out: Path, train: list[ScoredPair], dev: list[ScoredPair], **kwargs: Any) -> training.TrainResult:
     options: dict[str, Any] = {"epochs": 1, "batch_size": 16, "seed": 7, "show_progress": False}
     options.update(kwargs)
-    return train_cross_encoder(output_dir=out, scored=train, dev=dev, **options)
+    return train_cross_encoder(TrainConfig(output_dir=out, scored=train, dev=dev, **options))
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +106,7 @@ def test_relevance_examples_drop_known_positives() -> None:
         calls.append((queries, k))
         return [["pos 1", "mined a", "given neg", "mined b"], [" pos 3", "mined c"]]
 
-    pairs, stats = training._relevance_examples(examples, miner, 5, 2)
+    pairs, stats = relevance_examples(examples, miner, 5, 2)
     assert calls == [(["q1", "q2"], 5)]
     assert [(p.text_a, p.text_b, p.label) for p in pairs] == [
         ("q1", "pos 1", 1.0),
@@ -372,7 +374,7 @@ def test_early_stopping_keeps_best_epoch(
         seen.append(training.predict_logits(model, probe))
         return next(scripted)
 
-    monkeypatch.setattr(training, "_evaluate_scored", fake_eval)
+    monkeypatch.setattr(training_evaluate, "scored_dev_metric", fake_eval)
     result = _train(tmp_path / "es", train[:32], dev, epochs=4, patience=1, fusion=False, learning_rate=1e-4)
     assert [h.dev_metric for h in result.history] == [0.5, 0.9, 0.7]
     assert result.best_epoch == 2 and result.best_dev_metric == 0.9 and result.stopped_early
@@ -451,3 +453,40 @@ def test_read_relevance_pairs_prepends_titles_and_names_bad_lines(tmp_path: Path
     bad.write_text('{"query": "q1", "text": "x"}\n{"text": "no query"}\n', encoding="utf-8")
     with pytest.raises(InvalidInputError, match=r"bad\.jsonl:2: not a JSON object with 'query' and 'text'"):
         read_relevance_pairs(bad, "query", "text")
+
+
+@pytest.mark.parametrize("no_sts_fusion", [["--no-fusion"], []], ids=["no-fusion", "no-dev"])
+def test_test_split_with_retrieval_weight_but_no_sts_fusion(
+    tmp_path: Path, stsb_slices: tuple[list[ScoredPair], list[ScoredPair]], no_sts_fusion: list[str]
+) -> None:
+    """--test with --retrieval-weight when no STS fusion is tuned (--no-fusion, or no --dev): the per-query
+    weight ships, the test split is reported without a fused score (no dev statistics to fuse with)."""
+    import subprocess
+    import sys
+
+    train, dev = stsb_slices
+
+    def tsv(name: str, pairs: list[ScoredPair]) -> str:
+        rows = "".join(f"{p.sentence1}\t{p.sentence2}\t{p.score}\n" for p in pairs)
+        (tmp_path / name).write_text("sentence1\tsentence2\tscore\n" + rows, encoding="utf-8")
+        return str(tmp_path / name)
+
+    out = tmp_path / "rr"
+    args = ["train-reranker", "--scored", tsv("train.tsv", train[:16]), "--test", tsv("test.tsv", dev[8:16])]
+    args += ["--dev", tsv("dev.tsv", dev[:8])] if no_sts_fusion else []
+    args += [*no_sts_fusion, "--retrieval-weight", "0.7", "--epochs", "1", "--batch-size", "8", "--output", str(out)]
+    res = subprocess.run([sys.executable, "-m", "indexer", *args], cwd=REPO, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "test both_orders_spearman" in res.stdout and "fusion_spearman" not in res.stdout
+    meta = json.loads((out / RERANKER_META_FILE).read_text(encoding="utf-8"))
+    assert meta["fusion"]["weight"] == 0.7 and meta["fusion"]["retrieval_weight"] == 0.7
+    assert "pairwise_stats" not in meta["fusion"]
+    assert set(meta["test_metrics"]) == {
+        "cosine_spearman",
+        "cross_encoder_spearman",
+        "both_orders_spearman",
+        "both_orders_pearson",
+    }
+    assert meta["data"]["test"]["rows"] == 8
+    rr = Reranker(out)
+    assert rr.fusion is not None and rr.fusion.list_weight == 0.7 and rr.fusion.pairwise_stats is None
