@@ -42,7 +42,9 @@ def openai_error(status: int, native: dict[str, Any]) -> dict[str, Any]:
     if isinstance(detail, dict) and isinstance(detail.get("param"), str):
         param = detail["param"]
     elif isinstance(detail, list) and detail and isinstance(detail[0], dict):
-        loc = [str(p) for p in detail[0].get("loc", ()) if p not in ("body", "query")]
+        loc = [str(p) for p in detail[0].get("loc", ())]
+        if loc and loc[0] in ("body", "query", "path"):  # where in the request, not which field
+            loc = loc[1:]
         param = ".".join(loc) or None
     kind = OPENAI_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
     return {"error": {"message": native.get("message", ""), "type": kind, "param": param, "code": native.get("code")}}

@@ -95,16 +95,18 @@ class _TokenCounter:
         return int(sum(min(len(ids), self.max_len) for ids in enc["input_ids"]))
 
 
-_counters: weakref.WeakKeyDictionary[Encoder, _TokenCounter] = weakref.WeakKeyDictionary()
+_counters: dict[int, tuple[weakref.ref[Encoder], _TokenCounter]] = {}
 _counters_lock = threading.Lock()
 
 
 def _count_tokens(encoder: Encoder, texts: Sequence[str]) -> int:
     with _counters_lock:
-        counter = _counters.get(encoder)
-        if counter is None:
-            counter = _counters[encoder] = _TokenCounter(encoder)
-    return counter.count(texts)
+        entry = _counters.get(id(encoder))
+        if entry is None or entry[0]() is not encoder:
+            for key in [k for k, (ref, _) in _counters.items() if ref() is None]:
+                del _counters[key]
+            entry = _counters[id(encoder)] = (weakref.ref(encoder), _TokenCounter(encoder))
+    return entry[1].count(texts)
 
 
 def _base64(vector: np.ndarray) -> str:
