@@ -5,7 +5,7 @@
 ...     hits = client.search("a large wild cat", k=3).results
 
 ``Client`` and ``AsyncClient`` have the same methods (``search``, ``search_batch``, ``embed``, ``rerank``,
-``info``, ``health``, ``ready``). A 429 or 503 answer is retried up to ``max_retries`` times, waiting what
+``info``, ``health``, ``ready``, ``reload``). A 429 or 503 answer is retried up to ``max_retries`` times, waiting what
 the server's ``Retry-After`` says (else an exponential backoff from ``backoff_s``, at most
 ``max_wait_s``); connection failures are retried the same way. Every other error raises a
 :class:`ServiceError` subclass that carries the server's ``status``, ``code``, ``message`` and ``detail``.
@@ -394,6 +394,11 @@ class Client(_Base):
         result: dict[str, Any] = self._send(_Call("GET", "/ready", _identity))
         return result
 
+    def reload(self) -> dict[str, Any]:
+        """``POST /admin/reload``: load the index's ``current`` version now (needs the API key)."""
+        result: dict[str, Any] = self._send(_Call("POST", "/admin/reload", _identity))
+        return result
+
 
 class AsyncClient(_Base):
     """Asynchronous client with the same methods as :class:`Client` (``await client.search(...)``)."""
@@ -496,4 +501,9 @@ class AsyncClient(_Base):
     async def ready(self) -> dict[str, Any]:
         """``GET /ready``."""
         result: dict[str, Any] = await self._send(_Call("GET", "/ready", _identity))
+        return result
+
+    async def reload(self) -> dict[str, Any]:
+        """``POST /admin/reload``."""
+        result: dict[str, Any] = await self._send(_Call("POST", "/admin/reload", _identity))
         return result

@@ -216,3 +216,10 @@ def test_compat_routes_are_in_the_metrics(cclient: TestClient) -> None:
     text = cclient.get("/metrics").text
     assert 'route="/v1/embeddings",status="200"' in text
     assert 'route="/v1/rerank",status="200"' in text
+
+
+def test_rerank_with_an_empty_text_still_fuses(cclient: TestClient) -> None:
+    """/rerank accepts empty texts (as before); their cosine comes from the encoder like any other."""
+    body = cclient.post("/rerank", json={"query": QUERY, "texts": ["", "a lion"]})
+    assert body.status_code == 200, body.text
+    assert body.json()["scoring"] == "fused_pairwise" and len(body.json()["results"]) == 2

@@ -245,7 +245,39 @@ def test_client_every_native_route(server: Any, http: httpx.Client) -> None:
     assert auth.value.status == 401 and auth.value.code == "unauthorized"
     with Client(server.url) as keyless, pytest.raises(AuthenticationError, match="missing API key"):
         keyless.info()
-    assert Client(server.url).health() == {"status": "ok"}  # public without a key
+    with Client(server.url) as public:
+        assert public.health() == {"status": "ok"}  # public without a key
+
+
+def test_async_client_every_native_route(server: Any, http: httpx.Client) -> None:
+    async def run() -> tuple[Any, ...]:
+        # seven concurrent requests against queues of one: some are answered 429 and retried
+        async with AsyncClient(server.url, api_key=server.key, timeout=60, max_retries=30) as client:
+            return await asyncio.gather(
+                client.health(),
+                client.ready(),
+                client.info(),
+                client.search(QUERY, k=3),
+                client.search_batch([QUERY, "to run fast"], k=2),
+                client.embed(TEXTS),
+                client.rerank(QUERY, TEXTS),
+            )
+
+    health, ready, info, found, batch, vectors, ranked = asyncio.run(run())
+    assert health == {"status": "ok"} and ready["status"] == "ready" and info["count"] > 0
+    raw = http.post("/search", json={"query": QUERY, "k": 3}).json()["results"]
+    assert [(h.id, h.text, h.score) for h in found.results] == [(r["id"], r["text"], r["score"]) for r in raw]
+    assert [len(row) for row in batch.results] == [2, 2]
+    np.testing.assert_allclose(vectors.embeddings, native_embeddings(http, TEXTS), atol=1e-6)
+    assert [h.index for h in ranked.results] == [r["index"] for r in native_rerank(http, TEXTS)]
+
+
+def test_client_admin_reload_needs_the_key(server: Any) -> None:
+    with Client(server.url, api_key=server.key) as client:
+        outcome = client.reload()
+    assert outcome["outcome"] == "unchanged" and outcome["version"] == "v000001"
+    with Client(server.url) as keyless, pytest.raises(AuthenticationError):
+        keyless.reload()
 
 
 def test_readme_client_snippet(server: Any, capsys: pytest.CaptureFixture[str]) -> None:
