@@ -16,9 +16,10 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.staticfiles import StaticFiles
 
+from app.compat_errors import CompatErrorMiddleware
 from app.errors import install_error_handlers
 from app.metrics import Metrics, MetricsMiddleware
-from app.routes import admin, embed, rerank, search, status, web
+from app.routes import admin, cohere_compat, embed, openai_compat, rerank, search, status, web
 from app.runtime import Runtime
 from app.security import ApiKeyMiddleware, BodyLimitMiddleware
 from app.serving import Services
@@ -28,7 +29,9 @@ from semsearch import __version__
 log = logging.getLogger(__name__)
 
 DESCRIPTION = """Semantic search over a semsearch index (sentence embeddings + FAISS), with optional
-cross-encoder reranking. Every error has the shape `{"error": {"code", "message", "detail"}}`.
+cross-encoder reranking. Every error has the shape `{"error": {"code", "message", "detail"}}`, except
+on the compatible routes (`/v1/...`, `/v2/...`: OpenAI embeddings and models, Cohere/Jina rerank), where it
+is OpenAI's `{"error": {"message", "type", "param", "code"}}`.
 When an API key is configured, send `Authorization: Bearer <key>`."""
 
 
@@ -54,12 +57,13 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
     app.state.metrics = metrics
     app.state.runtime = None
     install_error_handlers(app)
-    for module in (search, embed, rerank, status, admin, web):
+    for module in (search, embed, rerank, status, admin, web, openai_compat, cohere_compat):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=web.STATIC_DIR), name="static")
     # added innermost first: metrics sees everything, CORS answers preflights before the key check
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
     app.add_middleware(ApiKeyMiddleware, api_key=settings.api_key_bytes())
+    app.add_middleware(CompatErrorMiddleware)  # OpenAI's error shape on /v1, /v2 (auth and size errors too)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

@@ -54,6 +54,20 @@ class RerankRunner:
         scores: np.ndarray = await self._run(lambda: reranker.score(query, list(texts)))
         return scores
 
+    async def score_texts(
+        self, query: str, texts: Sequence[str], cosines: Sequence[float] | None, *, count_tokens: bool = False
+    ) -> tuple[np.ndarray, str, int]:
+        """``Reranker.score_texts`` (the card's score; ``cosines=None``: sigmoid) plus, when asked, the
+        tokens the cross-encoder read, in one job of the worker thread."""
+        reranker = self.require()
+
+        def work() -> tuple[np.ndarray, str, int]:
+            scores, kind = reranker.score_texts(query, list(texts), cosines)
+            return scores, kind, reranker.token_count(query, list(texts)) if count_tokens else 0
+
+        result: tuple[np.ndarray, str, int] = await self._run(work)
+        return result
+
     async def rerank(self, queries: Sequence[str], results: Sequence[Sequence[Hit]], k: int) -> list[list[Hit]]:
         """Each query's hits rescored (fused with their cosine when the reranker says so), top ``k``."""
         reranker = self.require()

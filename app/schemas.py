@@ -7,7 +7,7 @@ which raises a 422 in the same shape as a field error.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
@@ -108,6 +108,11 @@ class RerankRequest(_Request):
     query: NonBlank
     texts: list[str] = Field(min_length=1, description="Candidate texts (at most max_rerank_texts).")
     top_k: int | None = Field(None, ge=1, description="Return only the best top_k (default: all).")
+    raw_scores: bool = Field(
+        False,
+        description="Return the cross-encoder's own sigmoid(logit) instead of the score the reranker's card "
+        "defines (fused with the bi-encoder cosine when the card configures fusion).",
+    )
 
     def check_limits(self, s: Settings) -> None:
         check_text(["body", "query"], self.query, s.max_query_chars, "SEMSEARCH_MAX_QUERY_CHARS")
@@ -161,10 +166,18 @@ class RerankHit(BaseModel):
     score: float
 
 
+Scoring = Literal["fused_pairwise", "fused_per_query", "sigmoid"]
+
+
 class RerankResponse(BaseModel):
     results: list[RerankHit]
     took_ms: float
     model: str
+    scoring: Scoring = Field(
+        description="fused_pairwise: fused with the cosine using the card's stored statistics (each text scored "
+        "on its own); fused_per_query: fused with per-call z-scores (comparable within this call only); "
+        "sigmoid: the cross-encoder alone (raw_scores, or a reranker without fusion)."
+    )
 
 
 class Status(BaseModel):

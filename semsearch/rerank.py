@@ -369,6 +369,47 @@ class Reranker:
             return fuse(logits, cosine_scores, fusion.weight, fusion.pairwise_stats)
         return self.activate(logits.astype(np.float32)).astype(np.float64)
 
+    def score_texts(
+        self,
+        query: str,
+        texts: Sequence[str],
+        cosine_scores: Sequence[float] | None = None,
+        batch_size: int = 32,
+    ) -> tuple[np.ndarray, str]:
+        """The score this reranker's card defines for caller-supplied ``texts`` (the service's ``/rerank``).
+
+        Returns ``(scores, kind)``:
+
+        * ``"fused_pairwise"``: fusion with stored dev statistics and ``cosine_scores`` given: each
+          ``(query, text)`` scored as :meth:`score_pairs` does (both orders when trained symmetric, the
+          card's STS ``weight``), the product ``indexer eval sts`` measures; a text's score does not
+          depend on the other texts of the call;
+        * ``"fused_per_query"``: fusion without stored statistics: :meth:`score` with the cosines as
+          retrieval scores (per-call z-scores, as search reranking does; comparable only within a call);
+        * ``"sigmoid"``: no fusion configured or no ``cosine_scores``: ``sigmoid(logit)``.
+        """
+        fusion = self.fusion
+        if fusion is None or cosine_scores is None:
+            return self.score(query, texts, batch_size=batch_size), "sigmoid"
+        if fusion.pairwise_stats is not None:
+            pairs = [(query, t) for t in texts]
+            return self.score_pairs(pairs, cosine_scores=cosine_scores, batch_size=batch_size), "fused_pairwise"
+        return self.score(query, texts, retrieval_scores=cosine_scores, batch_size=batch_size), "fused_per_query"
+
+    def token_count(self, query: str, texts: Sequence[str]) -> int:
+        """Tokens the cross-encoder reads for ``(query, text)`` pairs (truncated at its ``max_length``)."""
+        if not texts:
+            return 0
+        tokenizer = self.cross_encoder.tokenizer
+        enc = tokenizer(
+            [query] * len(texts),
+            list(texts),
+            truncation=True,
+            max_length=self.cross_encoder.max_seq_length,
+            verbose=False,
+        )
+        return sum(len(ids) for ids in enc["input_ids"])
+
     # ------------------------------------------------------------------ description
 
     def info(self) -> dict[str, Any]:

@@ -1,4 +1,6 @@
 // semsearch web page: vanilla JS over GET /search and GET /info (no build step, no external resources).
+// The query, k, mode and rerank live in the page URL (?q=...&k=...&mode=...), so a search can be shared and
+// the back button returns to the previous one.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -50,32 +52,41 @@ async function loadInfo() {
   }
 }
 
-function renderResults(data) {
+// what `score` is in each mode (the reranker's score replaces it when reranked)
+const SCORE_LABELS = { dense: "cosine", lexical: "BM25", hybrid: "hybrid score" };
+
+// bar length relative to this result list (scores of the lexical, hybrid and reranked modes are not in
+// [0, 1]): the best hit is full, the weakest keeps a sliver so that it is still visible
+function barFraction(score, min, max) {
+  return max > min ? 0.05 + 0.95 * (score - min) / (max - min) : 1;
+}
+
+function renderResults(data, mode) {
   const list = $("results");
   list.replaceChildren();
   const scores = data.results.map((r) => r.score);
   const max = Math.max(...scores), min = Math.min(...scores);
+  const scoreLabel = data.reranked ? "rerank score" : SCORE_LABELS[mode] || "score";
   for (const hit of data.results) {
     const li = document.createElement("li");
     li.className = "result";
     const text = document.createElement("p");
     text.className = "result-text";
     text.textContent = hit.text;
-    // cosine in [0, 1] as is; reranker scores are relative within the list
-    const fraction = data.reranked ? (max > min ? (hit.score - min) / (max - min) : 1) : Math.max(0, Math.min(1, hit.score));
     const score = document.createElement("div");
     score.className = "score";
     const bar = document.createElement("div");
     bar.className = "bar";
     bar.setAttribute("role", "img");
-    bar.setAttribute("aria-label", `score ${hit.score.toFixed(3)}`);
+    bar.setAttribute("aria-label", `${scoreLabel} ${hit.score.toFixed(3)}, relative to this list`);
     const fill = document.createElement("span");
-    fill.style.width = `${(fraction * 100).toFixed(1)}%`;
+    fill.style.width = `${(barFraction(hit.score, min, max) * 100).toFixed(1)}%`;
     bar.append(fill);
     const label = document.createElement("span");
-    label.textContent = data.reranked
-      ? `score ${hit.score.toFixed(3)} · cosine ${hit.retrieval_score.toFixed(3)}`
-      : `cosine ${hit.score.toFixed(3)}`;
+    label.className = "score-label";
+    label.textContent = data.reranked && hit.retrieval_score != null
+      ? `${scoreLabel} ${hit.score.toFixed(3)} · cosine ${hit.retrieval_score.toFixed(3)}`
+      : `${scoreLabel} ${hit.score.toFixed(3)}`;
     score.append(bar, label);
     const meta = document.createElement("ul");
     meta.className = "meta";
@@ -90,28 +101,66 @@ function renderResults(data) {
   }
 }
 
-async function search(event) {
-  event.preventDefault();
-  const q = $("q").value.trim();
-  if (!q) { showError("Type a query first."); return; }
-  const params = new URLSearchParams({ q, k: $("k").value, mode: $("mode").value });
+// the form's state <-> the page URL (?q=&k=&mode=&rerank=): shareable, and the back button works
+function formParams() {
+  const params = new URLSearchParams({ q: $("q").value.trim(), k: $("k").value, mode: $("mode").value });
   if (!$("rerank-field").hidden && $("rerank").checked) params.set("rerank", "true");
+  return params;
+}
+
+function selectIfOffered(select, value) {
+  if (value !== null && [...select.options].some((o) => o.value === value)) select.value = value;
+}
+
+function fillForm(params) {
+  $("q").value = params.get("q") || "";
+  selectIfOffered($("k"), params.get("k"));
+  selectIfOffered($("mode"), params.get("mode"));
+  $("rerank").checked = params.get("rerank") === "true";
+}
+
+async function runSearch(params) {
+  const q = params.get("q") || "";
+  if (!q) { showError("Type a query first."); return; }
+  const mode = params.get("mode") || "dense";
   $("search-button").disabled = true;
   $("status").textContent = "Searching…";
   showError("");
   try {
     const data = await getJSON(`/search?${params}`);
-    renderResults(data);
+    renderResults(data, mode);
     const n = data.results.length;
     $("status").textContent =
       `${n} result${n === 1 ? "" : "s"} in ${data.took_ms.toFixed(1)} ms · index ${data.index_version}` +
       (data.reranked ? " · reranked" : "");
   } catch (err) {
+    $("results").replaceChildren(); // never leave the previous query's results under a refusal
     $("status").textContent = "";
     showError(err.message);
     if (err.status === 401) askForKey();
   } finally {
     $("search-button").disabled = false;
+  }
+}
+
+function search(event) {
+  event.preventDefault();
+  const params = formParams();
+  if (!params.get("q")) { showError("Type a query first."); return; }
+  const url = `?${params}`;
+  if (url !== window.location.search) history.pushState(null, "", url);
+  runSearch(params);
+}
+
+function searchFromURL() {
+  const params = new URLSearchParams(window.location.search);
+  fillForm(params);
+  if (params.get("q")) {
+    runSearch(formParams());
+  } else {
+    $("results").replaceChildren();
+    $("status").textContent = "";
+    showError("");
   }
 }
 
@@ -123,5 +172,6 @@ document.addEventListener("DOMContentLoaded", () => {
     loadInfo();
   });
   $("search-form").addEventListener("submit", search);
-  loadInfo();
+  window.addEventListener("popstate", searchFromURL);
+  loadInfo().then(searchFromURL); // after /info: the rerank toggle's visibility is known
 });

@@ -5,11 +5,14 @@ A screenshot of the rendered results is saved to ``artifacts/`` (git-ignored).
 
 from __future__ import annotations
 
+import re
 import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlparse
 
 import pytest
 import uvicorn
@@ -89,5 +92,72 @@ def test_search_page_renders_results(page_url: str, tmp_path: Path) -> None:
             expect(page.locator("#status")).to_contain_text("5 results")
             ARTIFACTS.mkdir(exist_ok=True)
             page.screenshot(path=str(ARTIFACTS / "search-page.png"), full_page=True)
+        finally:
+            context.close()
+
+
+def bar_widths(page: Any) -> list[float]:
+    styles = page.locator("#results > li .bar > span").evaluate_all("els => els.map(e => e.style.width)")
+    return [float(w.rstrip("%")) for w in styles]
+
+
+def test_search_page_labels_scales_url_and_refusals(page_url: str, tmp_path: Path) -> None:
+    """Score label per mode, bars relative to the list, query/k/mode in the URL (shareable, back button),
+    old results cleared when a query is refused, and a favicon."""
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as pw:
+        context = pw.chromium.launch_persistent_context(
+            str(tmp_path / "chromium-profile"),
+            executable_path=str(CHROMIUM),
+            headless=True,
+            args=CHROMIUM_FLAGS,
+        )
+        try:
+            page = context.new_page()
+            page.goto(page_url)
+            expect(page.locator("#index-info")).to_contain_text("sentences")
+            page.get_by_label("Search query").fill("a large wild cat")
+            page.get_by_label("Mode").select_option("lexical")
+            page.get_by_label("Number of results").select_option("5")
+            page.get_by_role("button", name="Search").click()
+            expect(page.locator("#status")).to_contain_text("5 results")
+            labels = page.locator("#results > li .score-label").all_inner_texts()
+            assert len(labels) == 5 and all(t.startswith("BM25 ") for t in labels), labels
+            widths = bar_widths(page)
+            assert widths[0] == 100.0 and min(widths) < 50.0 and widths == sorted(widths, reverse=True), widths
+            params = parse_qs(urlparse(page.url).query)
+            assert params == {"q": ["a large wild cat"], "k": ["5"], "mode": ["lexical"]}, page.url
+            lexical_texts = page.locator("#results > li .result-text").all_inner_texts()
+
+            page.get_by_label("Search query").fill("a tool for cutting")
+            page.get_by_label("Mode").select_option("hybrid")
+            page.get_by_role("button", name="Search").click()
+            expect(page).to_have_url(re.compile(r"mode=hybrid"))
+            expect(page.locator("#results > li .score-label").first).to_contain_text("hybrid score")
+            assert page.locator("#results > li .result-text").all_inner_texts() != lexical_texts
+
+            page.go_back()  # the previous search comes back, form and results
+            expect(page.get_by_label("Search query")).to_have_value("a large wild cat")
+            expect(page.get_by_label("Mode")).to_have_value("lexical")
+            expect(page.locator("#results > li .score-label").first).to_contain_text("BM25")
+            expect(page.locator("#results > li .result-text")).to_have_text(lexical_texts)
+
+            shared = context.new_page()  # a shared link runs its search on load
+            shared.goto(f"{page_url}?q=a+large+wild+cat&k=5&mode=dense")
+            expect(shared.locator("#status")).to_contain_text("5 results")
+            expect(shared.locator("#results > li .score-label").first).to_contain_text("cosine")
+            assert shared.get_by_label("Number of results").input_value() == "5"
+
+            # a refused query (over max_query_chars, typed past the input's maxlength by script) clears the list
+            page.evaluate("document.getElementById('q').value = 'x'.repeat(1001)")
+            page.get_by_role("button", name="Search").click()
+            expect(page.locator("#error")).to_contain_text("1000")
+            expect(page.locator("#results > li")).to_have_count(0)
+
+            icon = page.request.get(page_url + "favicon.ico")
+            assert icon.status == 200 and icon.headers["content-type"].startswith("image/svg+xml")
+            href = page.locator("link[rel=icon]").get_attribute("href")
+            assert href and page.request.get(page_url.rstrip("/") + href).status == 200
         finally:
             context.close()

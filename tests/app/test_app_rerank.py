@@ -73,27 +73,47 @@ def test_info_shows_the_reranker_and_its_card(rclient: TestClient, reranker_dir:
     assert info["base_model"] == "sentence-transformers/all-MiniLM-L6-v2"
 
 
-def test_rerank_route_returns_the_cross_encoder_order(rclient: TestClient, reranker: Reranker) -> None:
-    texts = [
-        "a spoon for soup",
-        "a lion resting in the grass",
-        "the price of oil rose",
-        "a small domestic cat",
-        "to run quickly",
-        "a tiger in the jungle",
-    ]
+RERANK_TEXTS = [
+    "a spoon for soup",
+    "a lion resting in the grass",
+    "the price of oil rose",
+    "a small domestic cat",
+    "to run quickly",
+    "a tiger in the jungle",
+]
+
+
+def test_rerank_route_returns_the_cards_fused_score(rclient: TestClient, runtime: Runtime, reranker: Reranker) -> None:
+    """This card fuses per query (no stored statistics): /rerank's score is the core's fusion of the
+    cross-encoder with the bi-encoder cosine of each text, not the cross-encoder alone."""
+    texts = RERANK_TEXTS
     response = rclient.post("/rerank", json={"query": QUERY, "texts": texts})
     assert response.status_code == 200, response.text
     body = response.json()
-    assert set(body) == {"results", "took_ms", "model"}
-    expected = reranker.score(QUERY, texts)
+    assert set(body) == {"results", "took_ms", "model", "scoring"}
+    assert body["scoring"] == "fused_per_query"
+    vectors = runtime.services.encoder.encode([QUERY, *texts])
+    cosines = vectors[1:] @ vectors[0]
+    expected = reranker.score(QUERY, texts, retrieval_scores=cosines.tolist())
+    assert not np.allclose(expected, reranker.score(QUERY, texts))  # the fusion changes the scores
     order = np.argsort(-expected, kind="stable")
     results = body["results"]
     assert [r["index"] for r in results] == order.tolist()
     assert all(texts[r["index"]] == r["text"] for r in results)
-    np.testing.assert_allclose([r["score"] for r in results], expected[order], rtol=1e-5)
+    np.testing.assert_allclose([r["score"] for r in results], expected[order], rtol=1e-4, atol=1e-5)
     top = rclient.post("/rerank", json={"query": QUERY, "texts": texts, "top_k": 2}).json()["results"]
     assert [r["index"] for r in top] == order[:2].tolist()
+
+
+def test_rerank_raw_scores_are_the_cross_encoder_alone(rclient: TestClient, reranker: Reranker) -> None:
+    texts = RERANK_TEXTS
+    body = rclient.post("/rerank", json={"query": QUERY, "texts": texts, "raw_scores": True}).json()
+    assert body["scoring"] == "sigmoid"
+    expected = reranker.score(QUERY, texts)
+    order = np.argsort(-expected, kind="stable")
+    assert [r["index"] for r in body["results"]] == order.tolist()
+    np.testing.assert_allclose([r["score"] for r in body["results"]], expected[order], rtol=1e-5)
+    assert all(0.0 <= r["score"] <= 1.0 for r in body["results"])
 
 
 def test_search_with_rerank_applies_the_cross_encoder(
@@ -163,6 +183,7 @@ def test_rerank_in_hybrid_mode_fuses_with_the_hybrid_score(
         ("/rerank", {"query": " ", "texts": ["a"]}),
         ("/rerank", {"query": QUERY, "texts": ["a"], "top_k": 0}),
         ("/rerank", {"query": QUERY, "texts": "a"}),
+        ("/rerank", {"query": QUERY, "texts": ["a"], "raw_scores": "yes"}),
         ("/search", {"query": QUERY, "rerank": True, "candidates": 201}),
         ("/search", {"query": QUERY, "rerank": "yes"}),
     ],
