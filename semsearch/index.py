@@ -263,10 +263,7 @@ class SearchIndex:
 
     def iter_docs(self) -> Iterator[Doc]:
         """Every live document, in internal-id order."""
-        streams = []
-        for v in self.views:
-            dead = set(v.dead.tolist())
-            streams.append(d for d in v.segment.docs.iter_docs() if d.iid not in dead)
+        streams = [_live_docs(v) for v in self.views]
         yield from heapq.merge(*streams, key=lambda d: d.iid)
 
     def iids_for_ext_ids(self, ext_ids: Sequence[UserId]) -> dict[str, int]:
@@ -291,6 +288,11 @@ class SearchIndex:
                 row.append(Hit(doc.id, doc.text, float(score), doc.metadata, doc.iid, doc.doc_id, doc.start, doc.end))
             out.append(row)
         return out
+
+
+def _live_docs(view: SegmentView) -> Iterator[Doc]:
+    dead = set(view.dead.tolist())
+    return (d for d in view.segment.docs.iter_docs() if d.iid not in dead)
 
 
 def _read_tombstones(directory: Path, manifest: Manifest) -> np.ndarray:
@@ -357,9 +359,9 @@ def verify(path: str | Path, full: bool = True) -> list[str]:
         actual = file_sha256(directory / TOMBSTONES_FILE)
         if actual != manifest.files.get(TOMBSTONES_FILE):
             problems.append(f"{TOMBSTONES_FILE}: sha256 {actual[:12]}… differs from the manifest's")
-    if problems:
+    if len(metas) < len(manifest.segments):  # totals over missing segments would only repeat that
         return problems
-    return _verify_totals(manifest, metas, tombs, full)
+    return problems + _verify_totals(manifest, metas, tombs, full)
 
 
 def _verify_totals(

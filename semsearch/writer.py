@@ -136,8 +136,11 @@ def _row_values(iid: int, rec: Record) -> tuple[Any, ...]:
 
 
 def is_disk_full(error: BaseException) -> bool:
-    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
-        return True
+    """ENOSPC/EDQUOT, SQLite's "database or disk is full", or numpy's short write (an OSError without errno)."""
+    if isinstance(error, OSError):
+        return error.errno in (errno.ENOSPC, errno.EDQUOT) or (
+            error.errno is None and "requested and" in str(error) and "written" in str(error)
+        )
     return isinstance(error, sqlite3.OperationalError) and "disk is full" in str(error)
 
 
