@@ -113,7 +113,8 @@ def _fts5_bm25(root: Path, text: str) -> dict[str, float]:
     conn = sqlite3.connect(seg / "docs.sqlite")
     match = " OR ".join(f'"{t}"' for t in query_terms(text))
     rows = conn.execute(
-        "SELECT d.ext_id, -bm25(docs_fts) FROM docs_fts JOIN docs AS d ON d.iid = docs_fts.rowid WHERE docs_fts MATCH ?",
+        "SELECT d.ext_id, -bm25(docs_fts) FROM docs_fts JOIN docs AS d ON d.iid = docs_fts.rowid "
+        "WHERE docs_fts MATCH ?",
         (match,),
     ).fetchall()
     conn.close()
