@@ -31,6 +31,11 @@ app = typer.Typer(
 )
 
 
+class EngineOpt(StrEnum):
+    local = "local"
+    ray = "ray"
+
+
 class OnDuplicateOpt(StrEnum):
     error = "error"
     keep_last = "keep-last"
@@ -122,6 +127,28 @@ def build(
         int, typer.Option(min=1, help="Rows per immutable segment (a big build writes several).")
     ] = 1_000_000,
     progress: ProgressOpt = True,
+    shards: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            max=4096,
+            help="Split the index into N shards by a stable hash of the row id (recorded in the manifest; "
+            "add/delete keep it). Default: unsharded.",
+        ),
+    ] = None,
+    engine: Annotated[
+        EngineOpt,
+        typer.Option(help="local: this process encodes; ray: Ray Data with a pool of encoder actors (pip install "
+        "'semsearch[ray]').", case_sensitive=False),
+    ] = EngineOpt.local,
+    ray_address: Annotated[
+        str | None,
+        typer.Option(help="--engine ray: the cluster to join (host:port or ray://...). Default: RAY_ADDRESS, else "
+        "a local Ray started for this build."),
+    ] = None,
+    encoders: Annotated[int, typer.Option(min=1, max=4096, help="--engine ray: encoder actors (one model each).")] = 1,
+    cpus_per_encoder: Annotated[float, typer.Option(min=0.0, help="--engine ray: CPUs each encoder actor takes.")] = 1.0,
+    gpus_per_encoder: Annotated[float, typer.Option(min=0.0, help="--engine ray: GPUs each encoder actor takes.")] = 0.0,
 ) -> None:
     """Build a new index version from input files and publish it atomically."""
     from indexer.pipeline import BuildOptions, run_build
@@ -147,7 +174,14 @@ def build(
         chunk_size=chunk_size,
         segment_rows=segment_rows,
         progress=progress,
+        shards=shards,
     )
+    if engine == EngineOpt.ray:
+        from indexer.ray_build import RayOptions, run_ray_build
+
+        ray_opts = RayOptions(address=ray_address, encoders=encoders, cpus=cpus_per_encoder, gpus=gpus_per_encoder)
+        _report(run_ray_build(opts, ray_opts))
+        return
     _report(run_build(opts))
 
 

@@ -24,6 +24,7 @@ from semsearch.errors import InvalidInputError, ModelMismatchError, TooManyRejec
 from semsearch.layout import IndexRoot
 from semsearch.manifest import Manifest
 from semsearch.readers import DEFAULT_MAX_CHARS, Reject, read_inputs
+from semsearch.sharding import segment_shard
 from semsearch.store import Record
 from semsearch.writer import (
     DEFAULT_SEGMENT_ROWS,
@@ -64,6 +65,7 @@ class BuildOptions:
     segment_rows: int = DEFAULT_SEGMENT_ROWS
     merge: bool = True
     progress: bool = True
+    shards: int | None = None  # a fresh build's shard count (None: unsharded); add keeps the index's
 
 
 @dataclass
@@ -119,6 +121,7 @@ def _fingerprint(opts: BuildOptions, base: str | None, kind: str) -> str:
         "base": base,
         "chunk_size": opts.chunk_size,
         "segment_rows": opts.segment_rows,
+        **({"shards": opts.shards} if opts.shards is not None else {}),
     }
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
 
@@ -266,6 +269,7 @@ def run_build(opts: BuildOptions, incremental: bool = False) -> BuildResult:
             resume=opts.resume,
             segment_rows=opts.segment_rows,
             base=base,
+            shards=None if incremental else opts.shards,
         )
         with disk_errors(root, writer):
             rows, n_rejects, resumed = _ingest(writer, encoder, opts)
@@ -353,16 +357,22 @@ def _request(base: BaseVersion) -> dict[str, Any]:
 
 
 def _merge(root: IndexRoot, names: list[str], kind: str) -> Manifest:
+    """Merge segments into one per shard (unsharded: into one), published as one version."""
     base = BaseVersion.read(root)
     assert base is not None
+    groups: dict[int, list[str]] = {}
+    shard_of_name = {e["name"]: segment_shard(e) for e in base.manifest.segments}
+    for n in names:
+        groups.setdefault(shard_of_name[n], []).append(n)
     writer = IndexWriter(root, f"merge-{time.time_ns()}", base.manifest.encoder_meta(), _request(base), base=base)
     with disk_errors(root, writer):
         try:
-            merged = writer.merge(names)
+            merged = [writer.merge(group) for group in groups.values()]
         except BaseException:
             writer.abort()
             raise
-        return writer.commit({"kind": kind, "merged": names, "into": merged})
+        into: str | list[str] = merged[0] if len(merged) == 1 else merged
+        return writer.commit({"kind": kind, "merged": names, "into": into})
 
 
 def apply_merge_policy(root: IndexRoot, policy: MergePolicy | None = None, max_rounds: int = 4) -> list[str]:
@@ -374,9 +384,14 @@ def apply_merge_policy(root: IndexRoot, policy: MergePolicy | None = None, max_r
         if base is None:
             break
         dead = base.tombstones
-        stats = [(r.name, r.meta.count, int(np.isin(dead, _ids(r)).sum()) if len(dead) else 0) for r in base.segments]
+        shard_of_name = {e["name"]: segment_shard(e) for e in base.manifest.segments}
+        per_shard: dict[int, list[tuple[str, int, int]]] = {}
+        for r in base.segments:  # the policy applies within each shard: merges never cross shards
+            per_shard.setdefault(shard_of_name[r.name], []).append(
+                (r.name, r.meta.count, int(np.isin(dead, _ids(r)).sum()) if len(dead) else 0)
+            )
         base.close()
-        group = policy.plan(stats)
+        group = next((g for g in (policy.plan(per_shard[s]) for s in sorted(per_shard)) if g), [])
         if not group:
             break
         log.info("merge policy: merging %d segment(s)", len(group))
@@ -389,7 +404,7 @@ def _ids(ref: Any) -> np.ndarray:
 
 
 def run_compact(index: Path, keep: int | None = None) -> BuildResult:
-    """Merge every segment into one and drop all tombstoned rows (one published version)."""
+    """Merge every segment into one (one per shard) and drop all tombstoned rows (one published version)."""
     started = time.perf_counter()
     root = IndexRoot(index)
     with root.lock(), disk_errors(root):
@@ -400,7 +415,8 @@ def run_compact(index: Path, keep: int | None = None) -> BuildResult:
         names = [r.name for r in base.segments]
         before = base.manifest
         base.close()
-        if len(names) <= 1 and before.tombstones == 0:
+        one_per_shard = len({segment_shard(e) for e in before.segments}) == len(names)
+        if one_per_shard and before.tombstones == 0:
             result = BuildResult(version=before.version, count=before.count)
         else:
             manifest = _merge(root, names, "compact")

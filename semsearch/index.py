@@ -23,9 +23,18 @@ from semsearch.errors import CorruptIndexError, ModelMismatchError
 from semsearch.filters import CompiledFilter, matching_iids
 from semsearch.format import SEGMENT_MANIFEST, SEGMENTS, TOMBSTONES_FILE, file_sha256, hex_sum, row_hash, sum_hex
 from semsearch.layout import resolve_version_dir
-from semsearch.lexical import CollectionStats, bm25_all, doc_lengths
+from semsearch.lexical import (
+    CollectionStats,
+    bm25_all,
+    bm25_scores,
+    doc_lengths,
+    live_postings,
+    phrase_df,
+    query_phrases,
+)
 from semsearch.manifest import Manifest, SegmentManifest
 from semsearch.segment import Segment, SegmentView, verify_segment
+from semsearch.sharding import segment_shard, shard_count
 from semsearch.store import Doc, UserId
 
 log = logging.getLogger(__name__)
@@ -101,12 +110,18 @@ class SearchIndex:
     """One immutable index version, loaded for search (thread-safe for concurrent reads)."""
 
     def __init__(
-        self, directory: Path, manifest: Manifest, views: Sequence[SegmentView], pool: SegmentPool | None = None
+        self,
+        directory: Path,
+        manifest: Manifest,
+        views: Sequence[SegmentView],
+        pool: SegmentPool | None = None,
+        shard: int | None = None,
     ) -> None:
         self.directory = directory
         self.manifest = manifest
         self.views = list(views)
         self._pool = pool
+        self.shard = shard  # None: the whole version; else only this shard's segments are loaded
         live = sum(v.live for v in self.views)
         dead_tokens = sum(int(doc_lengths(v.conn, v.dead).sum()) for v in self.views if len(v.dead))
         self.stats = CollectionStats(rows=live, tokens=sum(v.segment.meta.tokens for v in self.views) - dead_tokens)
@@ -125,9 +140,18 @@ class SearchIndex:
 
     @classmethod
     def load(
-        cls, path: str | Path, mmap: bool = True, check: bool = True, pool: SegmentPool | None = None
+        cls,
+        path: str | Path,
+        mmap: bool = True,
+        check: bool = True,
+        pool: SegmentPool | None = None,
+        shard: int | None = None,
     ) -> SearchIndex:
         """Load the current version of an index root (or a version directory).
+
+        ``shard``: load only that shard's segments (a sharded service's shard replica); its
+        :attr:`stats` are then the shard's own, and lexical scores need the collection's
+        (:meth:`lexical_df`, :meth:`lexical` with ``stats``/``df``). An unsharded version is shard 0.
 
         The checks are always the same (startup, reload, CLI): the manifest's own checksum, every
         segment's manifest against the version's list (sha256) and its files' structure, the
@@ -142,15 +166,21 @@ class SearchIndex:
         pool = pool or SegmentPool()
         tombstones = _read_tombstones(directory, manifest)
         segments_dir = directory.parent.parent / SEGMENTS
+        entries = manifest.segments
+        if shard is not None:
+            n = shard_count(manifest.shards)
+            if not 0 <= shard < n:
+                raise CorruptIndexError(f"index version {directory} has {n} shard(s); there is no shard {shard}")
+            entries = [e for e in entries if segment_shard(e) == shard]
         loaded: list[Segment] = []
         try:
-            for entry in manifest.segments:
+            for entry in entries:
                 seg = pool.acquire(segments_dir / entry["name"], entry["sha256"], mmap=mmap)
                 loaded.append(seg)
                 if seg.meta.model_fingerprint != manifest.model_fingerprint or seg.meta.dimension != manifest.dimension:
                     raise CorruptIndexError(f"segment {seg.name} was written by another model than {directory} records")
             views = [SegmentView(seg, tombstones[seg.contains(tombstones)]) for seg in loaded]
-            if check:
+            if check and shard is None:  # a shard's share of the counts is not in the manifest
                 live = sum(v.live for v in views)
                 if sum(len(v.dead) for v in views) != len(tombstones) or live != manifest.count:
                     raise CorruptIndexError(
@@ -158,7 +188,7 @@ class SearchIndex:
                         f"{sum(len(v.dead) for v in views)} of its {len(tombstones)} tombstones; manifest says "
                         f"{manifest.count} rows"
                     )
-            index = cls(directory, manifest, views, pool)
+            index = cls(directory, manifest, views, pool, shard)
         except BaseException:
             for seg in loaded:
                 pool.release(seg)
@@ -246,9 +276,25 @@ class SearchIndex:
             parts.append(ids[~v.is_dead(ids)] if len(v.dead) else ids)
         return np.sort(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
 
-    def lexical(self, text: str) -> tuple[np.ndarray, np.ndarray]:
-        """``(iids, BM25 scores)`` of every live row matching the text (collection-wide statistics)."""
-        return bm25_all(self.views, self.stats, text)
+    def lexical(
+        self, text: str, stats: CollectionStats | None = None, df: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``(iids, BM25 scores)`` of every live row matching the text (collection-wide statistics).
+
+        ``stats`` and ``df`` (per query phrase, :meth:`lexical_df` summed over all shards) give the
+        collection's statistics when this index is one shard of it; without them, this index's own.
+        """
+        if stats is None or df is None:
+            return bm25_all(self.views, self.stats, text)
+        phrases = query_phrases(text)
+        if not phrases or stats.rows == 0:
+            return np.zeros(0, np.int64), np.zeros(0, np.float64)
+        return bm25_scores(self.views, live_postings(self.views, phrases), stats, df)
+
+    def lexical_df(self, text: str) -> np.ndarray:
+        """This index's live document frequency of each query phrase (phase one of a sharded BM25)."""
+        phrases = query_phrases(text)
+        return phrase_df(live_postings(self.views, phrases), len(phrases))
 
     # ------------------------------------------------------------------------------ documents
 

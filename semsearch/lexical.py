@@ -163,24 +163,43 @@ class CollectionStats:
         return self.tokens / self.rows if self.rows else 0.0
 
 
-def bm25_all(segments: Sequence[LexicalSegment], stats: CollectionStats, text: str) -> tuple[np.ndarray, np.ndarray]:
-    """``(iids, scores)`` of every live row matching at least one query phrase (unordered)."""
-    phrases = query_phrases(text)
-    if not phrases or stats.rows == 0:
-        return np.zeros(0, np.int64), np.zeros(0, np.float64)
-    # per segment and phrase: live postings
-    lists: list[list[tuple[np.ndarray, np.ndarray]]] = []
-    df = np.zeros(len(phrases), dtype=np.float64)
+Postings = list[list[tuple[np.ndarray, np.ndarray]]]  # per segment, per phrase: (live iids, tf)
+
+
+def live_postings(segments: Sequence[LexicalSegment], phrases: Sequence[Sequence[str]]) -> Postings:
+    """Per segment and phrase: the live rows containing the phrase and its frequency in each."""
+    lists: Postings = []
     for seg in segments:
         per_phrase = []
-        for p, phrase in enumerate(phrases):
+        for phrase in phrases:
             docs, tf = postings(seg.conn, phrase)
             if len(docs):
                 live = ~seg.is_dead(docs)
                 docs, tf = docs[live], tf[live]
-            df[p] += len(docs)
             per_phrase.append((docs, tf))
         lists.append(per_phrase)
+    return lists
+
+
+def phrase_df(lists: Postings, n_phrases: int) -> np.ndarray:
+    """Live rows containing each phrase, summed over the segments (a shard's share of ``df``)."""
+    df = np.zeros(n_phrases, dtype=np.float64)
+    for per_phrase in lists:
+        for p, (docs, _) in enumerate(per_phrase):
+            df[p] += len(docs)
+    return df
+
+
+def bm25_scores(
+    segments: Sequence[LexicalSegment], lists: Postings, stats: CollectionStats, df: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(iids, scores)`` of the rows in ``lists``, scored with the given collection statistics.
+
+    ``stats`` and ``df`` are those of the whole collection: of these segments for a plain index, or
+    the sums over every shard for a sharded one (so scores do not depend on the sharding).
+    """
+    if stats.rows == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.float64)
     n = float(stats.rows)
     idf = np.log((n - df + 0.5) / (df + 0.5))
     idf = np.where(idf <= 0.0, 1e-6, idf)
@@ -206,6 +225,20 @@ def bm25_all(segments: Sequence[LexicalSegment], stats: CollectionStats, text: s
     if not out_ids:
         return np.zeros(0, np.int64), np.zeros(0, np.float64)
     return np.concatenate(out_ids), np.concatenate(out_scores)
+
+
+def bm25_all(segments: Sequence[LexicalSegment], stats: CollectionStats, text: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(iids, scores)`` of every live row matching at least one query phrase (unordered).
+
+    One phase: the statistics are those of ``segments`` themselves. A sharded search runs the two
+    phases separately: :func:`phrase_df` on every shard, summed, then :func:`bm25_scores` on every
+    shard with the sums.
+    """
+    phrases = query_phrases(text)
+    if not phrases or stats.rows == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.float64)
+    lists = live_postings(segments, phrases)
+    return bm25_scores(segments, lists, stats, phrase_df(lists, len(phrases)))
 
 
 def top_k(

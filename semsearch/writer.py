@@ -49,6 +49,7 @@ from semsearch.format import (
 from semsearch.layout import IndexRoot
 from semsearch.manifest import Manifest, SegmentManifest
 from semsearch.segment import link_legacy_segment, write_segment
+from semsearch.sharding import segment_shard, shard_count, shard_of, shard_spec
 from semsearch.store import COLUMNS, STAGING_SCHEMA, Record, connect
 from semsearch.vector_index import auto_index_type, resolve_params
 
@@ -157,8 +158,12 @@ class IndexWriter:
         resume: bool = False,
         segment_rows: int = DEFAULT_SEGMENT_ROWS,
         base: BaseVersion | None = None,
+        shards: int | None = None,
     ) -> None:
         self.root = root
+        # the base's sharding is kept (add/delete/compact); ``shards`` only applies to a fresh build
+        self.shards = base.manifest.shards if base is not None else shard_spec(shards)
+        self.n_shards = shard_count(self.shards)
         self.op = op
         self.encoder_meta = encoder_meta
         self.index_request = {"type": index_request.get("type", "flat"), "params": index_request.get("params", {})}
@@ -316,7 +321,7 @@ class IndexWriter:
                 rejects=self.rejects + len(rejects),
                 tomb_sum=sum_hex(tomb_sum),
             )
-        if self.open_rows() >= self.segment_rows:
+        if self.open_rows() >= self.segment_rows * self.n_shards:
             self.seal()
 
     def _insert_open(self, values: tuple[Any, ...], rec: Record, on_duplicate: OnDuplicate) -> None:
@@ -344,10 +349,11 @@ class IndexWriter:
 
     # ------------------------------------------------------------------------------------ segments
 
-    def seal(self) -> str | None:
-        """Turn the open segment's committed rows into an immutable segment (None if it is empty)."""
+    def seal(self) -> list[str]:
+        """Turn the open segment's committed rows into immutable segments, one per shard that has
+        open rows (one when unsharded); returns their names (none when nothing is open)."""
         if self.open_rows() == 0:
-            return None
+            return []
         first, last = int(self._state["open_first_chunk"]), int(self._state["chunks"])
         live = np.fromiter((r[0] for r in self.db.execute("SELECT iid FROM docs ORDER BY iid")), dtype=np.int64)
         dim = int(self.encoder_meta["dimension"])
@@ -364,31 +370,67 @@ class IndexWriter:
                 row += int(keep.sum())
         if row != len(live):
             raise InvalidInputError(f"internal: assembled {row} vectors for {len(live)} rows")
-        name = new_segment_name()
         staging_db = str(self.dir / STAGING_DB)
+        origin = {"kind": self.op.split("-")[0], "operation": self.op}
+        names: list[str] = []
+        if self.shards is None:
+            name = new_segment_name()
 
-        def fill(conn: sqlite3.Connection) -> None:
-            conn.execute("ATTACH DATABASE ? AS staged", (staging_db,))
-            conn.execute(f"INSERT INTO docs({COLUMNS}) SELECT {COLUMNS} FROM staged.docs ORDER BY iid")
+            def fill(conn: sqlite3.Connection) -> None:
+                conn.execute("ATTACH DATABASE ? AS staged", (staging_db,))
+                conn.execute(f"INSERT INTO docs({COLUMNS}) SELECT {COLUMNS} FROM staged.docs ORDER BY iid")
 
-        write_segment(
-            self.dir / NEW_SEGMENTS,
-            name,
-            live,
-            gathered,
-            fill,
-            index_type=self.index_request["type"],
-            index_params=self.index_request["params"],
-            model_fingerprint=self.encoder_meta["fingerprint"],
-            origin={"kind": self.op.split("-")[0], "operation": self.op},
-        )
+            write_segment(
+                self.dir / NEW_SEGMENTS,
+                name,
+                live,
+                gathered,
+                fill,
+                index_type=self.index_request["type"],
+                index_params=self.index_request["params"],
+                model_fingerprint=self.encoder_meta["fingerprint"],
+                origin=origin,
+            )
+            names.append(name)
+        else:  # one segment per shard that has open rows (rows routed by the hash of their user id)
+            shard = np.fromiter(
+                (shard_of(e, self.n_shards) for (e,) in self.db.execute("SELECT ext_id FROM docs ORDER BY iid")),
+                dtype=np.int64,
+                count=len(live),
+            )
+            for s in np.unique(shard).tolist():
+                mask = shard == s
+                picked = live[mask]
+                name = new_segment_name()
+
+                def fill_shard(conn: sqlite3.Connection, picked: np.ndarray = picked) -> None:
+                    conn.execute("ATTACH DATABASE ? AS staged", (staging_db,))
+                    conn.execute("CREATE TEMP TABLE pick(iid INTEGER PRIMARY KEY)")
+                    conn.executemany("INSERT INTO temp.pick VALUES (?)", [(int(i),) for i in picked])
+                    conn.execute(
+                        f"INSERT INTO docs({COLUMNS}) SELECT {COLUMNS} FROM staged.docs "
+                        "WHERE iid IN (SELECT iid FROM temp.pick) ORDER BY iid"
+                    )
+
+                write_segment(
+                    self.dir / NEW_SEGMENTS,
+                    name,
+                    picked,
+                    gathered[mask],
+                    fill_shard,
+                    index_type=self.index_request["type"],
+                    index_params=self.index_request["params"],
+                    model_fingerprint=self.encoder_meta["fingerprint"],
+                    origin={**origin, "shard": int(s)},
+                )
+                names.append(name)
         del gathered
         (self.dir / "gather.npy").unlink()
         with self.db:
             self.db.execute("DELETE FROM docs")
-            self._set_state(sealed=[*self._state["sealed"], name], open_first_chunk=last)
+            self._set_state(sealed=[*self._state["sealed"], *names], open_first_chunk=last)
         self._clean_uncommitted()
-        return name
+        return names
 
     def merge(self, names: Sequence[str]) -> str:
         """Rewrite the live rows of these base segments into one new segment (drops their tombstones)."""
@@ -396,6 +438,9 @@ class IndexWriter:
             raise InvalidInputError("nothing to merge: the index is empty")
         refs = {r.name: r for r in self.base.segments}
         sources = [refs[n] for n in names]
+        shards = {self.base_shard(n) for n in names}
+        if len(shards) > 1:
+            raise InvalidInputError(f"internal: a merge across shards {sorted(shards)}; merges stay within a shard")
         dead = self.base.tombstones
         live_parts = [ref_ids[~np.isin(ref_ids, dead)] for ref_ids in (_segment_ids(r) for r in sources)]
         ids = np.sort(np.concatenate(live_parts)) if live_parts else np.zeros(0, np.int64)
@@ -435,13 +480,23 @@ class IndexWriter:
             index_type=self.index_request["type"],
             index_params=self.index_request["params"],
             model_fingerprint=self.encoder_meta["fingerprint"],
-            origin={"kind": "merge", "merged": list(names)},
+            origin={"kind": "merge", "merged": list(names)}
+            if self.shards is None
+            else {"kind": "merge", "merged": list(names), "shard": shards.pop()},
         )
         del gathered
         (self.dir / "gather.npy").unlink()
         with self.db:
             self._set_state(sealed=[*self._state["sealed"], name], merged_away=[*self._state["merged_away"], *names])
         return name
+
+    def base_shard(self, name: str) -> int:
+        """The shard of one of the base version's segments."""
+        assert self.base is not None
+        for entry in self.base.manifest.segments:
+            if entry["name"] == name:
+                return segment_shard(entry)
+        raise InvalidInputError(f"internal: {name} is not a segment of the base version")
 
     def delete(self, ext_ids: Sequence[str]) -> list[str]:
         """Tombstone the live rows with these user ids; returns the ids not found."""
@@ -517,11 +572,13 @@ class IndexWriter:
             build=build,
             segments=[
                 {"name": n, "count": m.count, "index_type": m.index_type, "sha256": file_sha256(d / "segment.json")}
+                | ({} if self.shards is None else {"shard": self._entry_shard(n, m)})
                 for n, d, m in entries
             ],
             tombstones=len(tombs),
             next_iid=int(self._state["next_iid"]),
             index_request=self.index_request,
+            shards=self.shards,
         )
         manifest.write(version_dir)
         self.close()
@@ -531,6 +588,11 @@ class IndexWriter:
             self.root.staging_dir.rmdir()
         self.root.collect_garbage()
         return manifest
+
+    def _entry_shard(self, name: str, meta: SegmentManifest) -> int:
+        if "shard" in meta.origin:
+            return int(meta.origin["shard"])
+        return self.base_shard(name)
 
     def close(self) -> None:
         for c in self._sealed_conns.values():

@@ -1,0 +1,230 @@
+"""A sharded index version seen as one: the search primitives of :class:`SearchIndex`, fanned out.
+
+:class:`ShardedIndex` offers what :func:`semsearch.search.search` needs of an index (``dense``,
+``exact_scores``, ``matching_iids``, ``lexical``, ``docs_for``, ``hits``, ``search``), so the one
+search entry point, its modes, filters and hybrid fusion run unchanged over shards. Each primitive
+is one fan-out: every shard answers for its own rows and the answers are merged:
+
+* dense: every shard's top k, merged by score (ties: lower internal id), exactly as
+  :meth:`SearchIndex.dense` merges its segments, so a flat sharded version answers what the
+  unsharded one does (internal ids are global);
+* lexical: two phases (Elasticsearch's ``dfs_query_then_fetch``): each shard's live document
+  frequency per query phrase is gathered and summed, then every shard scores its rows with the
+  collection's statistics (live rows and tokens, summed once at load), so BM25 scores equal the
+  unsharded index's;
+* filters: each shard matches its own rows; exact cosines and documents: each shard answers for
+  the ids it holds.
+
+The shards are reached through a :class:`Fanout`: :class:`LocalFanout` over loaded
+:class:`SearchIndex` shards (tests, tools), or a remote one (the Ray Serve ingress,
+:mod:`app.ray_serving`). A fan-out that cannot reach a shard raises
+:class:`ShardUnavailableError`, or, when partial results are allowed, leaves that shard out and
+records it in :attr:`ShardedIndex.missing`.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from semsearch.errors import ModelMismatchError, SemsearchError
+from semsearch.filters import CompiledFilter
+from semsearch.index import Hit, SearchIndex
+from semsearch.lexical import CollectionStats
+from semsearch.manifest import Manifest
+from semsearch.store import Doc
+
+
+class ShardUnavailableError(SemsearchError):
+    """A shard has no healthy replica (the service answers 503 unless partial results are allowed)."""
+
+    code = "shard_unavailable"
+
+
+class Fanout(Protocol):
+    """Calls one method on every shard (concurrently where it can); ``None`` for a shard left out."""
+
+    @property
+    def shards(self) -> int: ...
+
+    def call(self, method: str, *args: Any) -> list[Any | None]: ...
+
+
+class LocalFanout:
+    """Shards loaded in this process (one :class:`SearchIndex` each)."""
+
+    def __init__(self, indexes: Sequence[SearchIndex]) -> None:
+        self.indexes = list(indexes)
+
+    @property
+    def shards(self) -> int:
+        return len(self.indexes)
+
+    def call(self, method: str, *args: Any) -> list[Any | None]:
+        return [shard_call(index, method, *args) for index in self.indexes]
+
+    def close(self) -> None:
+        for index in self.indexes:
+            index.close()
+
+
+def shard_call(index: SearchIndex, method: str, *args: Any) -> Any:
+    """One shard's answer to a fan-out call (what a shard replica runs)."""
+    if method == "stats":
+        return index.stats
+    if method not in SHARD_METHODS:
+        raise SemsearchError(f"internal: unknown shard method {method!r}")
+    return getattr(index, method)(*args)
+
+
+SHARD_METHODS = ("dense", "exact_scores", "matching_iids", "lexical_df", "lexical", "docs_for")
+
+
+class ShardedIndex:
+    """One version of a sharded index, searched through a :class:`Fanout` (thread-safe)."""
+
+    def __init__(self, directory: Path, manifest: Manifest, fanout: Fanout) -> None:
+        self.directory = directory
+        self.manifest = manifest
+        self.fanout = fanout
+        self._local = threading.local()
+        stats = [s for s in fanout.call("stats") if s is not None]
+        if len(stats) < fanout.shards:  # the collection statistics need every shard
+            raise ShardUnavailableError(f"only {len(stats)} of {fanout.shards} shards answered while loading")
+        self.stats = CollectionStats(rows=sum(s.rows for s in stats), tokens=sum(s.tokens for s in stats))
+
+    # ------------------------------------------------------------------ what the service shows
+
+    @property
+    def version(self) -> str:
+        return self.manifest.version
+
+    @property
+    def count(self) -> int:
+        return self.manifest.count
+
+    @property
+    def segments(self) -> list[dict[str, Any]]:
+        return list(self.manifest.segments)
+
+    @property
+    def missing(self) -> set[int]:
+        """Shards left out of this thread's searches since :meth:`reset_missing` (partial results)."""
+        if not hasattr(self._local, "missing"):
+            self._local.missing = set()
+        missing: set[int] = self._local.missing
+        return missing
+
+    def reset_missing(self) -> None:
+        self._local.missing = set()
+
+    def check_encoder(self, model_fingerprint: str, model_name: str, pooling: str) -> None:
+        m = self.manifest
+        if model_fingerprint != m.model_fingerprint or pooling != m.pooling:
+            raise ModelMismatchError(
+                f"index {self.directory} was built with model {m.model!r} (fingerprint {m.model_fingerprint}, "
+                f"pooling {m.pooling}); the configured encoder is {model_name!r} (fingerprint "
+                f"{model_fingerprint}, pooling {pooling})"
+            )
+
+    def close(self) -> None:
+        close = getattr(self.fanout, "close", None)
+        if close is not None:
+            close()
+
+    # ------------------------------------------------------------------ fan-out
+
+    def _call(self, method: str, *args: Any) -> list[Any]:
+        answers = self.fanout.call(method, *args)
+        for s, a in enumerate(answers):
+            if a is None:
+                self.missing.add(s)
+        return [a for a in answers if a is not None]
+
+    # ------------------------------------------------------------------ search primitives
+
+    def search(self, query_vectors: np.ndarray, k: int, allowed: np.ndarray | None = None) -> list[list[Hit]]:
+        scores, iids = self.dense(query_vectors, k, allowed)
+        return self.hits(scores, iids)
+
+    def dense(
+        self, query_vectors: np.ndarray, k: int, allowed: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        q = np.ascontiguousarray(query_vectors, dtype=np.float32)
+        parts = [p for p in self._call("dense", q, k, allowed) if p[1].shape[1]]
+        return merge_top_k(parts, k, len(q))
+
+    def exact_scores(self, queries: np.ndarray, iids: np.ndarray) -> np.ndarray:
+        out = np.full(iids.shape, -np.inf, dtype=np.float32)
+        for part in self._call("exact_scores", queries, iids):
+            out = np.maximum(out, part)  # a shard gives -inf for the ids it does not hold
+        return out
+
+    def matching_iids(self, compiled: CompiledFilter) -> np.ndarray:
+        parts = self._call("matching_iids", compiled)
+        return np.sort(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
+
+    def lexical(self, text: str) -> tuple[np.ndarray, np.ndarray]:
+        dfs = self._call("lexical_df", text)
+        if not dfs or len(dfs[0]) == 0:
+            return np.zeros(0, np.int64), np.zeros(0, np.float64)
+        df = np.sum(np.stack(dfs), axis=0)
+        parts = self._call("lexical", text, self.stats, df)
+        if not parts:
+            return np.zeros(0, np.int64), np.zeros(0, np.float64)
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+    def docs_for(self, iids: Sequence[int] | np.ndarray | set[int]) -> dict[int, Doc]:
+        wanted = sorted(int(i) for i in iids)
+        out: dict[int, Doc] = {}
+        if not wanted:
+            return out
+        for part in self._call("docs_for", wanted):
+            out.update(part)
+        return out
+
+    def hits(self, scores: np.ndarray, iids: np.ndarray) -> list[list[Hit]]:
+        docs = self.docs_for({int(i) for i in iids.ravel() if i >= 0})
+        out: list[list[Hit]] = []
+        for row_scores, row_ids in zip(scores, iids, strict=True):
+            row: list[Hit] = []
+            for score, iid in zip(row_scores, row_ids, strict=True):
+                doc = docs.get(int(iid))
+                if doc is None:
+                    continue
+                row.append(Hit(doc.id, doc.text, float(score), doc.metadata, doc.iid, doc.doc_id, doc.start, doc.end))
+            out.append(row)
+        return out
+
+
+def merge_top_k(parts: Sequence[tuple[np.ndarray, np.ndarray]], k: int, n_queries: int) -> tuple[np.ndarray, np.ndarray]:
+    """Merge per-shard top-k ``(scores, iids)`` into the top k (ties: lower iid), as segments merge."""
+    if not parts:
+        return np.zeros((n_queries, 0), np.float32), np.zeros((n_queries, 0), np.int64)
+    if len(parts) == 1:
+        return parts[0]
+    scores = np.concatenate([p[0] for p in parts], axis=1)
+    iids = np.concatenate([p[1] for p in parts], axis=1)
+    scores = np.where(iids < 0, -np.inf, scores)
+    order = np.lexsort((iids, -scores), axis=1)[:, :k]
+    top_s, top_i = np.take_along_axis(scores, order, 1), np.take_along_axis(iids, order, 1)
+    return top_s.astype(np.float32), np.where(np.isfinite(top_s), top_i, -1)
+
+
+def load_local(path: str | Path, mmap: bool = True) -> ShardedIndex:
+    """Every shard of a version loaded in this process, searched as one (tests and tools)."""
+    from semsearch.index import SegmentPool
+    from semsearch.layout import resolve_version_dir
+    from semsearch.sharding import shard_count
+
+    directory = resolve_version_dir(path)
+    manifest = Manifest.read(directory)
+    pool = SegmentPool()
+    shards = [
+        SearchIndex.load(directory, mmap=mmap, pool=pool, shard=s) for s in range(shard_count(manifest.shards))
+    ]
+    return ShardedIndex(directory, manifest, LocalFanout(shards))
