@@ -110,6 +110,10 @@ class _Server(uvicorn.Server):
 def main(argv: Sequence[str] | None = None) -> int:
     settings = parse_settings(argv)
     _setup_logging(settings.log_level)
+    if settings.engine == "ray":
+        from app import ray_serving
+
+        return ray_serving.run(settings)
     from app.main import create_app
     from app.serving import Services, version_name
     from semsearch.errors import SemsearchError

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
@@ -35,15 +35,22 @@ is OpenAI's `{"error": {"message", "type", "param", "code"}}`.
 When an API key is configured, send `Authorization: Bearer <key>`."""
 
 
-def create_app(settings: Settings | None = None, *, services: Services | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None,
+    *,
+    services: Services | None = None,
+    load: Callable[[], Services] | None = None,
+) -> FastAPI:
     """Build the service. ``settings`` default to the environment (:func:`get_settings`); ``services``
-    may be loaded beforehand (``python -m app`` does, to fail before binding the port)."""
+    may be loaded beforehand (``python -m app`` does, to fail before binding the port); ``load`` replaces
+    :meth:`Services.load` at startup (the Ray Serve ingress loads a sharded index, ``app.ray_serving``)."""
     settings = settings or get_settings()
     metrics = Metrics()
+    loader = load or (lambda: Services.load(settings))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        loaded = services if services is not None else await asyncio.to_thread(Services.load, settings)
+        loaded = services if services is not None else await asyncio.to_thread(loader)
         runtime = Runtime.start(settings, loaded, metrics)
         app.state.runtime = runtime
         try:

@@ -23,7 +23,7 @@ from typing import Any
 
 from app.errors import ApiError
 from app.metrics import Metrics
-from app.serving import Services, load_index, version_name
+from app.serving import Services, version_name
 from semsearch.errors import SemsearchError
 from semsearch.layout import IndexRoot
 from semsearch.manifest import MANIFEST
@@ -106,9 +106,7 @@ class Reloader:
             if target == serving or (target == self._refused and not forced):
                 return self._outcome("unchanged", serving, None, started)
             try:
-                index = await asyncio.to_thread(
-                    load_index, self.root.versions_dir / target, self.services.encoder, self.services.pool
-                )
+                index = await asyncio.to_thread(self.services.load_version, self.root.versions_dir / target)
             except SemsearchError as e:
                 raise self._refuse(target, e) from e
             except Exception as e:  # anything else a broken version can raise while loading

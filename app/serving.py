@@ -175,5 +175,9 @@ class Services:
         )
         return cls(encoder, IndexHolder(index), reranker, pool)
 
+    def load_version(self, path: Path) -> SearchIndex:
+        """Load and check another version of the served index (hot reload; sharded services override)."""
+        return load_index(path, self.encoder, self.pool)
+
     def close(self) -> None:
         self.indexes.close()

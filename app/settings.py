@@ -132,6 +132,30 @@ class Settings(BaseSettings):
         description="Seconds between checks of the index's `current` version; 0 disables polling.",
     )
     log_level: LogLevel = Field("info", description="Log level of `python -m app`.")
+    # --- scale out (Ray Serve; pip install 'semsearch[ray]'; docs/scale.md)
+    engine: Literal["local", "ray"] = Field(
+        "local",
+        description="local: this process serves the whole index; ray: a Ray Serve application with one "
+        "deployment per shard and an ingress serving this same API.",
+    )
+    ray_address: str | None = Field(
+        None, description="engine ray: the Ray cluster to join. Default: RAY_ADDRESS, else a local Ray."
+    )
+    shard_replicas: int = Field(1, ge=1, le=1024, description="engine ray: replicas of each shard deployment.")
+    replica_cpus: float = Field(
+        1.0, ge=0.0, le=1024, description="engine ray: CPUs reserved by each shard replica and the ingress."
+    )
+    shard_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        le=3600,
+        description="engine ray: how long one search waits for a shard before it counts as unavailable.",
+    )
+    shard_partial: bool = Field(
+        False,
+        description="engine ray: when a shard has no healthy replica, answer from the others with "
+        '`"partial": true` and the shards that answered, instead of 503.',
+    )
     access_log: bool = Field(True, description="Log one line per HTTP request (uvicorn access log).")
 
     @field_validator("index")

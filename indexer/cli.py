@@ -138,17 +138,26 @@ def build(
     ] = None,
     engine: Annotated[
         EngineOpt,
-        typer.Option(help="local: this process encodes; ray: Ray Data with a pool of encoder actors (pip install "
-        "'semsearch[ray]').", case_sensitive=False),
+        typer.Option(
+            help="local: this process encodes; ray: Ray Data with a pool of encoder actors (pip install "
+            "'semsearch[ray]').",
+            case_sensitive=False,
+        ),
     ] = EngineOpt.local,
     ray_address: Annotated[
         str | None,
-        typer.Option(help="--engine ray: the cluster to join (host:port or ray://...). Default: RAY_ADDRESS, else "
-        "a local Ray started for this build."),
+        typer.Option(
+            help="--engine ray: the cluster to join (host:port or ray://...). Default: RAY_ADDRESS, else "
+            "a local Ray started for this build."
+        ),
     ] = None,
     encoders: Annotated[int, typer.Option(min=1, max=4096, help="--engine ray: encoder actors (one model each).")] = 1,
-    cpus_per_encoder: Annotated[float, typer.Option(min=0.0, help="--engine ray: CPUs each encoder actor takes.")] = 1.0,
-    gpus_per_encoder: Annotated[float, typer.Option(min=0.0, help="--engine ray: GPUs each encoder actor takes.")] = 0.0,
+    cpus_per_encoder: Annotated[
+        float, typer.Option(min=0.0, help="--engine ray: CPUs each encoder actor takes.")
+    ] = 1.0,
+    gpus_per_encoder: Annotated[
+        float, typer.Option(min=0.0, help="--engine ray: GPUs each encoder actor takes.")
+    ] = 0.0,
 ) -> None:
     """Build a new index version from input files and publish it atomically."""
     from indexer.pipeline import BuildOptions, run_build

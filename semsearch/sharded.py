@@ -201,7 +201,9 @@ class ShardedIndex:
         return out
 
 
-def merge_top_k(parts: Sequence[tuple[np.ndarray, np.ndarray]], k: int, n_queries: int) -> tuple[np.ndarray, np.ndarray]:
+def merge_top_k(
+    parts: Sequence[tuple[np.ndarray, np.ndarray]], k: int, n_queries: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Merge per-shard top-k ``(scores, iids)`` into the top k (ties: lower iid), as segments merge."""
     if not parts:
         return np.zeros((n_queries, 0), np.float32), np.zeros((n_queries, 0), np.int64)
@@ -224,7 +226,5 @@ def load_local(path: str | Path, mmap: bool = True) -> ShardedIndex:
     directory = resolve_version_dir(path)
     manifest = Manifest.read(directory)
     pool = SegmentPool()
-    shards = [
-        SearchIndex.load(directory, mmap=mmap, pool=pool, shard=s) for s in range(shard_count(manifest.shards))
-    ]
+    shards = [SearchIndex.load(directory, mmap=mmap, pool=pool, shard=s) for s in range(shard_count(manifest.shards))]
     return ShardedIndex(directory, manifest, LocalFanout(shards))
