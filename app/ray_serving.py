@@ -301,24 +301,22 @@ def build_application(settings: Settings, shards: int) -> Any:
     threads = max(1, int(settings.replica_cpus))
     shard_apps = [
         serve.deployment(
-            ShardReplica,
             name=f"shard-{s}",
             num_replicas=settings.shard_replicas,
             ray_actor_options=options,
             health_check_period_s=2,
             health_check_timeout_s=30,
             graceful_shutdown_timeout_s=5,
-        ).bind(str(settings.index), s, threads)
+        )(ShardReplica).bind(str(settings.index), s, threads)
         for s in range(shards)
     ]
     ingress = serve.deployment(
-        serve.ingress()(Ingress),
         name="ingress",
         num_replicas=1,
         ray_actor_options=options,
         max_ongoing_requests=max(100, settings.max_queue),
         graceful_shutdown_timeout_s=5,
-    )
+    )(serve.ingress()(Ingress))
     return ingress.bind(settings, *shard_apps)
 
 

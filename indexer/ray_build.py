@@ -168,13 +168,15 @@ def _datasource(opts: BuildOptions, skip: int, block_items: int) -> Any:
     from ray.data import Datasource, ReadTask
     from ray.data.block import BlockMetadata
 
-    class InputsDatasource(Datasource):  # type: ignore[misc]
+    class InputsDatasource(Datasource):
         """One read task over all inputs in order (documents are numbered across files)."""
 
         def estimate_inmemory_data_size(self) -> int | None:
             return sum(p.stat().st_size for p in opts.inputs)
 
-        def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None, data_context: Any = None):  # type: ignore[no-untyped-def]
+        def get_read_tasks(
+            self, parallelism: int, per_task_row_limit: int | None = None, data_context: Any = None
+        ) -> list[Any]:
             meta = BlockMetadata(num_rows=None, size_bytes=None, exec_stats=None, input_files=None)
             return [ReadTask(lambda: _read_blocks(opts, skip, block_items), meta)]
 

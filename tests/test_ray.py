@@ -133,7 +133,13 @@ def test_ray_build_equals_local_build(builds, encoder):
     vecs = encoder.encode(QUERIES)
     one, many = SearchIndex.load(local), load_local(sharded)
     try:
-        for mode, flt in (("dense", None), ("lexical", None), ("hybrid", None), ("dense", {"pos": "noun"})):
+        for mode, flt in (
+            ("dense", None),
+            ("lexical", None),
+            ("hybrid", None),
+            ("dense", {"lexname": "noun.Tops"}),
+            ("hybrid", {"lexname": "noun.Tops"}),
+        ):
             x = search(many, QUERIES, vecs, 10, mode=mode, filter=flt)
             y = search(one, QUERIES, vecs, 10, mode=mode, filter=flt)
             assert [[h.id for h in r] for r in x] == [[h.id for h in r] for r in y], mode
@@ -223,7 +229,7 @@ def _requests():
     yield "dense", ("/search", {"query": QUERIES[0], "k": 10})
     yield "lexical", ("/search", {"query": QUERIES[1], "k": 10, "mode": "lexical"})
     yield "hybrid", ("/search", {"query": QUERIES[2], "k": 10, "mode": "hybrid"})
-    yield "filter", ("/search", {"query": QUERIES[3], "k": 5, "filter": {"pos": "verb"}})
+    yield "filter", ("/search", {"query": QUERIES[3], "k": 5, "filter": {"lexname": "noun.Tops"}})
     yield "batch", ("/search/batch", {"queries": QUERIES, "k": 5, "mode": "hybrid"})
 
 

@@ -152,7 +152,13 @@ def test_real_sharded_build_equals_unsharded(tmp_path, small_corpus, small_index
     vecs = encoder.encode(queries)
     one, many = SearchIndex.load(small_index), load_local(root)
     try:
-        for mode, flt in (("dense", None), ("lexical", None), ("hybrid", None), ("dense", {"pos": "n"})):
+        for mode, flt in (
+            ("dense", None),
+            ("lexical", None),
+            ("hybrid", None),
+            ("dense", {"lexname": "noun.Tops"}),
+            ("lexical", {"lexname": "noun.Tops"}),
+        ):
             a = search(many, queries, vecs, 10, mode=mode, filter=flt)
             b = search(one, queries, vecs, 10, mode=mode, filter=flt)
             assert [[h.id for h in r] for r in a] == [[h.id for h in r] for r in b], (mode, flt)
