@@ -20,6 +20,11 @@ live rows of the version (the ``dfs_query_then_fetch`` idea of Elasticsearch):
   returns on a table holding exactly the live rows (tested against it to 1e-6).
 
 Cost: one postings scan per phrase and segment, O(matching rows), like FTS5's own ranking.
+
+A sharded version (:mod:`semsearch.sharded`) runs the same formula in two phases: every shard's
+:func:`phrase_df` is gathered and summed, then each shard scores its rows with
+:func:`bm25_scores` and the collection's ``N``, ``avgdl`` and ``df``, so scores do not depend on the
+sharding either.
 """
 
 from __future__ import annotations
