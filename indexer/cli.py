@@ -327,6 +327,7 @@ def info(
         **m.summary(),
         "path": str(directory),
         "versions": IndexRoot(index).versions(),
+        "shards": m.shards,
         "segment_list": m.segments,
         "build": m.build,
         "libraries": m.libraries,

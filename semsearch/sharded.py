@@ -76,12 +76,15 @@ def shard_call(index: SearchIndex, method: str, *args: Any) -> Any:
     """One shard's answer to a fan-out call (what a shard replica runs)."""
     if method == "stats":
         return index.stats
+    if method == "dense_docs":  # dense top k and its documents in one round trip
+        scores, iids = index.dense(*args)
+        return scores, iids, index.docs_for({int(i) for i in iids.ravel() if i >= 0})
     if method not in SHARD_METHODS:
         raise SemsearchError(f"internal: unknown shard method {method!r}")
     return getattr(index, method)(*args)
 
 
-SHARD_METHODS = ("dense", "exact_scores", "matching_iids", "lexical_df", "lexical", "docs_for")
+SHARD_METHODS = ("dense", "exact_scores", "matching_iids", "lexical_df", "lexical", "docs_for")  # + stats, dense_docs
 
 
 class ShardedIndex:
@@ -148,8 +151,14 @@ class ShardedIndex:
     # ------------------------------------------------------------------ search primitives
 
     def search(self, query_vectors: np.ndarray, k: int, allowed: np.ndarray | None = None) -> list[list[Hit]]:
-        scores, iids = self.dense(query_vectors, k, allowed)
-        return self.hits(scores, iids)
+        """Dense hits in one fan-out: each shard returns its top k with their documents."""
+        q = np.ascontiguousarray(query_vectors, dtype=np.float32)
+        answers = self._call("dense_docs", q, k, allowed)
+        scores, iids = merge_top_k([(a[0], a[1]) for a in answers if a[1].shape[1]], k, len(q))
+        docs: dict[int, Doc] = {}
+        for a in answers:
+            docs.update(a[2])
+        return self._hits(scores, iids, docs)
 
     def dense(
         self, query_vectors: np.ndarray, k: int, allowed: np.ndarray | None = None
@@ -188,7 +197,10 @@ class ShardedIndex:
         return out
 
     def hits(self, scores: np.ndarray, iids: np.ndarray) -> list[list[Hit]]:
-        docs = self.docs_for({int(i) for i in iids.ravel() if i >= 0})
+        return self._hits(scores, iids, self.docs_for({int(i) for i in iids.ravel() if i >= 0}))
+
+    @staticmethod
+    def _hits(scores: np.ndarray, iids: np.ndarray, docs: dict[int, Doc]) -> list[list[Hit]]:
         out: list[list[Hit]] = []
         for row_scores, row_ids in zip(scores, iids, strict=True):
             row: list[Hit] = []
