@@ -8,6 +8,7 @@ does. The real Serve path (cluster, replicas, kill and restart) is tests/test_ra
 
 from __future__ import annotations
 
+import os
 import time
 
 import httpx
@@ -16,6 +17,8 @@ import pytest
 from fastapi import FastAPI
 from test_segments import META, _row
 
+# read when Ray is imported; the same as tests/test_ray.py sets, whichever module imports Ray first
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 pytest.importorskip("ray")
 
 from app.errors import ApiError
