@@ -1,28 +1,109 @@
 """Request and response models of the HTTP API.
 
-Structural rules (types, non-blank text, ``k >= 1``) are declared on the fields; limits that come from
-the settings (``max_k``, ``max_query_chars``, ...) are checked by each request's ``check_limits``,
-which raises a 422 in the same shape as a field error.
+Structural rules are declared on the fields and appear in the OpenAPI schema: types, valid text
+(:data:`Text`: encodable Unicode without NUL; :data:`NonBlank` also not blank), ``k >= 1``, and the
+filter grammar with its bounds (:data:`FILTER_SCHEMA`, validated by the core's ``compile_filter`` at the
+edge so a bad filter never reaches the micro-batch). Limits that come from the settings (``max_k``,
+``max_query_chars``, ...) are checked by each request's ``check_limits``, which raises a 422 in the same
+shape as a field error, and :func:`apply_limits` writes them into the app's OpenAPI schema.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema
 
 from app.errors import invalid
 from app.settings import Settings
+from semsearch import filters
+from semsearch.errors import InvalidInputError
 from semsearch.search import Mode
 
+_NON_BLANK_RE = re.compile(r"\S")
+# JSON Schema patterns (ECMA-262 and Python re agree on these): no NUL; and at least one non-space
+TEXT_PATTERN = r"^[^\x00]*$"
+NON_BLANK_PATTERN = r"^[^\x00]*[^\s\x00][^\x00]*$"
 
-def _not_blank(value: str) -> str:
-    if not value.strip():
+
+def valid_text(value: str) -> str:
+    """Text the encoder can take: no lone surrogates (not encodable as UTF-8) and no NUL characters."""
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters (U+0000)")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(
+            f"is not valid Unicode text: lone surrogate U+{ord(value[e.start]):04X} at position {e.start}"
+        ) from None
+    return value
+
+
+def not_blank(value: str) -> str:
+    if not _NON_BLANK_RE.search(value):
         raise ValueError("must not be empty or only whitespace")
     return value
 
 
-NonBlank = Annotated[str, AfterValidator(_not_blank)]
+Text = Annotated[str, AfterValidator(valid_text), WithJsonSchema({"type": "string", "pattern": TEXT_PATTERN})]
+NonBlank = Annotated[
+    str,
+    AfterValidator(valid_text),
+    AfterValidator(not_blank),
+    WithJsonSchema({"type": "string", "minLength": 1, "pattern": NON_BLANK_PATTERN}),
+]
+
+
+def _filter_schema() -> dict[str, Any]:
+    """The filter grammar of ``semsearch.filters`` with its bounds, as JSON Schema."""
+    number = {"type": "number", "minimum": filters.INT64_MIN, "maximum": filters.INT64_MAX}
+    string = {"type": "string", "maxLength": filters.MAX_VALUE_CHARS}
+    scalar = [string, number, {"type": "boolean"}]
+
+    def bounds(kind: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "type": "object",
+            "properties": dict.fromkeys(filters.RANGE_OPERATORS, kind),
+            "minProperties": 1,
+            "additionalProperties": False,
+        }
+
+    one_of_values = {
+        "type": "object",
+        "properties": {"in": {"type": "array", "maxItems": filters.MAX_IN_VALUES, "items": {"anyOf": scalar}}},
+        "required": ["in"],
+        "additionalProperties": False,
+    }
+    return {
+        "type": "object",
+        "maxProperties": filters.MAX_FIELDS,
+        "propertyNames": {"pattern": filters.FIELD_PATTERN, "maxLength": filters.MAX_FIELD_CHARS},
+        "additionalProperties": {"anyOf": [*scalar, one_of_values, bounds(number), bounds(string)]},
+        "description": 'Metadata filter, all fields must match: {"field": value | {"in": [values]} | '
+        '{"gte": x, "lte": y}} (also gt, lt). Field: a metadata key or dotted path of at most '
+        f"{filters.MAX_PATH_DEPTH} keys; at most {filters.MAX_VALUES} values in all.",
+        "examples": [{"pos": "noun"}],
+    }
+
+
+FILTER_SCHEMA = _filter_schema()
+
+
+def check_filter(value: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The core's own validation (grammar and bounds), at the edge: a 422 naming the problem."""
+    try:
+        filters.compile_filter(value)
+    except InvalidInputError as e:
+        raise ValueError(e.message) from None
+    return value
+
+
+Filter = Annotated[
+    dict[str, Any] | None,
+    AfterValidator(check_filter),
+    WithJsonSchema({"anyOf": [FILTER_SCHEMA, {"type": "null"}]}),
+]
 
 
 def check_text(loc: list[str], text: str, limit: int, setting: str) -> None:
@@ -44,11 +125,7 @@ class SearchOptions(_Request):
 
     k: int = Field(10, ge=1, description="Number of results per query (1..max_k).")
     mode: Mode = Field("dense", description="dense (cosine), lexical (BM25) or hybrid (fusion).")
-    filter: dict[str, Any] | None = Field(
-        None,
-        description='Metadata filter: {"field": value | {"in": [...]} | {"gte": x, "lte": y}}.',
-        examples=[{"pos": "n"}],
-    )
+    filter: Filter = Field(None, description=FILTER_SCHEMA["description"])
     rerank: bool = Field(False, description="Rescore the top `candidates` with the cross-encoder reranker.")
     candidates: int = Field(50, ge=1, description="With rerank: bi-encoder hits rescored (at least k are used).")
 
@@ -106,7 +183,7 @@ class RerankRequest(_Request):
     )
 
     query: NonBlank
-    texts: list[str] = Field(min_length=1, description="Candidate texts (at most max_rerank_texts).")
+    texts: list[Text] = Field(min_length=1, description="Candidate texts (at most max_rerank_texts).")
     top_k: int | None = Field(None, ge=1, description="Return only the best top_k (default: all).")
 
     def check_limits(self, s: Settings) -> None:
@@ -190,3 +267,56 @@ class ErrorResponse(BaseModel):
     """The one error shape."""
 
     error: ErrorBody
+
+
+# ------------------------------------------------------------------------------------------- OpenAPI
+
+
+def apply_limits(schema: dict[str, Any], s: Settings) -> dict[str, Any]:
+    """Write the configured limits into an OpenAPI document (in place), so that generated clients and
+    fuzzers see exactly what the service accepts: max lengths, max items, max ``k``/``candidates``, and
+    ``GET /search?filter=`` as JSON with the filter grammar."""
+    components = schema.get("components", {}).get("schemas", {})
+
+    def field(model: str, name: str) -> dict[str, Any]:
+        node: dict[str, Any] = components.get(model, {}).get("properties", {}).get(name, {})
+        return node
+
+    for model in ("SearchRequest", "BatchSearchRequest"):
+        field(model, "k")["maximum"] = s.max_k
+        field(model, "candidates")["maximum"] = s.max_candidates
+    field("SearchRequest", "query")["maxLength"] = s.max_query_chars
+    field("RerankRequest", "query")["maxLength"] = s.max_query_chars
+    for model, name, items, chars in (
+        ("BatchSearchRequest", "queries", s.max_batch_queries, s.max_query_chars),
+        ("EmbedRequest", "texts", s.max_embed_texts, s.max_text_chars),
+        ("RerankRequest", "texts", s.max_rerank_texts, s.max_text_chars),
+    ):
+        node = field(model, name)
+        node["maxItems"] = items
+        node.setdefault("items", {})["maxLength"] = chars
+    get_search = schema.get("paths", {}).get("/search", {}).get("get", {})
+    for param in get_search.get("parameters", []):
+        name, node = param.get("name"), param.get("schema", {})
+        if name == "q":
+            node.update(minLength=1, pattern=NON_BLANK_PATTERN, maxLength=s.max_query_chars)
+        elif name == "k":
+            node["maximum"] = s.max_k
+        elif name == "candidates":
+            node["maximum"] = s.max_candidates
+        elif name == "filter":  # a JSON object in the query string (OpenAPI: parameter `content`)
+            param.pop("schema", None)
+            param["content"] = {"application/json": {"schema": FILTER_SCHEMA}}
+    return schema
+
+
+def install_openapi_limits(app: Any, s: Settings) -> None:
+    """Make ``app.openapi()`` (hence ``/openapi.json`` and ``/docs``) carry the limits of ``s``."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = apply_limits(generate(), s)
+        return dict(app.openapi_schema)
+
+    app.openapi = openapi
