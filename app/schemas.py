@@ -10,7 +10,6 @@ shape as a field error, and :func:`apply_limits` writes them into the app's Open
 
 from __future__ import annotations
 
-import re
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema
@@ -20,8 +19,8 @@ from app.settings import Settings
 from semsearch import filters
 from semsearch.errors import InvalidInputError
 from semsearch.search import Mode
+from semsearch.text import text_problem
 
-_NON_BLANK_RE = re.compile(r"\S")
 # JSON Schema patterns (ECMA-262 and Python re agree on these): no NUL; and at least one non-space
 TEXT_PATTERN = r"^[^\x00]*$"
 NON_BLANK_PATTERN = r"^[^\x00]*[^\s\x00][^\x00]*$"
@@ -29,27 +28,22 @@ NON_BLANK_PATTERN = r"^[^\x00]*[^\s\x00][^\x00]*$"
 
 def valid_text(value: str) -> str:
     """Text the encoder can take: no lone surrogates (not encodable as UTF-8) and no NUL characters."""
-    if "\x00" in value:
-        raise ValueError("must not contain NUL characters (U+0000)")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError as e:
-        raise ValueError(
-            f"is not valid Unicode text: lone surrogate U+{ord(value[e.start]):04X} at position {e.start}"
-        ) from None
+    problem = text_problem(value, allow_blank=True)
+    if problem:
+        raise ValueError(problem)
     return value
 
 
 def not_blank(value: str) -> str:
-    if not _NON_BLANK_RE.search(value):
-        raise ValueError("must not be empty or only whitespace")
+    problem = text_problem(value)
+    if problem:
+        raise ValueError(problem)
     return value
 
 
 Text = Annotated[str, AfterValidator(valid_text), WithJsonSchema({"type": "string", "pattern": TEXT_PATTERN})]
 NonBlank = Annotated[
     str,
-    AfterValidator(valid_text),
     AfterValidator(not_blank),
     WithJsonSchema({"type": "string", "minLength": 1, "pattern": NON_BLANK_PATTERN}),
 ]

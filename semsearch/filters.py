@@ -200,7 +200,8 @@ def compile_filter(spec: Mapping[str, Any] | None) -> CompiledFilter:
         kinds = {"bool" if isinstance(v, bool) else "str" if isinstance(v, str) else "num" for v in bounds.values()}
         if "bool" in kinds or len(kinds) > 1:
             raise InvalidInputError(
-                f"filter field {field!r}: range bounds must be all numbers or all strings, got {_short(dict(bounds), 200)}"
+                f"filter field {field!r}: range bounds must be all numbers or all strings, "
+                f"got {_short(dict(bounds), 200)}"
             )
         type_test = (
             f"json_type(d.metadata, ?) IN {_NUMBER_TYPES}"
