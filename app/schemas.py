@@ -51,7 +51,7 @@ NonBlank = Annotated[
 
 def _filter_schema() -> dict[str, Any]:
     """The filter grammar of ``semsearch.filters`` with its bounds, as JSON Schema."""
-    number = {"type": "number", "minimum": filters.INT64_MIN, "maximum": filters.INT64_MAX}
+    number = {"type": "number", "minimum": -filters.NUMBER_LIMIT, "maximum": filters.NUMBER_LIMIT}
     string = {"type": "string", "maxLength": filters.MAX_VALUE_CHARS}
     scalar = [string, number, {"type": "boolean"}]
 
@@ -306,11 +306,35 @@ def apply_limits(schema: dict[str, Any], s: Settings) -> dict[str, Any]:
 
 def install_openapi_limits(app: Any, s: Settings) -> None:
     """Make ``app.openapi()`` (hence ``/openapi.json`` and ``/docs``) carry the limits of ``s``."""
+    from app.security import is_public
+
     generate = app.openapi
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            app.openapi_schema = apply_limits(generate(), s)
+            app.openapi_schema = document_errors(apply_limits(generate(), s), s, is_public)
         return dict(app.openapi_schema)
 
     app.openapi = openapi
+
+
+def document_errors(schema: dict[str, Any], s: Settings, is_public: Any) -> dict[str, Any]:
+    """Declare what every route can answer besides its own responses: 401 (API key), 413 (body size),
+    and the Bearer scheme when a key is configured; ``/metrics`` is text."""
+    ref = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}}
+    components = schema.setdefault("components", {})
+    if s.api_key is not None:
+        components.setdefault("securitySchemes", {})["bearer"] = {"type": "http", "scheme": "bearer"}
+    for path, operations in schema.get("paths", {}).items():
+        for method, op in operations.items():
+            responses = op.setdefault("responses", {})
+            if not is_public(path):
+                responses.setdefault("401", {"description": "Missing or wrong API key (when one is configured).", **ref})
+                if s.api_key is not None:
+                    op["security"] = [{"bearer": []}]
+            if method in ("post", "put", "patch"):
+                responses.setdefault("413", {"description": "Request body over max_body_bytes.", **ref})
+    metrics = schema.get("paths", {}).get("/metrics", {}).get("get", {}).get("responses", {}).get("200")
+    if metrics is not None:
+        metrics["content"] = {"text/plain": {"schema": {"type": "string"}}}
+    return schema

@@ -14,7 +14,7 @@ lexicographically), ``true``/``false`` booleans; a row without the field never m
 Every input is bounded (:data:`LIMITS`) so that no filter costs more than a small multiple of a
 one-field filter: evaluating a filter reads each row's metadata once per field, so the number of
 fields, the length of a field path, the number of values and the length of each string value are
-capped (measured in docs/reliability.md). Numbers must lie in the int64 range (what SQLite can bind).
+capped (measured in docs/reliability.md). Numbers must lie within +-2**53 (exact in JSON, bindable by SQLite).
 
 The matching rows of a version are cached per (index, filter): an index version is immutable.
 """
@@ -45,7 +45,8 @@ MAX_PATH_DEPTH = 8  # dotted segments of a field path
 MAX_IN_VALUES = 1000  # values of one 'in' list
 MAX_VALUES = 1000  # values (and bounds) in the whole filter
 MAX_VALUE_CHARS = 1000  # one string value
-INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+# numbers within +-2**53: exact as JSON numbers everywhere (RFC 8259 interoperability), bindable by SQLite
+NUMBER_LIMIT = 2**53
 LIMITS = {
     "fields": MAX_FIELDS,
     "field_chars": MAX_FIELD_CHARS,
@@ -94,10 +95,9 @@ def _check_scalar(field: str, value: Any, what: str) -> Scalar:
     if isinstance(value, int | float):
         if value != value or value in (float("inf"), float("-inf")):
             raise InvalidInputError(f"filter field {field!r}: {what} must be a finite number, got {value!r}")
-        if not INT64_MIN <= value <= INT64_MAX:
+        if not -NUMBER_LIMIT <= value <= NUMBER_LIMIT:
             raise InvalidInputError(
-                f"filter field {field!r}: {what} is out of range; numbers must be between {INT64_MIN} "
-                f"and {INT64_MAX} (64-bit)"
+                f"filter field {field!r}: {what} is out of range; numbers must lie within +-{NUMBER_LIMIT} (2**53)"
             )
         return value
     raise InvalidInputError(
