@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
 
 from app.errors import invalid
 from app.settings import Settings
@@ -49,10 +49,31 @@ NonBlank = Annotated[
 ]
 
 
-def _filter_schema() -> dict[str, Any]:
+DEFAULT_K = 10
+DEFAULT_CANDIDATES = 50  # both capped by the settings' max_k / max_candidates
+
+
+def _integral(value: Any) -> Any:
+    """JSON Schema's ``integer`` includes ``45.0``; strict mode still refuses ``"45"``, ``true``, ``4.5``."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**63:
+        return int(value)
+    return value
+
+
+Int = Annotated[int, BeforeValidator(_integral)]
+
+
+# GET /search?filter= must fit in a URL (~64 KB with uvicorn): smaller `in` lists and strings than POST
+GET_MAX_IN_VALUES = 5
+GET_MAX_VALUE_CHARS = 50
+
+
+def _filter_schema(
+    in_values: int = filters.MAX_IN_VALUES, value_chars: int = filters.MAX_VALUE_CHARS
+) -> dict[str, Any]:
     """The filter grammar of ``semsearch.filters`` with its bounds, as JSON Schema."""
     number = {"type": "number", "minimum": -filters.NUMBER_LIMIT, "maximum": filters.NUMBER_LIMIT}
-    string = {"type": "string", "maxLength": filters.MAX_VALUE_CHARS}
+    string = {"type": "string", "maxLength": value_chars}
     scalar = [string, number, {"type": "boolean"}]
 
     def bounds(kind: dict[str, Any]) -> dict[str, Any]:
@@ -65,7 +86,7 @@ def _filter_schema() -> dict[str, Any]:
 
     one_of_values = {
         "type": "object",
-        "properties": {"in": {"type": "array", "maxItems": filters.MAX_IN_VALUES, "items": {"anyOf": scalar}}},
+        "properties": {"in": {"type": "array", "maxItems": in_values, "items": {"anyOf": scalar}}},
         "required": ["in"],
         "additionalProperties": False,
     }
@@ -82,6 +103,21 @@ def _filter_schema() -> dict[str, Any]:
 
 
 FILTER_SCHEMA = _filter_schema()
+GET_FILTER_SCHEMA = _filter_schema(GET_MAX_IN_VALUES, GET_MAX_VALUE_CHARS)
+
+
+def check_get_filter(spec: dict[str, Any]) -> str | None:
+    """Why a ``GET /search`` filter is over the URL-sized bounds (use POST for bigger ones), or None."""
+    for field, cond in spec.items():
+        values = cond.get("in") if isinstance(cond, dict) else None
+        if isinstance(values, list) and len(values) > GET_MAX_IN_VALUES:
+            return f"field {field[:40]!r}: 'in' takes at most {GET_MAX_IN_VALUES} values in GET (use POST /search)"
+        scalars = values if isinstance(values, list) else list(cond.values()) if isinstance(cond, dict) else [cond]
+        if any(isinstance(v, str) and len(v) > GET_MAX_VALUE_CHARS for v in scalars):
+            return (
+                f"field {field[:40]!r}: strings of at most {GET_MAX_VALUE_CHARS} characters in GET (use POST /search)"
+            )
+    return None
 
 
 def check_filter(value: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -117,13 +153,20 @@ class _Request(BaseModel):
 class SearchOptions(_Request):
     """Options shared by single and batch search."""
 
-    k: int = Field(10, ge=1, description="Number of results per query (1..max_k).")
+    k: Int = Field(DEFAULT_K, ge=1, description="Number of results per query (1..max_k).")
     mode: Mode = Field("dense", description="dense (cosine), lexical (BM25) or hybrid (fusion).")
     filter: Filter = Field(None, description=FILTER_SCHEMA["description"])
     rerank: bool = Field(False, description="Rescore the top `candidates` with the cross-encoder reranker.")
-    candidates: int = Field(50, ge=1, description="With rerank: bi-encoder hits rescored (at least k are used).")
+    candidates: Int = Field(
+        DEFAULT_CANDIDATES, ge=1, description="With rerank: bi-encoder hits rescored (at least k are used)."
+    )
 
     def check_options(self, s: Settings) -> None:
+        # defaults never exceed the configured limits (a service with max_k=5 answers 5 by default)
+        if "k" not in self.model_fields_set:
+            self.k = min(self.k, s.max_k)
+        if "candidates" not in self.model_fields_set:
+            self.candidates = min(self.candidates, s.max_candidates)
         check_range(["body", "k"], self.k, s.max_k, "SEMSEARCH_MAX_K")
         check_range(["body", "candidates"], self.candidates, s.max_candidates, "SEMSEARCH_MAX_CANDIDATES")
 
@@ -178,7 +221,9 @@ class RerankRequest(_Request):
 
     query: NonBlank
     texts: list[Text] = Field(min_length=1, description="Candidate texts (at most max_rerank_texts).")
-    top_k: int | None = Field(None, ge=1, description="Return only the best top_k (default: all).")
+    top_k: Annotated[int, Field(ge=1), BeforeValidator(_integral)] | None = Field(
+        None, description="Return only the best top_k (default: all)."
+    )
 
     def check_limits(self, s: Settings) -> None:
         check_text(["body", "query"], self.query, s.max_query_chars, "SEMSEARCH_MAX_QUERY_CHARS")
@@ -277,8 +322,8 @@ def apply_limits(schema: dict[str, Any], s: Settings) -> dict[str, Any]:
         return node
 
     for model in ("SearchRequest", "BatchSearchRequest"):
-        field(model, "k")["maximum"] = s.max_k
-        field(model, "candidates")["maximum"] = s.max_candidates
+        field(model, "k").update(maximum=s.max_k, default=min(DEFAULT_K, s.max_k))
+        field(model, "candidates").update(maximum=s.max_candidates, default=min(DEFAULT_CANDIDATES, s.max_candidates))
     field("SearchRequest", "query")["maxLength"] = s.max_query_chars
     field("RerankRequest", "query")["maxLength"] = s.max_query_chars
     for model, name, items, chars in (
@@ -292,15 +337,18 @@ def apply_limits(schema: dict[str, Any], s: Settings) -> dict[str, Any]:
     get_search = schema.get("paths", {}).get("/search", {}).get("get", {})
     for param in get_search.get("parameters", []):
         name, node = param.get("name"), param.get("schema", {})
+        if name in ("k", "candidates") and "anyOf" in node:  # optional in Python (default from settings)
+            branch = next(b for b in node["anyOf"] if b.get("type") != "null")
+            node = param["schema"] = {**{k: v for k, v in node.items() if k != "anyOf"}, **branch}
         if name == "q":
             node.update(minLength=1, pattern=NON_BLANK_PATTERN, maxLength=s.max_query_chars)
         elif name == "k":
-            node["maximum"] = s.max_k
+            node.update(maximum=s.max_k, default=min(DEFAULT_K, s.max_k))
         elif name == "candidates":
-            node["maximum"] = s.max_candidates
+            node.update(maximum=s.max_candidates, default=min(DEFAULT_CANDIDATES, s.max_candidates))
         elif name == "filter":  # a JSON object in the query string (OpenAPI: parameter `content`)
             param.pop("schema", None)
-            param["content"] = {"application/json": {"schema": FILTER_SCHEMA}}
+            param["content"] = {"application/json": {"schema": GET_FILTER_SCHEMA}}
     return schema
 
 
@@ -329,7 +377,9 @@ def document_errors(schema: dict[str, Any], s: Settings, is_public: Any) -> dict
         for method, op in operations.items():
             responses = op.setdefault("responses", {})
             if not is_public(path):
-                responses.setdefault("401", {"description": "Missing or wrong API key (when one is configured).", **ref})
+                responses.setdefault(
+                    "401", {"description": "Missing or wrong API key (when one is configured).", **ref}
+                )
                 if s.api_key is not None:
                     op["security"] = [{"bearer": []}]
             if method in ("post", "put", "patch"):

@@ -67,7 +67,8 @@ class Publisher(threading.Thread):
 
     def run(self) -> None:
         n = 0
-        while not self.stop_event.wait(self.every):
+        # on a fixed schedule (t = every, 2 * every, ...), however long a publication takes
+        while not self.stop_event.wait(max(0.0, (n + 1) * self.every - (time.monotonic() - self.t0))):
             n += 1
             rnd = random.Random(n)
             picked = rnd.sample(self.rows, min(self.batch, len(self.rows)))
@@ -130,21 +131,24 @@ def main() -> int:
     ap.add_argument("--publish-rows", type=int, default=500, help="Rows upserted per publication.")
     ap.add_argument("--backend", default="onnx-int8")
     ap.add_argument("--index-type", default="auto")
+    ap.add_argument("--warmup", type=float, default=30, help="RSS growth is measured from this second on.")
+    ap.add_argument("--index", type=Path, help="Use (and publish into) this index root instead of building one.")
     ap.add_argument("--name", default="soak")
     args = ap.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="semsearch-soak-"))
     rows = corpus_rows(args.rows)
     corpus = write_jsonl(work / "corpus.jsonl", rows)
-    root = work / "index"
-    print(f"building {args.rows} rows ({args.backend}, {args.index_type}) in {root} ...", flush=True)
+    root = args.index or work / "index"
     started = time.monotonic()
-    res = indexer("build", "--input", str(corpus), "--output", str(root), "--backend", args.backend,
-                  "--index-type", args.index_type, "--no-progress")  # fmt: skip
-    if res.returncode != 0:
-        raise SystemExit(res.stderr)
+    if args.index is None:
+        print(f"building {args.rows} rows ({args.backend}, {args.index_type}) in {root} ...", flush=True)
+        res = indexer("build", "--input", str(corpus), "--output", str(root), "--backend", args.backend,
+                      "--index-type", args.index_type, "--no-progress")  # fmt: skip
+        if res.returncode != 0:
+            raise SystemExit(res.stderr)
+        print(f"  {res.stdout.strip()}", flush=True)
     build_s = time.monotonic() - started
-    print(f"  {res.stdout.strip()}", flush=True)
 
     server = Server(root, {"SEMSEARCH_RELOAD_POLL_S": "1"})
     try:
@@ -187,7 +191,8 @@ def main() -> int:
         )
     total = len(records)
     failed = sum(1 for r in records if r[2] != 200)
-    rss_start = rss[0][1] if rss else 0
+    after_warmup = [b for t, b in rss if t >= args.warmup] or [b for _, b in rss]
+    rss_start = after_warmup[0] if after_warmup else 0
     rss_end = rss[-1][1] if rss else 0
     growth = (rss_end - rss_start) / rss_start * 100 if rss_start else 0.0
     versions = sorted({r[3] for r in records if r[2] == 200})
@@ -203,7 +208,8 @@ def main() -> int:
         "failed": failed,
         "statuses": sorted({str(r[2]) for r in records}),
         "queries_per_s": round(total / args.duration, 1),
-        "rss_start_mb": round(rss_start / 2**20, 1),
+        "rss_first_mb": round(rss[0][1] / 2**20, 1) if rss else 0.0,
+        "rss_start_mb": round(rss_start / 2**20, 1),  # after the warm-up
         "rss_end_mb": round(rss_end / 2**20, 1),
         "rss_peak_mb": round(max((b for _, b in rss), default=0) / 2**20, 1),
         "rss_growth_pct": round(growth, 1),

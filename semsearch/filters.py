@@ -55,7 +55,8 @@ LIMITS = {
     "values": MAX_VALUES,
     "value_chars": MAX_VALUE_CHARS,
 }
-FIELD_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$"
+_KEY = r"[A-Za-z_][A-Za-z0-9_]*"
+FIELD_PATTERN = rf"^{_KEY}(\.{_KEY}){{0,{MAX_PATH_DEPTH - 1}}}$"  # at most MAX_PATH_DEPTH keys
 _FIELD_RE = re.compile(FIELD_PATTERN)
 _NUMBER_TYPES = "('integer', 'real')"
 _OPERATOR_HELP = (
@@ -156,14 +157,14 @@ def compile_filter(spec: Mapping[str, Any] | None) -> CompiledFilter:
             raise InvalidInputError(
                 f"filter field name {field[:40]!r}... is {len(field)} characters long; the limit is {MAX_FIELD_CHARS}"
             )
+        if isinstance(field, str) and field.count(".") >= MAX_PATH_DEPTH:
+            raise InvalidInputError(
+                f"filter field {field!r} is {field.count('.') + 1} keys deep; the limit is {MAX_PATH_DEPTH}"
+            )
         if not isinstance(field, str) or not _FIELD_RE.match(field):
             raise InvalidInputError(
                 f"invalid filter field name {field!r}: use a metadata key made of letters, digits and "
                 "underscores (dots for nested keys, e.g. 'source.year')"
-            )
-        if field.count(".") >= MAX_PATH_DEPTH:
-            raise InvalidInputError(
-                f"filter field {field!r} is {field.count('.') + 1} keys deep; the limit is {MAX_PATH_DEPTH}"
             )
         path = "$." + field
         cond = spec[field]

@@ -16,6 +16,8 @@ from app.deps import RuntimeDep
 from app.errors import invalid, unparsable_body_reason
 from app.runtime import Runtime
 from app.schemas import (
+    DEFAULT_CANDIDATES,
+    DEFAULT_K,
     BatchSearchRequest,
     BatchSearchResponse,
     ErrorResponse,
@@ -24,6 +26,7 @@ from app.schemas import (
     SearchRequest,
     SearchResponse,
     Source,
+    check_get_filter,
     check_range,
     check_text,
     not_blank,
@@ -65,7 +68,7 @@ async def run_search(rt: Runtime, queries: Sequence[str], opts: SearchOptions) -
     return [[_hit(h, opts.rerank) for h in row] for row in rows], outcome.index_version
 
 
-MAX_FILTER_PARAM_CHARS = 10_000  # a URL longer than ~16 KB is refused by the HTTP server anyway
+MAX_FILTER_PARAM_CHARS = 32_000  # what the GET filter schema allows, escaped; URLs over ~64 KB fail in uvicorn
 
 
 def parse_filter_param(text: str | None) -> dict[str, Any] | None:
@@ -83,6 +86,9 @@ def parse_filter_param(text: str | None) -> dict[str, Any] | None:
         raise invalid(["query", "filter"], unparsable_body_reason(e), "json_invalid") from None
     if not isinstance(parsed, dict):
         raise invalid(["query", "filter"], "must be a JSON object", "dict_type")
+    problem = check_get_filter(parsed)
+    if problem:
+        raise invalid(["query", "filter"], problem)
     return parsed
 
 
@@ -103,13 +109,13 @@ async def search(body: SearchRequest, rt: RuntimeDep) -> SearchResponse:
 async def search_get(
     rt: RuntimeDep,
     q: Annotated[str, Query(min_length=1, description="The query text (not blank, no NUL).")],
-    k: Annotated[int, Query(ge=1, description="Number of results (1..max_k).")] = 10,
+    k: Annotated[int | None, Query(ge=1, description="Number of results (1..max_k; default 10).")] = None,
     mode: Annotated[Mode, Query(description="dense, lexical or hybrid.")] = "dense",
     filter: Annotated[
         str | None, Query(description='Metadata filter as a JSON object, e.g. {"pos":"noun"} (as for POST).')
     ] = None,
     rerank: Annotated[bool, Query(description="Rerank with the cross-encoder.")] = False,
-    candidates: Annotated[int, Query(ge=1, description="Hits rescored when reranking.")] = 50,
+    candidates: Annotated[int | None, Query(ge=1, description="Hits rescored when reranking (default 50).")] = None,
 ) -> SearchResponse:
     """`POST /search` for browsers and curl: `GET /search?q=a+large+wild+cat&k=5`."""
     started = time.perf_counter()
@@ -119,6 +125,8 @@ async def search_get(
     except ValueError as e:
         raise invalid(["query", "q"], str(e)) from None
     check_text(["query", "q"], q, s.max_query_chars, "SEMSEARCH_MAX_QUERY_CHARS")
+    k = min(DEFAULT_K, s.max_k) if k is None else k
+    candidates = min(DEFAULT_CANDIDATES, s.max_candidates) if candidates is None else candidates
     check_range(["query", "k"], k, s.max_k, "SEMSEARCH_MAX_K")
     check_range(["query", "candidates"], candidates, s.max_candidates, "SEMSEARCH_MAX_CANDIDATES")
     parsed = parse_filter_param(filter)
