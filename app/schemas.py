@@ -97,7 +97,7 @@ def _filter_schema(
         "additionalProperties": {"anyOf": [*scalar, one_of_values, bounds(number), bounds(string)]},
         "description": 'Metadata filter, all fields must match: {"field": value | {"in": [values]} | '
         '{"gte": x, "lte": y}} (also gt, lt). Field: a metadata key or dotted path of at most '
-        f"{filters.MAX_PATH_DEPTH} keys; at most {filters.MAX_VALUES} values in all.",
+        f"{filters.MAX_PATH_DEPTH} keys.",
         "examples": [{"pos": "noun"}],
     }
 

@@ -188,7 +188,6 @@ BAD_FILTERS: list[tuple[str, Any]] = [
     ("empty_condition", {"pos": {}}),
     ("in_not_list", {"pos": {"in": "noun"}}),
     ("in_too_long", {"pos": {"in": list(range(filters.MAX_IN_VALUES + 1))}}),
-    ("too_many_values", {f"f{i}": {"in": list(range(300))} for i in range(4)}),
     ("in_with_object", {"pos": {"in": [{"a": 1}]}}),
     ("in_with_null", {"pos": {"in": [None]}}),
     ("in_and_range", {"pos": {"in": [1], "gte": 0}}),
@@ -244,7 +243,8 @@ def test_bad_filters_are_422_on_every_search_route(client: TestClient, check_err
 
 def test_good_filters_at_the_bounds_are_accepted(client: TestClient) -> None:
     at_bounds = {
-        "pos": {"in": ["noun", *[f"v{i}" for i in range(filters.MAX_VALUES - 4)]]},  # 1000 values in all
+        **{f"f{i}": {"in": list(range(filters.MAX_IN_VALUES))} for i in range(filters.MAX_FIELDS - 3)},
+        "pos": {"in": ["noun", *[f"v{i}" for i in range(filters.MAX_IN_VALUES - 1)]]},
         "a" * filters.MAX_FIELD_CHARS: {"gte": -filters.NUMBER_LIMIT, "lte": filters.NUMBER_LIMIT},
         ".".join(["b"] * filters.MAX_PATH_DEPTH): "x" * filters.MAX_VALUE_CHARS,
     }
