@@ -409,3 +409,27 @@ def test_the_api_key_is_never_logged(server: Any) -> None:
     time.sleep(0.5)
     assert "GET /info" in server.log  # the access log is on, so the check means something
     assert API_KEY not in server.log
+
+
+# ------------------------------------------------------------------------------ OpenAPI accuracy (finding 8)
+
+
+def test_openapi_carries_the_limits_so_bad_bodies_are_schema_invalid(app_settings: Callable[..., Settings]) -> None:
+    import jsonschema_rs
+
+    app = create_app(app_settings(max_query_chars=50, max_k=7, max_batch_queries=3))
+    doc = app.openapi()
+
+    def validator(model: str) -> Any:
+        return jsonschema_rs.validator_for({**doc["components"]["schemas"][model], "components": doc["components"]})
+
+    search, batch, embed = validator("SearchRequest"), validator("BatchSearchRequest"), validator("EmbedRequest")
+    for body in ({"query": ""}, {"query": "   "}, {"query": "a\x00"}, {"query": "x" * 51}, {"query": "a", "k": 8},
+                 {"query": "a", "filter": {"a" * 129: 1}}, {"query": "a", "filter": {"pos": 2**60}}):  # fmt: skip
+        assert not search.is_valid(body), body
+    assert search.is_valid({"query": "a large wild cat", "k": 7, "filter": {"pos": {"in": ["noun", 1]}}})
+    assert not batch.is_valid({"queries": [""]}) and not batch.is_valid({"queries": ["a"] * 4})
+    assert not embed.is_valid({"texts": [" "]})
+    get = {p["name"]: p for p in doc["paths"]["/search"]["get"]["parameters"]}
+    assert get["q"]["schema"]["maxLength"] == 50 and get["k"]["schema"]["maximum"] == 7
+    assert "application/json" in get["filter"]["content"]
