@@ -19,11 +19,8 @@ from app.settings import Settings
 from semsearch import filters
 from semsearch.errors import InvalidInputError
 from semsearch.search import Mode
-from semsearch.text import text_problem
+from semsearch.text import NON_BLANK_PATTERN, TEXT_PATTERN, text_problem
 
-# JSON Schema patterns (ECMA-262 and Python re agree on these): no NUL; and at least one non-space
-TEXT_PATTERN = r"^[^\x00]*$"
-NON_BLANK_PATTERN = r"^[^\x00]*[^\s\x00][^\x00]*$"
 
 
 def valid_text(value: str) -> str:

@@ -9,7 +9,12 @@ from __future__ import annotations
 
 import re
 
-_NON_BLANK_RE = re.compile(r"\S")
+# Unicode White_Space, spelled out: Python's ``str.isspace``/``\s`` also count U+001C-U+001F, ECMA-262's
+# ``\s`` counts U+FEFF and Rust's does neither, so the OpenAPI pattern and this check name the set
+WHITESPACE = r"\t\n\v\f\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+TEXT_PATTERN = r"^[^\x00]*$"  # JSON Schema pattern of any accepted text
+NON_BLANK_PATTERN = rf"^[^\x00]*[^\x00{WHITESPACE}][^\x00]*$"  # ... and of a text that must not be blank
+_NON_BLANK_RE = re.compile(rf"[^{WHITESPACE}]")
 
 
 def text_problem(text: str, *, allow_blank: bool = False) -> str | None:
