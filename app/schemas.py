@@ -22,7 +22,6 @@ from semsearch.search import Mode
 from semsearch.text import NON_BLANK_PATTERN, TEXT_PATTERN, text_problem
 
 
-
 def valid_text(value: str) -> str:
     """Text the encoder can take: no lone surrogates (not encodable as UTF-8) and no NUL characters."""
     problem = text_problem(value, allow_blank=True)
