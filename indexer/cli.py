@@ -54,7 +54,11 @@ SplitOpt = Annotated[
 ]
 MaxCharsOpt = Annotated[int, typer.Option(min=1, help="Reject rows whose text is longer than this.")]
 MaxRejectsOpt = Annotated[
-    str, typer.Option(help="Fail without publishing above this many rejects: a count or a share like 1%.")
+    str,
+    typer.Option(
+        help="Fail without publishing above this many rejects: a count, or a share like 1% (rounded up, so "
+        "a small file may still skip one bad row)."
+    ),
 ]
 ResumeOpt = Annotated[
     bool, typer.Option("--resume", help="Continue an interrupted run of the same inputs and options.")
