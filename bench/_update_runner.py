@@ -62,6 +62,11 @@ def main() -> int:
         if args.no_merge and hasattr(opts, "merge"):
             opts.merge = False
         out["count"] = pipeline.run_build(opts, incremental=True).count
+        from semsearch.manifest import Manifest
+
+        versions = sorted((args.index / "versions").iterdir())
+        adds = [Manifest.read(v).build for v in versions if Manifest.read(v).build.get("kind") == "add"]
+        out["encode_seconds"] = adds[-1].get("encode_seconds") if adds else None
     elif args.op == "delete":
         extra = {"merge": False} if args.no_merge and "merge" in pipeline.run_delete.__code__.co_varnames else {}
         out["count"] = pipeline.run_delete(args.index, args.ids, **extra).count

@@ -163,8 +163,9 @@ def segment_latency(
             writer = IndexWriter(
                 ir, "build", meta, {"type": index_type, "params": {}}, segment_rows=math.ceil(n / segments)
             )
-            for start in range(0, n, 65_536):
-                stop = min(n, start + 65_536)
+            step = min(65_536, math.ceil(n / segments))  # chunks no larger than a segment
+            for start in range(0, n, step):
+                stop = min(n, start + step)
                 recs = [Record(text=f"row {i}", ext_id=i) for i in range(start, stop)]
                 writer.add_chunk(recs, np.asarray(corpus[start:stop]), [], len(recs), "error")
             writer.commit({"kind": "bench"})
@@ -246,6 +247,7 @@ def main() -> int:
                 size = du(index)
                 t = run(code, "add", "--index", str(index), "--input", str(add_file))
                 row["add_1000_s"] = round(t["seconds"], 2)
+                row["add_encode_s"] = round(t.get("encode_seconds", float("nan")), 2)
                 row["add_floor_s"] = round(floor["model_load_s"] + floor["encode_s"], 2)
                 row["add_written_mb"] = round((du(index) - size) / 1e6, 1)
                 if not args.skip_reload:

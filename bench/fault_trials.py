@@ -40,11 +40,12 @@ def indexer(*args: str) -> list[str]:
 
 
 def command(op: str, root: Path, data: dict[str, Path], resume: bool) -> list[str]:
-    common = ["--no-progress", "--chunk-size", "100"]
     if op == "build":
-        cmd = indexer("build", "--input", str(data["build"]), "--output", str(root), *common)
+        cmd = indexer(
+            "build", "--input", str(data["build"]), "--output", str(root), "--no-progress", "--chunk-size", "100"
+        )
     elif op == "add":
-        cmd = indexer("add", "--input", str(data["add"]), "--index", str(root), "--no-merge", *common)
+        cmd = indexer("add", "--input", str(data["add"]), "--index", str(root), "--no-merge", "--no-progress")
     elif op == "delete":
         return indexer("delete", "--index", str(root), "--ids", ",".join(str(i) for i in range(0, 600, 3)))
     else:
