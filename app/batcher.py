@@ -12,8 +12,11 @@ single worker thread, which
 and the collector resolves each job's future. While the worker is busy the next batch forms in the
 queue, so batches grow with load even with ``window_s = 0``. ``max_batch = 1`` disables batching: each
 request is encoded alone (the baseline of ``bench/http_bench.py``). A full queue raises
-:class:`~app.errors.OverloadedError` (HTTP 429) instead of growing. Errors are per group: a bad filter
-fails only the jobs that sent it.
+:class:`~app.errors.OverloadedError` (HTTP 429) instead of growing.
+
+A batch is an optimisation, never a shared fate: input is validated at the edge (``app.schemas``), and
+should the shared ``encode`` or a group's search still fail, the batch is retried job by job, so the
+error goes to the job that caused it alone and its batchmates get their results.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -36,6 +40,8 @@ from app.serving import IndexHolder, version_name
 from semsearch.encoder import Encoder
 from semsearch.index import Hit
 from semsearch.search import Mode, search
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -220,14 +226,23 @@ class MicroBatcher:
         vectors: dict[int, np.ndarray] = {}
         if texts:
             self.metrics.encode_batch_size.observe(len(texts))
-            matrix = self.encoder.encode(texts, batch_size=len(texts))
-            row = 0
-            for i in to_encode:
-                n = len(batch[i].texts)
-                vectors[i] = matrix[row : row + n]
-                row += n
+            try:
+                matrix = self.encoder.encode(texts, batch_size=len(texts))
+            except Exception as e:
+                if len(to_encode) == 1:
+                    results[to_encode[0]] = e
+                else:
+                    self._encode_one_by_one(batch, to_encode, vectors, results)
+            else:
+                row = 0
+                for i in to_encode:
+                    n = len(batch[i].texts)
+                    vectors[i] = matrix[row : row + n]
+                    row += n
         groups: dict[tuple[str, str, bool], list[int]] = {}
         for i, job in enumerate(batch):
+            if results[i] is not None:  # its encode failed
+                continue
             if job.spec is None:
                 results[i] = vectors[i]
             else:
@@ -240,8 +255,42 @@ class MicroBatcher:
         self.metrics.encode_seconds.observe(time.perf_counter() - started)
         return results
 
-    @staticmethod
+    def _encode_one_by_one(
+        self, batch: list[Job], to_encode: list[int], vectors: dict[int, np.ndarray], results: list[Any]
+    ) -> None:
+        """The shared encode failed: encode each job alone; a job that still fails gets its own error."""
+        for i in to_encode:
+            try:
+                vectors[i] = self.encoder.encode(batch[i].texts, batch_size=len(batch[i].texts))
+            except Exception as e:
+                log.warning("encoding failed for one job of a micro-batch (%s: %s)", type(e).__name__, e)
+                results[i] = e
+
+    @classmethod
     def _search_group(
+        cls,
+        batch: list[Job],
+        members: list[int],
+        vectors: dict[int, np.ndarray],
+        index: Any,
+        version: str,
+        results: list[Any],
+    ) -> None:
+        """One search for the group; if it fails, one search per job (errors stay with their job)."""
+        try:
+            cls._search_together(batch, members, vectors, index, version, results)
+        except Exception as e:
+            if len(members) == 1:
+                results[members[0]] = e
+                return
+            for i in members:
+                try:
+                    cls._search_together(batch, [i], vectors, index, version, results)
+                except Exception as job_error:
+                    results[i] = job_error
+
+    @staticmethod
+    def _search_together(
         batch: list[Job],
         members: list[int],
         vectors: dict[int, np.ndarray],
@@ -254,12 +303,7 @@ class MicroBatcher:
         k = max(batch[i].spec.k for i in members)  # type: ignore[union-attr]
         queries = [q for i in members for q in batch[i].texts]
         matrix = np.concatenate([vectors[i] for i in members]) if first.needs_vectors else None
-        try:
-            hits = search(index, queries, matrix, k, mode=first.mode, filter=first.filter)
-        except Exception as e:  # handed to the requests of this group only
-            for i in members:
-                results[i] = e
-            return
+        hits = search(index, queries, matrix, k, mode=first.mode, filter=first.filter)
         row = 0
         for i in members:
             job_k = batch[i].spec.k  # type: ignore[union-attr]

@@ -8,7 +8,8 @@ unexpected becomes a 500 with a generic message; the traceback goes to the log o
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+import sys
+from collections.abc import Iterator, Mapping, Sequence
 from http import HTTPStatus
 from typing import Any
 
@@ -108,7 +109,9 @@ def validation_detail(errors: Sequence[Any]) -> list[dict[str, Any]]:
         kind = str(e.get("type", ""))
         loc = [str(p) for p in e.get("loc", ())]
         msg = str(e.get("msg", "")).removeprefix("Value error, ")
-        if kind == "json_invalid":  # FastAPI puts the byte offset in loc; say what happened instead
+        if kind == "json_invalid" and loc[:1] == [
+            "body"
+        ]:  # FastAPI puts the byte offset in loc; say what happened instead
             offset = loc[1] if len(loc) > 1 else "?"
             loc, msg = (
                 ["body"],
@@ -147,9 +150,52 @@ async def _on_validation_error(request: Request, exc: Exception) -> JSONResponse
     return error_response(422, "invalid_input", message, detail)
 
 
+def unparsable_body_reason(error: BaseException) -> str:
+    """Why a request body could not be parsed (FastAPI only says "There was an error parsing the body")."""
+    if isinstance(error, UnicodeDecodeError):
+        return f"is not valid UTF-8 ({error.reason} at byte {error.start})"
+    if isinstance(error, RecursionError):
+        return "is nested too deeply to parse"
+    if isinstance(error, ValueError) and "digits" in str(error):
+        return f"holds an integer with too many digits (at most {sys.get_int_max_str_digits()})"
+    return f"could not be parsed ({type(error).__name__})"
+
+
+def _leaf_routes(routes: Sequence[Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """(prefix, route) of every route, looking into included routers."""
+    for route in routes:
+        inner = getattr(route, "original_router", None)
+        if inner is not None:
+            context = getattr(route, "include_context", None)
+            yield from _leaf_routes(inner.routes, prefix + (getattr(context, "prefix", "") or ""))
+        else:
+            yield prefix, route
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route accepts on this path (Starlette's 405 names only the first route's)."""
+    path = request.url.path
+    methods: set[str] = set()
+    for prefix, route in _leaf_routes(request.app.router.routes):
+        regex, route_methods = getattr(route, "path_regex", None), getattr(route, "methods", None)
+        if regex is None or not route_methods or not path.startswith(prefix):
+            continue
+        if regex.match(path[len(prefix) :]):
+            methods |= set(route_methods)
+    if "GET" in methods:
+        methods.add("HEAD")
+    return sorted(methods)
+
+
 async def _on_http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     status = exc.status_code
+    if status == 400 and exc.__cause__ is not None:  # FastAPI could not parse the body: a 422 like bad JSON
+        msg = unparsable_body_reason(exc.__cause__)
+        return error_response(
+            422, "invalid_input", f"request body: {msg}", [{"loc": ["body"], "msg": msg, "type": "json_invalid"}]
+        )
+    headers = dict(exc.headers or {})
     try:
         phrase = HTTPStatus(status).phrase
     except ValueError:
@@ -160,7 +206,8 @@ async def _on_http_error(request: Request, exc: Exception) -> JSONResponse:
         message = f"no route {request.url.path}; see /docs for the API"
     elif status == 405:
         message = f"method {request.method} is not allowed on {request.url.path}"
-    return error_response(status, code, message, None, exc.headers)
+        headers["Allow"] = ", ".join(allowed_methods(request)) or headers.get("Allow", "")
+    return error_response(status, code, message, None, headers)
 
 
 async def _on_not_implemented(request: Request, exc: Exception) -> JSONResponse:

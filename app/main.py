@@ -21,6 +21,7 @@ from app.errors import install_error_handlers
 from app.metrics import Metrics, MetricsMiddleware
 from app.routes import admin, cohere_compat, embed, openai_compat, rerank, search, status, web
 from app.runtime import Runtime
+from app.schemas import install_openapi_limits
 from app.security import ApiKeyMiddleware, BodyLimitMiddleware
 from app.serving import Services
 from app.settings import Settings, get_settings
@@ -67,6 +68,7 @@ def create_app(
     for module in (search, embed, rerank, status, admin, web, openai_compat, cohere_compat):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=web.STATIC_DIR), name="static")
+    install_openapi_limits(app, settings)
     # added innermost first: metrics sees everything, CORS answers preflights before the key check
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
     app.add_middleware(ApiKeyMiddleware, api_key=settings.api_key_bytes())

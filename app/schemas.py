@@ -1,28 +1,135 @@
 """Request and response models of the HTTP API.
 
-Structural rules (types, non-blank text, ``k >= 1``) are declared on the fields; limits that come from
-the settings (``max_k``, ``max_query_chars``, ...) are checked by each request's ``check_limits``,
-which raises a 422 in the same shape as a field error.
+Structural rules are declared on the fields and appear in the OpenAPI schema: types, valid text
+(:data:`Text`: encodable Unicode without NUL; :data:`NonBlank` also not blank), ``k >= 1``, and the
+filter grammar with its bounds (:data:`FILTER_SCHEMA`, validated by the core's ``compile_filter`` at the
+edge so a bad filter never reaches the micro-batch). Limits that come from the settings (``max_k``,
+``max_query_chars``, ...) are checked by each request's ``check_limits``, which raises a 422 in the same
+shape as a field error, and :func:`apply_limits` writes them into the app's OpenAPI schema.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
 
 from app.errors import invalid
 from app.settings import Settings
+from semsearch import filters
+from semsearch.errors import InvalidInputError
 from semsearch.search import Mode
+from semsearch.text import NON_BLANK_PATTERN, TEXT_PATTERN, text_problem
 
 
-def _not_blank(value: str) -> str:
-    if not value.strip():
-        raise ValueError("must not be empty or only whitespace")
+def valid_text(value: str) -> str:
+    """Text the encoder can take: no lone surrogates (not encodable as UTF-8) and no NUL characters."""
+    problem = text_problem(value, allow_blank=True)
+    if problem:
+        raise ValueError(problem)
     return value
 
 
-NonBlank = Annotated[str, AfterValidator(_not_blank)]
+def not_blank(value: str) -> str:
+    problem = text_problem(value)
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
+Text = Annotated[str, AfterValidator(valid_text), WithJsonSchema({"type": "string", "pattern": TEXT_PATTERN})]
+NonBlank = Annotated[
+    str,
+    AfterValidator(not_blank),
+    WithJsonSchema({"type": "string", "minLength": 1, "pattern": NON_BLANK_PATTERN}),
+]
+
+
+DEFAULT_K = 10
+DEFAULT_CANDIDATES = 50  # both capped by the settings' max_k / max_candidates
+
+
+def _integral(value: Any) -> Any:
+    """JSON Schema's ``integer`` includes ``45.0``; strict mode still refuses ``"45"``, ``true``, ``4.5``."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**63:
+        return int(value)
+    return value
+
+
+Int = Annotated[int, BeforeValidator(_integral)]
+
+
+# GET /search?filter= must fit in a URL (~64 KB with uvicorn): smaller `in` lists and strings than POST
+GET_MAX_IN_VALUES = 5
+GET_MAX_VALUE_CHARS = 50
+
+
+def _filter_schema(
+    in_values: int = filters.MAX_IN_VALUES, value_chars: int = filters.MAX_VALUE_CHARS
+) -> dict[str, Any]:
+    """The filter grammar of ``semsearch.filters`` with its bounds, as JSON Schema."""
+    number = {"type": "number", "minimum": -filters.NUMBER_LIMIT, "maximum": filters.NUMBER_LIMIT}
+    string = {"type": "string", "maxLength": value_chars}
+    scalar = [string, number, {"type": "boolean"}]
+
+    def bounds(kind: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "type": "object",
+            "properties": dict.fromkeys(filters.RANGE_OPERATORS, kind),
+            "minProperties": 1,
+            "additionalProperties": False,
+        }
+
+    one_of_values = {
+        "type": "object",
+        "properties": {"in": {"type": "array", "maxItems": in_values, "items": {"anyOf": scalar}}},
+        "required": ["in"],
+        "additionalProperties": False,
+    }
+    return {
+        "type": "object",
+        "maxProperties": filters.MAX_FIELDS,
+        "propertyNames": {"pattern": filters.FIELD_PATTERN, "maxLength": filters.MAX_FIELD_CHARS},
+        "additionalProperties": {"anyOf": [*scalar, one_of_values, bounds(number), bounds(string)]},
+        "description": 'Metadata filter, all fields must match: {"field": value | {"in": [values]} | '
+        '{"gte": x, "lte": y}} (also gt, lt). Field: a metadata key or dotted path of at most '
+        f"{filters.MAX_PATH_DEPTH} keys.",
+        "examples": [{"pos": "noun"}],
+    }
+
+
+FILTER_SCHEMA = _filter_schema()
+GET_FILTER_SCHEMA = _filter_schema(GET_MAX_IN_VALUES, GET_MAX_VALUE_CHARS)
+
+
+def check_get_filter(spec: dict[str, Any]) -> str | None:
+    """Why a ``GET /search`` filter is over the URL-sized bounds (use POST for bigger ones), or None."""
+    for field, cond in spec.items():
+        values = cond.get("in") if isinstance(cond, dict) else None
+        if isinstance(values, list) and len(values) > GET_MAX_IN_VALUES:
+            return f"field {field[:40]!r}: 'in' takes at most {GET_MAX_IN_VALUES} values in GET (use POST /search)"
+        scalars = values if isinstance(values, list) else list(cond.values()) if isinstance(cond, dict) else [cond]
+        if any(isinstance(v, str) and len(v) > GET_MAX_VALUE_CHARS for v in scalars):
+            return (
+                f"field {field[:40]!r}: strings of at most {GET_MAX_VALUE_CHARS} characters in GET (use POST /search)"
+            )
+    return None
+
+
+def check_filter(value: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The core's own validation (grammar and bounds), at the edge: a 422 naming the problem."""
+    try:
+        filters.compile_filter(value)
+    except InvalidInputError as e:
+        raise ValueError(e.message) from None
+    return value
+
+
+Filter = Annotated[
+    dict[str, Any] | None,
+    AfterValidator(check_filter),
+    WithJsonSchema({"anyOf": [FILTER_SCHEMA, {"type": "null"}]}),
+]
 
 
 def check_text(loc: list[str], text: str, limit: int, setting: str) -> None:
@@ -42,17 +149,20 @@ class _Request(BaseModel):
 class SearchOptions(_Request):
     """Options shared by single and batch search."""
 
-    k: int = Field(10, ge=1, description="Number of results per query (1..max_k).")
+    k: Int = Field(DEFAULT_K, ge=1, description="Number of results per query (1..max_k).")
     mode: Mode = Field("dense", description="dense (cosine), lexical (BM25) or hybrid (fusion).")
-    filter: dict[str, Any] | None = Field(
-        None,
-        description='Metadata filter: {"field": value | {"in": [...]} | {"gte": x, "lte": y}}.',
-        examples=[{"pos": "n"}],
-    )
+    filter: Filter = Field(None, description=FILTER_SCHEMA["description"])
     rerank: bool = Field(False, description="Rescore the top `candidates` with the cross-encoder reranker.")
-    candidates: int = Field(50, ge=1, description="With rerank: bi-encoder hits rescored (at least k are used).")
+    candidates: Int = Field(
+        DEFAULT_CANDIDATES, ge=1, description="With rerank: bi-encoder hits rescored (at least k are used)."
+    )
 
     def check_options(self, s: Settings) -> None:
+        # defaults never exceed the configured limits (a service with max_k=5 answers 5 by default)
+        if "k" not in self.model_fields_set:
+            self.k = min(self.k, s.max_k)
+        if "candidates" not in self.model_fields_set:
+            self.candidates = min(self.candidates, s.max_candidates)
         check_range(["body", "k"], self.k, s.max_k, "SEMSEARCH_MAX_K")
         check_range(["body", "candidates"], self.candidates, s.max_candidates, "SEMSEARCH_MAX_CANDIDATES")
 
@@ -106,8 +216,10 @@ class RerankRequest(_Request):
     )
 
     query: NonBlank
-    texts: list[str] = Field(min_length=1, description="Candidate texts (at most max_rerank_texts).")
-    top_k: int | None = Field(None, ge=1, description="Return only the best top_k (default: all).")
+    texts: list[Text] = Field(min_length=1, description="Candidate texts (at most max_rerank_texts).")
+    top_k: Annotated[int, Field(ge=1), BeforeValidator(_integral)] | None = Field(
+        None, description="Return only the best top_k (default: all)."
+    )
     raw_scores: bool = Field(
         False,
         description="Return the cross-encoder's own sigmoid(logit) instead of the score the reranker's card "
@@ -203,3 +315,85 @@ class ErrorResponse(BaseModel):
     """The one error shape."""
 
     error: ErrorBody
+
+
+# ------------------------------------------------------------------------------------------- OpenAPI
+
+
+def apply_limits(schema: dict[str, Any], s: Settings) -> dict[str, Any]:
+    """Write the configured limits into an OpenAPI document (in place), so that generated clients and
+    fuzzers see exactly what the service accepts: max lengths, max items, max ``k``/``candidates``, and
+    ``GET /search?filter=`` as JSON with the filter grammar."""
+    components = schema.get("components", {}).get("schemas", {})
+
+    def field(model: str, name: str) -> dict[str, Any]:
+        node: dict[str, Any] = components.get(model, {}).get("properties", {}).get(name, {})
+        return node
+
+    for model in ("SearchRequest", "BatchSearchRequest"):
+        field(model, "k").update(maximum=s.max_k, default=min(DEFAULT_K, s.max_k))
+        field(model, "candidates").update(maximum=s.max_candidates, default=min(DEFAULT_CANDIDATES, s.max_candidates))
+    field("SearchRequest", "query")["maxLength"] = s.max_query_chars
+    field("RerankRequest", "query")["maxLength"] = s.max_query_chars
+    for model, name, items, chars in (
+        ("BatchSearchRequest", "queries", s.max_batch_queries, s.max_query_chars),
+        ("EmbedRequest", "texts", s.max_embed_texts, s.max_text_chars),
+        ("RerankRequest", "texts", s.max_rerank_texts, s.max_text_chars),
+    ):
+        node = field(model, name)
+        node["maxItems"] = items
+        node.setdefault("items", {})["maxLength"] = chars
+    get_search = schema.get("paths", {}).get("/search", {}).get("get", {})
+    for param in get_search.get("parameters", []):
+        name, node = param.get("name"), param.get("schema", {})
+        if name in ("k", "candidates") and "anyOf" in node:  # optional in Python (default from settings)
+            branch = next(b for b in node["anyOf"] if b.get("type") != "null")
+            node = param["schema"] = {**{k: v for k, v in node.items() if k != "anyOf"}, **branch}
+        if name == "q":
+            node.update(minLength=1, pattern=NON_BLANK_PATTERN, maxLength=s.max_query_chars)
+        elif name == "k":
+            node.update(maximum=s.max_k, default=min(DEFAULT_K, s.max_k))
+        elif name == "candidates":
+            node.update(maximum=s.max_candidates, default=min(DEFAULT_CANDIDATES, s.max_candidates))
+        elif name == "filter":  # a JSON object in the query string (OpenAPI: parameter `content`)
+            param.pop("schema", None)
+            param["content"] = {"application/json": {"schema": GET_FILTER_SCHEMA}}
+    return schema
+
+
+def install_openapi_limits(app: Any, s: Settings) -> None:
+    """Make ``app.openapi()`` (hence ``/openapi.json`` and ``/docs``) carry the limits of ``s``."""
+    from app.security import is_public
+
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = document_errors(apply_limits(generate(), s), s, is_public)
+        return dict(app.openapi_schema)
+
+    app.openapi = openapi
+
+
+def document_errors(schema: dict[str, Any], s: Settings, is_public: Any) -> dict[str, Any]:
+    """Declare what every route can answer besides its own responses: 401 (API key), 413 (body size),
+    and the Bearer scheme when a key is configured; ``/metrics`` is text."""
+    ref = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}}
+    components = schema.setdefault("components", {})
+    if s.api_key is not None:
+        components.setdefault("securitySchemes", {})["bearer"] = {"type": "http", "scheme": "bearer"}
+    for path, operations in schema.get("paths", {}).items():
+        for method, op in operations.items():
+            responses = op.setdefault("responses", {})
+            if not is_public(path):
+                responses.setdefault(
+                    "401", {"description": "Missing or wrong API key (when one is configured).", **ref}
+                )
+                if s.api_key is not None:
+                    op["security"] = [{"bearer": []}]
+            if method in ("post", "put", "patch"):
+                responses.setdefault("413", {"description": "Request body over max_body_bytes.", **ref})
+    metrics = schema.get("paths", {}).get("/metrics", {}).get("get", {}).get("responses", {}).get("200")
+    if metrics is not None:
+        metrics["content"] = {"text/plain": {"schema": {"type": "string"}}}
+    return schema

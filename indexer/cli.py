@@ -18,7 +18,7 @@ import typer
 from indexer.options import parse_params
 from semsearch.choices import IndexType
 from semsearch.encoder import Backend, Pooling
-from semsearch.errors import SemsearchError
+from semsearch.errors import InvalidInputError, SemsearchError
 
 log = logging.getLogger("indexer")
 
@@ -50,7 +50,11 @@ SplitOpt = Annotated[
 ]
 MaxCharsOpt = Annotated[int, typer.Option(min=1, help="Reject rows whose text is longer than this.")]
 MaxRejectsOpt = Annotated[
-    str, typer.Option(help="Fail without publishing above this many rejects: a count or a share like 1%.")
+    str,
+    typer.Option(
+        help="Fail without publishing above this many rejects: a count, or a share like 1% (rounded up, so "
+        "a small file may still skip one bad row)."
+    ),
 ]
 ResumeOpt = Annotated[
     bool, typer.Option("--resume", help="Continue an interrupted run of the same inputs and options.")
@@ -66,19 +70,48 @@ MergeOpt = Annotated[
 ]
 
 
-def _setup_logging(verbose: bool) -> None:
+# one-off lookups print only their answer: no INFO lines, no model-loading progress bars
+QUIET_COMMANDS = frozenset({"search", "info", "verify"})
+
+
+def _setup_logging(verbose: bool, quiet: bool = False) -> None:
     logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
+        level=logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
     for noisy in ("httpx", "urllib3", "huggingface_hub", "transformers", "sentence_transformers", "faiss"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    if quiet and not verbose:
+        _disable_weight_progress_bars()
+
+
+def _disable_weight_progress_bars() -> None:
+    """transformers' "Loading weights" bar (and the hub's download bars) go to stderr otherwise."""
+    import os
+
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        pass
 
 
 @app.callback()
-def _root(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False) -> None:
-    _setup_logging(verbose)
+def _root(
+    ctx: typer.Context,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+) -> None:
+    _setup_logging(verbose, quiet=ctx.invoked_subcommand in QUIET_COMMANDS)
+
+
+def _check_inputs(paths: list[Path]) -> None:
+    """A missing or unreadable input is one clear error before any work (not a traceback)."""
+    for p in paths:
+        if not p.is_file():
+            raise InvalidInputError(f"--input {p}: {'not a file' if p.exists() else 'no such file'}")
 
 
 def _emit(obj: dict[str, Any]) -> None:
@@ -162,6 +195,7 @@ def build(
     """Build a new index version from input files and publish it atomically."""
     from indexer.pipeline import BuildOptions, run_build
 
+    _check_inputs(input)
     opts = BuildOptions(
         inputs=input,
         output=output,
@@ -216,6 +250,7 @@ def add(
     the rows it replaces; same model, pooling and index type as the index."""
     from indexer.pipeline import BuildOptions, run_build
 
+    _check_inputs(input)
     opts = BuildOptions(
         inputs=input,
         output=index,
@@ -301,7 +336,11 @@ def search(
     """Quick look from the terminal: the k nearest sentences to QUERY."""
     from semsearch.encoder import Encoder
     from semsearch.index import SearchIndex
+    from semsearch.text import text_problem
 
+    problem = text_problem(query)  # the service refuses the same queries (422)
+    if problem:
+        raise typer.BadParameter(f"the query {problem}", param_hint="QUERY")
     idx = SearchIndex.load(index)
     encoder = Encoder.from_manifest(idx.manifest)
     hits = idx.search(encoder.encode([query]), k)[0]
@@ -374,5 +413,21 @@ def main() -> None:
     try:
         app()
     except SemsearchError as e:
-        typer.echo(f"error: {e.message}", err=True)
-        sys.exit(1)
+        _fail(e.message)
+    except OSError as e:  # a file the command needed: one line, no traceback
+        _fail(f"{e.strerror or e}: {e.filename}" if e.filename else str(e))
+
+
+def _fail(message: str) -> None:
+    """``error: ...`` on a line of its own (a progress bar may have left the cursor mid-line), exit 1."""
+    _end_progress_line()
+    typer.echo(f"error: {message}", err=True)
+    sys.exit(1)
+
+
+def _end_progress_line() -> None:
+    """Close progress bars the error interrupted (closing ends their line)."""
+    from tqdm import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,13 +89,13 @@ class BuildResult:
 
 
 def parse_max_rejects(value: str, total_rows: int) -> int:
-    """``"1%"`` -> 1% of the rows read; ``"25"`` -> 25 rows."""
+    """``"1%"`` -> 1% of the rows read, rounded up (so a small file may skip one bad row); ``"25"`` -> 25."""
     v = value.strip()
     try:
         if v.endswith("%"):
-            return int(float(v[:-1]) / 100.0 * total_rows)
+            return math.ceil(float(v[:-1]) / 100.0 * total_rows - 1e-9)
         return int(v)
-    except ValueError as e:
+    except (ValueError, OverflowError) as e:
         raise InvalidInputError(f"--max-rejects must be a count like 25 or a share like 1%, got {value!r}") from e
 
 
@@ -216,7 +217,7 @@ def _check_rejects(writer: IndexWriter, root: IndexRoot, opts: BuildOptions, row
     writer.abort()
     raise TooManyRejectsError(
         f"{n_rejects} of {rows + n_rejects} rows rejected (limit {allowed}, --max-rejects {opts.max_rejects}); "
-        "nothing was published. First: "
+        f"nothing was published (pass --max-rejects {n_rejects} to publish without them). First: "
         + "; ".join(f"{s}:{ln}: {r}" for s, ln, r, _ in first)
         + f". All rejects: {path}",
         {"rejects": n_rejects, "rows": rows + n_rejects, "rejects_file": str(path)},

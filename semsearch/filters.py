@@ -11,6 +11,11 @@ letters, digits and underscores. Comparisons are typed as in JSON: a number matc
 (``2020`` does not match the string ``"2020"``), a string strings (ranges on strings compare
 lexicographically), ``true``/``false`` booleans; a row without the field never matches.
 
+Every input is bounded (:data:`LIMITS`) so that no filter costs more than a small multiple of a
+one-field filter: evaluating a filter reads each row's metadata once per field, so the number of
+fields, the length of a field path, the number of values and the length of each string value are
+capped (measured in docs/reliability.md). Numbers must lie within +-2**53 (exact in JSON, bindable by SQLite).
+
 The matching rows of a version are cached per (index, filter): an index version is immutable.
 """
 
@@ -34,9 +39,23 @@ log = logging.getLogger(__name__)
 
 RANGE_OPERATORS = {"gt": ">", "gte": ">=", "lt": "<", "lte": "<="}
 OPERATORS: tuple[str, ...] = ("in", *RANGE_OPERATORS)
-MAX_FIELDS = 32
-MAX_IN_VALUES = 1000
-_FIELD_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+MAX_FIELDS = 8  # each field is one pass over every row's metadata JSON
+MAX_FIELD_CHARS = 128  # a field path: SQLite re-reads the path for every row
+MAX_PATH_DEPTH = 8  # dotted segments of a field path
+MAX_IN_VALUES = 1000  # values of one 'in' list (SQLite looks them up in a temporary b-tree)
+MAX_VALUE_CHARS = 1000  # one string value
+# numbers within +-2**53: exact as JSON numbers everywhere (RFC 8259 interoperability), bindable by SQLite
+NUMBER_LIMIT = 2**53
+LIMITS = {
+    "fields": MAX_FIELDS,
+    "field_chars": MAX_FIELD_CHARS,
+    "path_depth": MAX_PATH_DEPTH,
+    "in_values": MAX_IN_VALUES,
+    "value_chars": MAX_VALUE_CHARS,
+}
+_KEY = r"[A-Za-z_][A-Za-z0-9_]*"
+FIELD_PATTERN = rf"^{_KEY}(\.{_KEY}){{0,{MAX_PATH_DEPTH - 1}}}$"  # at most MAX_PATH_DEPTH keys
+_FIELD_RE = re.compile(FIELD_PATTERN)
 _NUMBER_TYPES = "('integer', 'real')"
 _OPERATOR_HELP = (
     'a value (string, number or boolean), {"in": [values]}, or a range with any of "gt", "gte", "lt", "lte"'
@@ -57,12 +76,28 @@ class CompiledFilter:
         return bool(self.where)
 
 
+def _short(value: Any, limit: int = 60) -> str:
+    """``repr`` cut to ``limit`` characters: error messages never echo a huge input."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _check_scalar(field: str, value: Any, what: str) -> Scalar:
-    if isinstance(value, bool | str):
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        if len(value) > MAX_VALUE_CHARS:
+            raise InvalidInputError(
+                f"filter field {field!r}: {what} is {len(value)} characters long; the limit is {MAX_VALUE_CHARS}"
+            )
         return value
     if isinstance(value, int | float):
         if value != value or value in (float("inf"), float("-inf")):
             raise InvalidInputError(f"filter field {field!r}: {what} must be a finite number, got {value!r}")
+        if not -NUMBER_LIMIT <= value <= NUMBER_LIMIT:
+            raise InvalidInputError(
+                f"filter field {field!r}: {what} is out of range; numbers must lie within +-{NUMBER_LIMIT} (2**53)"
+            )
         return value
     raise InvalidInputError(
         f"filter field {field!r}: {what} must be a string, number or boolean, got {type(value).__name__}; "
@@ -101,12 +136,22 @@ def compile_filter(spec: Mapping[str, Any] | None) -> CompiledFilter:
     if spec is None or (isinstance(spec, Mapping) and not spec):
         return CompiledFilter("", (), "")
     if not isinstance(spec, Mapping):
-        raise InvalidInputError(f"a filter must be an object mapping metadata fields to conditions, got {spec!r}")
+        raise InvalidInputError(
+            f"a filter must be an object mapping metadata fields to conditions, got {type(spec).__name__}"
+        )
     if len(spec) > MAX_FIELDS:
         raise InvalidInputError(f"a filter may name at most {MAX_FIELDS} fields, got {len(spec)}")
     clauses: list[str] = []
     params: list[Any] = []
     for field in sorted(spec):
+        if isinstance(field, str) and len(field) > MAX_FIELD_CHARS:
+            raise InvalidInputError(
+                f"filter field name {field[:40]!r}... is {len(field)} characters long; the limit is {MAX_FIELD_CHARS}"
+            )
+        if isinstance(field, str) and field.count(".") >= MAX_PATH_DEPTH:
+            raise InvalidInputError(
+                f"filter field {field!r} is {field.count('.') + 1} keys deep; the limit is {MAX_PATH_DEPTH}"
+            )
         if not isinstance(field, str) or not _FIELD_RE.match(field):
             raise InvalidInputError(
                 f"invalid filter field name {field!r}: use a metadata key made of letters, digits and "
@@ -124,7 +169,7 @@ def compile_filter(spec: Mapping[str, Any] | None) -> CompiledFilter:
         if unknown or not cond:
             raise InvalidInputError(
                 f"filter field {field!r}: "
-                + (f"unknown operator(s) {', '.join(map(repr, unknown))}" if unknown else "empty condition")
+                + (f"unknown operator(s) {', '.join(map(_short, unknown[:5]))}" if unknown else "empty condition")
                 + f"; valid operators: {', '.join(OPERATORS)} (a condition is {_OPERATOR_HELP})"
             )
         if "in" in cond:
@@ -132,7 +177,7 @@ def compile_filter(spec: Mapping[str, Any] | None) -> CompiledFilter:
                 raise InvalidInputError(f"filter field {field!r}: 'in' cannot be combined with other operators")
             values = cond["in"]
             if not isinstance(values, list | tuple):
-                raise InvalidInputError(f"filter field {field!r}: 'in' takes a list of values, got {values!r}")
+                raise InvalidInputError(f"filter field {field!r}: 'in' takes a list of values, got {_short(values)}")
             if len(values) > MAX_IN_VALUES:
                 raise InvalidInputError(f"filter field {field!r}: 'in' takes at most {MAX_IN_VALUES} values")
             checked = [_check_scalar(field, v, "each 'in' value") for v in values]
@@ -144,20 +189,18 @@ def compile_filter(spec: Mapping[str, Any] | None) -> CompiledFilter:
         kinds = {"bool" if isinstance(v, bool) else "str" if isinstance(v, str) else "num" for v in bounds.values()}
         if "bool" in kinds or len(kinds) > 1:
             raise InvalidInputError(
-                f"filter field {field!r}: range bounds must be all numbers or all strings, got {dict(bounds)!r}"
+                f"filter field {field!r}: range bounds must be all numbers or all strings, "
+                f"got {_short(dict(bounds), 200)}"
             )
         type_test = (
             f"json_type(d.metadata, ?) IN {_NUMBER_TYPES}"
             if kinds == {"num"}
             else ("json_type(d.metadata, ?) = 'text'")
         )
-        parts = [type_test]
-        p = [path]
-        for op, bound in sorted(bounds.items()):
-            parts.append(f"json_extract(d.metadata, ?) {RANGE_OPERATORS[op]} ?")
-            p += [path, bound]
-        clauses.append("(" + " AND ".join(parts) + ")")
-        params += p
+        # the value is extracted once per row (a scalar subquery), however many bounds there are
+        tests = " AND ".join(f"v {RANGE_OPERATORS[op]} ?" for op in sorted(bounds))
+        clauses.append(f"({type_test} AND (SELECT {tests} FROM (SELECT json_extract(d.metadata, ?) AS v)))")
+        params += [path, *(bounds[op] for op in sorted(bounds)), path]
     key = json.dumps(spec, sort_keys=True, separators=(",", ":"))
     return CompiledFilter(" AND ".join(clauses), tuple(params), key)
 

@@ -8,12 +8,16 @@ from collections.abc import Sequence
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
 
 from app.batcher import SearchSpec
 from app.deps import RuntimeDep
-from app.errors import invalid
+from app.errors import invalid, unparsable_body_reason
 from app.runtime import Runtime
 from app.schemas import (
+    DEFAULT_CANDIDATES,
+    DEFAULT_K,
     BatchSearchRequest,
     BatchSearchResponse,
     ErrorResponse,
@@ -22,8 +26,10 @@ from app.schemas import (
     SearchRequest,
     SearchResponse,
     Source,
+    check_get_filter,
     check_range,
     check_text,
+    not_blank,
 )
 from semsearch.index import Hit
 from semsearch.search import Mode
@@ -62,6 +68,30 @@ async def run_search(rt: Runtime, queries: Sequence[str], opts: SearchOptions) -
     return [[_hit(h, opts.rerank) for h in row] for row in rows], outcome.index_version
 
 
+MAX_FILTER_PARAM_CHARS = 32_000  # what the GET filter schema allows, escaped; URLs over ~64 KB fail in uvicorn
+
+
+def parse_filter_param(text: str | None) -> dict[str, Any] | None:
+    """``?filter=`` as a JSON object; any text that is not one is a 422 (never a 500: size, depth and
+    number length are bounded before or while parsing)."""
+    if text is None:
+        return None
+    if len(text) > MAX_FILTER_PARAM_CHARS:
+        raise invalid(["query", "filter"], f"is {len(text)} characters long; the limit is {MAX_FILTER_PARAM_CHARS}")
+    try:
+        parsed = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise invalid(["query", "filter"], f"is not valid JSON: {e}", "json_invalid") from None
+    except (RecursionError, ValueError) as e:  # too deep, or an integer with too many digits
+        raise invalid(["query", "filter"], unparsable_body_reason(e), "json_invalid") from None
+    if not isinstance(parsed, dict):
+        raise invalid(["query", "filter"], "must be a JSON object", "dict_type")
+    problem = check_get_filter(parsed)
+    if problem:
+        raise invalid(["query", "filter"], problem)
+    return parsed
+
+
 def _took_ms(started: float) -> float:
     return round((time.perf_counter() - started) * 1000, 3)
 
@@ -78,30 +108,34 @@ async def search(body: SearchRequest, rt: RuntimeDep) -> SearchResponse:
 @router.get("/search", response_model=SearchResponse, response_model_exclude_none=True, responses=RESPONSES)
 async def search_get(
     rt: RuntimeDep,
-    q: Annotated[str, Query(min_length=1, description="The query text.")],
-    k: Annotated[int, Query(ge=1, description="Number of results (1..max_k).")] = 10,
+    q: Annotated[str, Query(min_length=1, description="The query text (not blank, no NUL).")],
+    k: Annotated[int | None, Query(ge=1, description="Number of results (1..max_k; default 10).")] = None,
     mode: Annotated[Mode, Query(description="dense, lexical or hybrid.")] = "dense",
-    filter: Annotated[str | None, Query(description='Metadata filter as JSON, e.g. {"pos":"n"}.')] = None,
+    filter: Annotated[
+        str | None, Query(description='Metadata filter as a JSON object, e.g. {"pos":"noun"} (as for POST).')
+    ] = None,
     rerank: Annotated[bool, Query(description="Rerank with the cross-encoder.")] = False,
-    candidates: Annotated[int, Query(ge=1, description="Hits rescored when reranking.")] = 50,
+    candidates: Annotated[int | None, Query(ge=1, description="Hits rescored when reranking (default 50).")] = None,
 ) -> SearchResponse:
     """`POST /search` for browsers and curl: `GET /search?q=a+large+wild+cat&k=5`."""
     started = time.perf_counter()
     s = rt.settings
-    if not q.strip():
-        raise invalid(["query", "q"], "must not be empty or only whitespace")
+    try:
+        not_blank(q)
+    except ValueError as e:
+        raise invalid(["query", "q"], str(e)) from None
     check_text(["query", "q"], q, s.max_query_chars, "SEMSEARCH_MAX_QUERY_CHARS")
+    k = min(DEFAULT_K, s.max_k) if k is None else k
+    candidates = min(DEFAULT_CANDIDATES, s.max_candidates) if candidates is None else candidates
     check_range(["query", "k"], k, s.max_k, "SEMSEARCH_MAX_K")
     check_range(["query", "candidates"], candidates, s.max_candidates, "SEMSEARCH_MAX_CANDIDATES")
-    parsed: dict[str, Any] | None = None
-    if filter is not None:
-        try:
-            parsed = json.loads(filter)
-        except json.JSONDecodeError as e:
-            raise invalid(["query", "filter"], f"is not valid JSON: {e}", "json_invalid") from e
-        if not isinstance(parsed, dict):
-            raise invalid(["query", "filter"], "must be a JSON object", "dict_type")
-    opts = SearchOptions(k=k, mode=mode, filter=parsed, rerank=rerank, candidates=candidates)
+    parsed = parse_filter_param(filter)
+    try:
+        opts = SearchOptions(k=k, mode=mode, filter=parsed, rerank=rerank, candidates=candidates)
+    except ValidationError as e:  # the filter's grammar and bounds, checked by the schema as for POST
+        raise RequestValidationError(
+            [{**err, "loc": ("query", *err["loc"])} for err in e.errors(include_url=False, include_input=False)]
+        ) from None
     rows, version = await run_search(rt, [q], opts)
     return SearchResponse(results=rows[0], took_ms=_took_ms(started), index_version=version, reranked=rerank)
 

@@ -277,4 +277,17 @@ def test_corrupt_version_is_refused_and_the_old_one_keeps_serving(
         error = check_error(client.post("/admin/reload"), 409, "reload_refused")
         assert error["detail"]["version"] == bad.name and error["detail"]["serving"] == serving
         assert bad.name in error["message"] and "docs.sqlite" in error["message"]
+
+        # a version whose manifest names another model (hand-edited): reload applies startup's checks
+        edited = root.versions_dir / root.next_version()
+        shutil.copytree(root.versions_dir / str(serving), edited)
+        data = json.loads((edited / "manifest.json").read_text())
+        data["model"] = "someone/else"
+        (edited / "manifest.json").write_text(json.dumps(data))
+        os.symlink(f"versions/{edited.name}", tmp_link)
+        os.replace(tmp_link, reload_root / "current")
+        error = check_error(client.post("/admin/reload"), 409, "reload_refused")
+        assert error["detail"]["version"] == edited.name and "checksum does not match" in error["message"]
+        info = client.get("/info").json()
+        assert info["index_version"] == serving and info["index"]["model"] != "someone/else"
     assert f"refused index version {bad.name}" in reloading.log
