@@ -49,14 +49,14 @@ DEFAULT_K = 10
 DEFAULT_CANDIDATES = 50  # both capped by the settings' max_k / max_candidates
 
 
-def _integral(value: Any) -> Any:
+def integral(value: Any) -> Any:
     """JSON Schema's ``integer`` includes ``45.0``; strict mode still refuses ``"45"``, ``true``, ``4.5``."""
     if isinstance(value, float) and value.is_integer() and abs(value) < 2**63:
         return int(value)
     return value
 
 
-Int = Annotated[int, BeforeValidator(_integral)]
+Int = Annotated[int, BeforeValidator(integral)]
 
 
 # GET /search?filter= must fit in a URL (~64 KB with uvicorn): smaller `in` lists and strings than POST
@@ -217,7 +217,7 @@ class RerankRequest(_Request):
 
     query: NonBlank
     texts: list[Text] = Field(min_length=1, description="Candidate texts (at most max_rerank_texts).")
-    top_k: Annotated[int, Field(ge=1), BeforeValidator(_integral)] | None = Field(
+    top_k: Annotated[int, Field(ge=1), BeforeValidator(integral)] | None = Field(
         None, description="Return only the best top_k (default: all)."
     )
     raw_scores: bool = Field(
