@@ -145,7 +145,9 @@ class CompatRerankRequest(_CompatRequest):
     documents: list[Text | RerankDocument] = Field(
         min_length=1, description='Texts or {"text": ...} objects (at most max_rerank_texts).'
     )
-    top_n: Annotated[int, Field(ge=1), BeforeValidator(integral)] | None = Field(None, description="Return only the best top_n (default: all).")
+    top_n: Annotated[int, Field(ge=1), BeforeValidator(integral)] | None = Field(
+        None, description="Return only the best top_n (default: all)."
+    )
     return_documents: bool = Field(False, description='Include {"text": ...} in each result.')
     raw_scores: bool = Field(
         False, description="The cross-encoder's sigmoid(logit) instead of the card's (fused) score, as /rerank."
