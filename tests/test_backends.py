@@ -157,6 +157,29 @@ def test_second_encoder_reuses_the_cache(
     assert not any("exported ONNX model" in m or "quantised ONNX model" in m for m in messages), messages
 
 
+def test_onnx_encoder_does_not_import_torch(encoders: dict[str, Encoder], onnx_root: Path) -> None:
+    """With the export cached, an ONNX encoder loads and encodes without torch or sentence-transformers."""
+    import json
+    import subprocess
+    import sys
+
+    code = (
+        "import json, sys\n"
+        "from semsearch.encoder import Encoder\n"
+        f"e = Encoder(backend='onnx-int8', cache_dir={str(onnx_root / 'onnx')!r})\n"
+        "v = e.encode(['a man is playing a guitar'])\n"
+        "print(json.dumps({'mods': [m for m in ('torch', 'sentence_transformers', 'transformers') if m in sys.modules],"
+        " 'vec': v[0].tolist()}))\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out["mods"] == [], out["mods"]
+    expected = encoders["onnx-int8"].encode(["a man is playing a guitar"])[0]
+    np.testing.assert_allclose(np.asarray(out["vec"], dtype=np.float32), expected, atol=1e-5)
+
+
 @pytest.fixture()
 def onnx_env(onnx_root: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """The indexer and the service use the default cache: point it at this module's cache."""
