@@ -444,6 +444,8 @@ def quantize_rowwise(src: Path, dst: Path, weight_bits: int = INT8_WEIGHT_BITS) 
     zero = const("rq_zero", np.array(0.0, dtype=np.float32))
     f128 = const("rq_f128", np.array(128.0, dtype=np.float32))
     zp128 = const("rq_zp128", np.array(128, dtype=np.uint8))
+    ranks = _ranks(model)
+    zero_points: dict[object, str] = {}  # one (…, 1) tensor of 128s per activation rank: fewer nodes
     quantised_inputs: dict[str, tuple[str, str]] = {}
     quantised_weights: dict[str, tuple[str, str]] = {}
     replaced: set[str] = set()
@@ -473,14 +475,26 @@ def quantize_rowwise(src: Path, dst: Path, weight_bits: int = INT8_WEIGHT_BITS) 
                 helper.make_node("Neg", [f"{p}_min"], [f"{p}_negmin"], name=f"{p}_negmin"),
                 helper.make_node("Max", [f"{p}_max", f"{p}_negmin", eps], [f"{p}_absmax"], name=f"{p}_absmax"),
                 helper.make_node("Mul", [f"{p}_absmax", inv127], [f"{p}_scale"], name=f"{p}_scale"),
-                # the zero point must have the scale's shape: 128 everywhere, built from the scale
-                helper.make_node("Mul", [f"{p}_scale", zero], [f"{p}_z0"], name=f"{p}_z0"),
-                helper.make_node("Add", [f"{p}_z0", f128], [f"{p}_z128"], name=f"{p}_z128"),
-                helper.make_node("Cast", [f"{p}_z128"], [f"{p}_zp"], to=TensorProto.UINT8, name=f"{p}_zp"),
-                helper.make_node(
-                    "QuantizeLinear", [x, f"{p}_scale", f"{p}_zp"], [f"{p}_q"], axis=-1, block_size=k, name=f"{p}_q"
-                ),
             ]
+            # the zero point must have the scale's shape: 128 everywhere, built from a scale of that rank
+            rank_key: object = ranks.get(x) or x
+            if rank_key not in zero_points:
+                zero_points[rank_key] = f"{p}_zp"
+                nodes += [
+                    helper.make_node("Mul", [f"{p}_scale", zero], [f"{p}_z0"], name=f"{p}_z0"),
+                    helper.make_node("Add", [f"{p}_z0", f128], [f"{p}_z128"], name=f"{p}_z128"),
+                    helper.make_node("Cast", [f"{p}_z128"], [f"{p}_zp"], to=TensorProto.UINT8, name=f"{p}_zp"),
+                ]
+            nodes.append(
+                helper.make_node(
+                    "QuantizeLinear",
+                    [x, f"{p}_scale", zero_points[rank_key]],
+                    [f"{p}_q"],
+                    axis=-1,
+                    block_size=k,
+                    name=f"{p}_q",
+                )
+            )
             quantised_inputs[x] = (f"{p}_q", f"{p}_scale")
         x_q, x_scale = quantised_inputs[x]
         out = node.output[0]
@@ -511,6 +525,23 @@ def quantize_rowwise(src: Path, dst: Path, weight_bits: int = INT8_WEIGHT_BITS) 
         "matmuls": sum(1 for n in nodes if n.op_type == "MatMulInteger"),
         "opset": _default_opset(model),
     }
+
+
+def _ranks(model: Any) -> dict[str, int]:
+    """Tensor name -> rank, where the graph (after ONNX shape inference) knows it."""
+    import onnx
+
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:  # shapes are an optimisation here, not a requirement
+        inferred = model
+    graph = inferred.graph
+    out: dict[str, int] = {}
+    for value in [*graph.input, *graph.value_info, *graph.output]:
+        tensor = value.type.tensor_type
+        if tensor.HasField("shape"):
+            out[value.name] = len(tensor.shape.dim)
+    return out
 
 
 def _default_opset(model: Any) -> int:
