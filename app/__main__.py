@@ -178,6 +178,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def worker_app() -> Any:
+    """The app of one ``--workers`` process: settings from the environment, logging as in the parent."""
+    from app.main import create_app
+    from app.settings import get_settings
+
+    settings = get_settings()
+    _setup_logging(settings.log_level)
+    return create_app(settings)
+
+
 def _serve_processes(
     settings: Settings,
     overrides: dict[str, Any],
@@ -199,8 +209,9 @@ def _serve_processes(
     services.close()
     for name, value in overrides.items():
         os.environ[ENV_PREFIX + name.upper()] = str(value).lower() if isinstance(value, bool) else str(value)
-    config = uvicorn.Config("app.main:create_app", factory=True, workers=workers, **common)
+    config = uvicorn.Config("app.__main__:worker_app", factory=True, workers=workers, **common)
     sock = config.bind_socket()
+    sock.listen(config.backlog)  # connections queue from now on, while the workers load the model
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
     log.info(
@@ -212,7 +223,7 @@ def _serve_processes(
         port,
         workers,
     )
-    Multiprocess(config, target=uvicorn.Server(config).run, sockets=[sock]).run()
+    Multiprocess(config, sockets=[sock]).run()
     return 0
 
 

@@ -57,7 +57,8 @@ end
 
 class AppServer(hb.ServerProcess):
     def __init__(self, index: Path, flags: list[str], env: dict[str, str]) -> None:
-        full_env = {k: v for k, v in os.environ.items() if not k.startswith("SEMSEARCH_")}
+        keep = ("SEMSEARCH_CACHE_DIR",)  # the ONNX cache: the same exported files for every variant
+        full_env = {k: v for k, v in os.environ.items() if not k.startswith("SEMSEARCH_") or k in keep}
         full_env.update({"SEMSEARCH_ACCESS_LOG": "false", "SEMSEARCH_RELOAD_POLL_S": "0", **env})
         cmd = [sys.executable, "-m", "app", "--index", str(index), "--port", "0", *flags]
         super().__init__(cmd, full_env, hb.SERVING_RE, "server")
@@ -140,6 +141,9 @@ def main() -> int:
                     rows.append(row)
                     print(f"  {name:>12} {client:>6} c={concurrency:<3} {r['qps']:7.1f} q/s  p50 {r['p50_ms']:7.2f} ms"
                           f"  p99 {r['p99_ms']:7.2f} ms  errors {r['errors']}", flush=True)  # fmt: skip
+        except Exception:
+            print(f"{name} failed; its log:\n" + "".join(server.lines[-30:]), file=sys.stderr)
+            raise
         finally:
             server.stop()
     base = {(r["client"], r["concurrency"]): r["qps"] for r in rows if r["server"] == args.baseline}
