@@ -245,7 +245,10 @@ class Source(BaseModel):
 class SearchHit(BaseModel):
     id: int | str
     text: str
-    score: float = Field(description="Cosine similarity, or the reranker's score when reranked.")
+    score: float = Field(
+        description="The mode's score: cosine (dense), BM25 (lexical), the fused score (hybrid); the reranker's "
+        "score when reranked."
+    )
     metadata: dict[str, Any]
     source: Source | None = Field(None, description="Document and offsets (indexes built with sentence splitting).")
     retrieval_score: float | None = Field(None, description="The bi-encoder cosine (only when reranked).")
