@@ -346,6 +346,7 @@ def apply_limits(schema: dict[str, Any], s: Settings) -> dict[str, Any]:
         node = field(model, name)
         node["maxItems"] = items
         node.setdefault("items", {})["maxLength"] = chars
+    _apply_compat_limits(field, s)
     get_search = schema.get("paths", {}).get("/search", {}).get("get", {})
     for param in get_search.get("parameters", []):
         name, node = param.get("name"), param.get("schema", {})
@@ -362,6 +363,23 @@ def apply_limits(schema: dict[str, Any], s: Settings) -> dict[str, Any]:
             param.pop("schema", None)
             param["content"] = {"application/json": {"schema": GET_FILTER_SCHEMA}}
     return schema
+
+
+def _apply_compat_limits(field: Any, s: Settings) -> None:
+    """The same limits on the compatible routes' models (app/compat_schemas.py)."""
+    field("CompatRerankRequest", "query")["maxLength"] = s.max_query_chars
+    documents = field("CompatRerankRequest", "documents")
+    documents["maxItems"] = s.max_rerank_texts
+    for branch in documents.get("items", {}).get("anyOf", []):
+        if branch.get("type") == "string":
+            branch["maxLength"] = s.max_text_chars
+    field("RerankDocument", "text")["maxLength"] = s.max_text_chars
+    for branch in field("EmbeddingsRequest", "input").get("anyOf", []):
+        if branch.get("type") == "string":
+            branch["maxLength"] = s.max_text_chars
+        elif branch.get("type") == "array":
+            branch["maxItems"] = s.max_embed_texts
+            branch.setdefault("items", {})["maxLength"] = s.max_text_chars
 
 
 def install_openapi_limits(app: Any, s: Settings) -> None:
