@@ -9,6 +9,7 @@ shut down gracefully (uvicorn).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import socket
 import sys
@@ -62,18 +63,44 @@ def build_parser() -> argparse.ArgumentParser:
                 help=help_text,
                 metavar=name.upper() if choices is None else None,
             )
+    server = parser.add_argument_group("server process (uvicorn; flags only)")
+    server.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="server processes sharing the port; each loads the model and memory-maps the same index "
+        "(the index files are shared page cache). Measured against threads in docs/benchmarks.md [default 1]",
+    )
+    server.add_argument(
+        "--http", choices=["auto", "httptools", "h11"], default="auto", help="HTTP parser [default auto: httptools]"
+    )
+    server.add_argument(
+        "--loop", choices=["auto", "uvloop", "asyncio"], default="auto", help="event loop [default auto: uvloop]"
+    )
     return parser
+
+
+_SERVER_FLAGS = ("workers", "http", "loop")
+
+
+def parse_args(argv: Sequence[str] | None = None) -> tuple[Settings, dict[str, Any], dict[str, Any]]:
+    """(settings, the settings given as flags, server options); exits 2 with a readable message when invalid."""
+    parser = build_parser()
+    args = vars(parser.parse_args(argv))
+    server = {k: args.pop(k) for k in _SERVER_FLAGS}
+    if server["workers"] < 1:
+        parser.error(f"--workers must be >= 1, got {server['workers']}")
+    overrides = {k: v for k, v in args.items() if v is not None}
+    try:
+        return load_settings(**overrides), overrides, server
+    except ConfigError as e:
+        parser.error(str(e))
 
 
 def parse_settings(argv: Sequence[str] | None = None) -> Settings:
     """Settings from the environment and ``argv``; exits 2 with a readable message when invalid."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    overrides = {k: v for k, v in vars(args).items() if v is not None}
-    try:
-        return load_settings(**overrides)
-    except ConfigError as e:
-        parser.error(str(e))
+    return parse_args(argv)[0]
 
 
 def _setup_logging(level: str) -> None:
@@ -98,17 +125,26 @@ class _Server(uvicorn.Server):
         shown = f"[{host}]" if ":" in host else host
         version, count = self._describe()
         log.info(
-            "semsearch serving %s (%s, %d sentences) at http://%s:%d/ (Ctrl-C or SIGTERM to stop)",
+            "semsearch serving %s (%s, %d sentences) at http://%s:%d/ (http %s, loop %s; Ctrl-C or SIGTERM to stop)",
             self._index_path,
             version,
             count,
             shown,
             port,
+            _http_implementation(self.config),
+            type(asyncio.get_running_loop()).__module__.split(".")[0],
         )
 
 
+def _http_implementation(config: uvicorn.Config) -> str:
+    """``httptools`` or ``h11``: what uvicorn's ``http="auto"`` picked (httptools when installed)."""
+    protocol = getattr(config, "http_protocol_class", None)
+    name = getattr(protocol, "__module__", "") or ""
+    return name.rsplit(".", 1)[-1].removesuffix("_impl") or "unknown"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    settings = parse_settings(argv)
+    settings, overrides, server = parse_args(argv)
     _setup_logging(settings.log_level)
     if settings.engine == "ray":
         from app import ray_serving
@@ -123,22 +159,75 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SemsearchError as e:
         log.error("cannot start: %s", e.message)
         return 1
-    app = create_app(settings, services=services)
 
     def describe() -> tuple[str, int]:
         index = services.indexes.current
         return version_name(index), index.count
 
-    config = uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_config=None,
-        log_level=settings.log_level,
-        access_log=settings.access_log,
-        lifespan="on",
-    )
+    common: dict[str, Any] = {
+        "host": settings.host,
+        "port": settings.port,
+        "log_config": None,
+        "log_level": settings.log_level,
+        "access_log": settings.access_log,
+        "lifespan": "on",
+        "loop": server["loop"],  # auto: uvloop and httptools when installed (uvicorn[standard], a dependency)
+        "http": server["http"],
+    }
+    if server["workers"] > 1:
+        return _serve_processes(settings, overrides, server["workers"], common, services, describe)
+    app = create_app(settings, services=services)
+    config = uvicorn.Config(app, **common)
     _Server(config, str(settings.index), describe).run()
+    return 0
+
+
+def worker_app() -> Any:
+    """The app of one ``--workers`` process: settings from the environment, logging as in the parent."""
+    from app.main import create_app
+    from app.settings import get_settings
+
+    settings = get_settings()
+    _setup_logging(settings.log_level)
+    return create_app(settings)
+
+
+def _serve_processes(
+    settings: Settings,
+    overrides: dict[str, Any],
+    workers: int,
+    common: dict[str, Any],
+    services: Any,
+    describe: Any,
+) -> int:
+    """``workers`` uvicorn processes on one socket, each building the app from the environment.
+
+    The parent has already loaded everything once (a bad index or model exits 1 before the port is
+    bound, and an ONNX export happens once, not in every worker); it closes that copy and only
+    supervises. The flags are handed to the workers as ``SEMSEARCH_*`` variables."""
+    import os
+
+    from uvicorn.supervisors import Multiprocess
+
+    version, count = describe()
+    services.close()
+    for name, value in overrides.items():
+        os.environ[ENV_PREFIX + name.upper()] = str(value).lower() if isinstance(value, bool) else str(value)
+    config = uvicorn.Config("app.__main__:worker_app", factory=True, workers=workers, **common)
+    sock = config.bind_socket()
+    sock.listen(config.backlog)  # connections queue from now on, while the workers load the model
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]" if ":" in host else host
+    log.info(
+        "semsearch serving %s (%s, %d sentences) at http://%s:%d/ (%d worker processes; Ctrl-C or SIGTERM to stop)",
+        settings.index,
+        version,
+        count,
+        shown,
+        port,
+        workers,
+    )
+    Multiprocess(config, sockets=[sock]).run()
     return 0
 
 

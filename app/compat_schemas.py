@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
 
 from app.errors import ApiError, invalid
-from app.schemas import NonBlank, check_range, check_text
+from app.schemas import Int, NonBlank, Text, check_range, check_text, integral
 from app.settings import Settings
+from semsearch.text import NON_BLANK_PATTERN, text_problem
 
 
 def unsupported(param: str, why: str) -> ApiError:
@@ -42,6 +43,18 @@ class OpenAIErrorResponse(BaseModel):
 # ----------------------------------------------------------------------------------- OpenAI embeddings
 
 TokenIds = list[int]
+# What the schema promises: text. Token-id arrays still parse, to be refused with a clear 400, but the
+# schema does not offer them (a schema-driven client or fuzzer must not expect them to work).
+_TEXTS_SCHEMA = WithJsonSchema(
+    {
+        "anyOf": [
+            {"type": "string", "minLength": 1, "pattern": NON_BLANK_PATTERN},
+            {"type": "array", "minItems": 1, "items": {"type": "string", "minLength": 1, "pattern": NON_BLANK_PATTERN}},
+        ]
+    }
+)
+# Protocol fields semsearch does not implement: absent (null) in the schema, a clear 400 when sent.
+Unsupported = Annotated[Any, WithJsonSchema({"type": "null", "deprecated": True})]
 
 
 class EmbeddingsRequest(_CompatRequest):
@@ -53,14 +66,14 @@ class EmbeddingsRequest(_CompatRequest):
         }
     )
 
-    input: str | list[str] | TokenIds | list[TokenIds] = Field(
+    input: Annotated[str | list[str] | TokenIds | list[TokenIds], _TEXTS_SCHEMA] = Field(
         description="A text or a list of texts (at most max_embed_texts). Token-id arrays are refused (400)."
     )
     model: str = Field(description="The served encoder: its id or an alias from GET /v1/models.")
     encoding_format: Literal["float", "base64"] = Field(
         "float", description="float: a list of numbers; base64: little-endian float32 bytes, base64-encoded."
     )
-    dimensions: int | None = Field(None, description="Only the model's own dimension is accepted.")
+    dimensions: Int | None = Field(None, description="Only the model's own dimension is accepted.")
     user: str | None = Field(None, description="Accepted and ignored.")
 
     def texts(self, s: Settings) -> list[str]:
@@ -74,8 +87,9 @@ class EmbeddingsRequest(_CompatRequest):
         check_range(["body", "input"], len(texts), s.max_embed_texts, "SEMSEARCH_MAX_EMBED_TEXTS")
         for i, t in enumerate(texts):
             loc = ["body", "input"] if isinstance(self.input, str) else ["body", "input", str(i)]
-            if not t.strip():
-                raise invalid(loc, "must not be empty or only whitespace")
+            problem = text_problem(t)
+            if problem:
+                raise invalid(loc, problem)
             check_text(loc, t, s.max_text_chars, "SEMSEARCH_MAX_TEXT_CHARS")
         return texts
 
@@ -116,7 +130,7 @@ class ModelList(BaseModel):
 
 
 class RerankDocument(_CompatRequest):
-    text: str
+    text: Text
 
 
 class CompatRerankRequest(_CompatRequest):
@@ -128,18 +142,20 @@ class CompatRerankRequest(_CompatRequest):
 
     model: str | None = Field(None, description="Optional; when given, the reranker's id or alias (GET /v1/models).")
     query: NonBlank
-    documents: list[str | RerankDocument] = Field(
+    documents: list[Text | RerankDocument] = Field(
         min_length=1, description='Texts or {"text": ...} objects (at most max_rerank_texts).'
     )
-    top_n: Annotated[int, Field(ge=1)] | None = Field(None, description="Return only the best top_n (default: all).")
+    top_n: Annotated[int, Field(ge=1), BeforeValidator(integral)] | None = Field(
+        None, description="Return only the best top_n (default: all)."
+    )
     return_documents: bool = Field(False, description='Include {"text": ...} in each result.')
     raw_scores: bool = Field(
         False, description="The cross-encoder's sigmoid(logit) instead of the card's (fused) score, as /rerank."
     )
     # protocol fields semsearch does not implement: refused with a clear 400 when sent
-    rank_fields: Any = Field(None, json_schema_extra={"deprecated": True})
-    max_chunks_per_doc: Any = Field(None, json_schema_extra={"deprecated": True})
-    max_tokens_per_doc: Any = Field(None, json_schema_extra={"deprecated": True})
+    rank_fields: Unsupported = None
+    max_chunks_per_doc: Unsupported = None
+    max_tokens_per_doc: Unsupported = None
 
     def texts(self, s: Settings) -> list[str]:
         for name, why in (

@@ -8,6 +8,7 @@ unexpected becomes a 500 with a generic message; the traceback goes to the log o
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from collections.abc import Iterator, Mapping, Sequence
 from http import HTTPStatus
@@ -102,12 +103,16 @@ def core_status(error: SemsearchError) -> int:
     return 500
 
 
+# pydantic names a union member with a validator "function-after[valid_text(), str]": say "str"
+_VALIDATED_MEMBER = re.compile(r"^function-(?:after|before|wrap|plain)\[.*, (\w+)\]$")
+
+
 def validation_detail(errors: Sequence[Any]) -> list[dict[str, Any]]:
     """Pydantic/FastAPI errors reduced to JSON-safe ``{loc, msg, type}`` (no echoed input)."""
     out = []
     for e in errors:
         kind = str(e.get("type", ""))
-        loc = [str(p) for p in e.get("loc", ())]
+        loc = [_VALIDATED_MEMBER.sub(r"\1", str(p)) for p in e.get("loc", ())]
         msg = str(e.get("msg", "")).removeprefix("Value error, ")
         if kind == "json_invalid" and loc[:1] == [
             "body"

@@ -49,14 +49,14 @@ DEFAULT_K = 10
 DEFAULT_CANDIDATES = 50  # both capped by the settings' max_k / max_candidates
 
 
-def _integral(value: Any) -> Any:
+def integral(value: Any) -> Any:
     """JSON Schema's ``integer`` includes ``45.0``; strict mode still refuses ``"45"``, ``true``, ``4.5``."""
     if isinstance(value, float) and value.is_integer() and abs(value) < 2**63:
         return int(value)
     return value
 
 
-Int = Annotated[int, BeforeValidator(_integral)]
+Int = Annotated[int, BeforeValidator(integral)]
 
 
 # GET /search?filter= must fit in a URL (~64 KB with uvicorn): smaller `in` lists and strings than POST
@@ -217,7 +217,7 @@ class RerankRequest(_Request):
 
     query: NonBlank
     texts: list[Text] = Field(min_length=1, description="Candidate texts (at most max_rerank_texts).")
-    top_k: Annotated[int, Field(ge=1), BeforeValidator(_integral)] | None = Field(
+    top_k: Annotated[int, Field(ge=1), BeforeValidator(integral)] | None = Field(
         None, description="Return only the best top_k (default: all)."
     )
     raw_scores: bool = Field(
@@ -245,7 +245,10 @@ class Source(BaseModel):
 class SearchHit(BaseModel):
     id: int | str
     text: str
-    score: float = Field(description="Cosine similarity, or the reranker's score when reranked.")
+    score: float = Field(
+        description="The mode's score: cosine (dense), BM25 (lexical), the fused score (hybrid); the reranker's "
+        "score when reranked."
+    )
     metadata: dict[str, Any]
     source: Source | None = Field(None, description="Document and offsets (indexes built with sentence splitting).")
     retrieval_score: float | None = Field(None, description="The bi-encoder cosine (only when reranked).")
@@ -343,6 +346,7 @@ def apply_limits(schema: dict[str, Any], s: Settings) -> dict[str, Any]:
         node = field(model, name)
         node["maxItems"] = items
         node.setdefault("items", {})["maxLength"] = chars
+    _apply_compat_limits(field, s)
     get_search = schema.get("paths", {}).get("/search", {}).get("get", {})
     for param in get_search.get("parameters", []):
         name, node = param.get("name"), param.get("schema", {})
@@ -359,6 +363,23 @@ def apply_limits(schema: dict[str, Any], s: Settings) -> dict[str, Any]:
             param.pop("schema", None)
             param["content"] = {"application/json": {"schema": GET_FILTER_SCHEMA}}
     return schema
+
+
+def _apply_compat_limits(field: Any, s: Settings) -> None:
+    """The same limits on the compatible routes' models (app/compat_schemas.py)."""
+    field("CompatRerankRequest", "query")["maxLength"] = s.max_query_chars
+    documents = field("CompatRerankRequest", "documents")
+    documents["maxItems"] = s.max_rerank_texts
+    for branch in documents.get("items", {}).get("anyOf", []):
+        if branch.get("type") == "string":
+            branch["maxLength"] = s.max_text_chars
+    field("RerankDocument", "text")["maxLength"] = s.max_text_chars
+    for branch in field("EmbeddingsRequest", "input").get("anyOf", []):
+        if branch.get("type") == "string":
+            branch["maxLength"] = s.max_text_chars
+        elif branch.get("type") == "array":
+            branch["maxItems"] = s.max_embed_texts
+            branch.setdefault("items", {})["maxLength"] = s.max_text_chars
 
 
 def install_openapi_limits(app: Any, s: Settings) -> None:

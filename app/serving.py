@@ -95,12 +95,16 @@ def version_name(index: SearchIndex) -> str:
 
 
 def set_threads(n: int) -> None:
-    """Intra-op threads of torch and FAISS (OpenMP) for this process."""
-    import faiss
-    import torch
+    """Intra-op threads of FAISS (OpenMP) and, once a torch model is loaded, torch for this process
+    (torch is not imported for it: the ONNX backends do not need it, and importing it costs seconds)."""
+    import sys
 
-    torch.set_num_threads(n)
+    import faiss
+
     faiss.omp_set_num_threads(n)
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(n)
 
 
 def load_index(path: Path, encoder: Encoder, pool: SegmentPool) -> SearchIndex:
@@ -154,6 +158,7 @@ class Services:
                 if settings.reranker
                 else None
             )
+            set_threads(settings.workers_threads)  # again: a torch encoder or reranker may be loaded now
             encoder.encode(["warm-up"])  # the first forward pass is slow; pay it before serving
             if reranker is not None:
                 reranker.score("warm-up", ["warm-up"])

@@ -9,6 +9,8 @@ cosine similarity.
 
 from __future__ import annotations
 
+import inspect
+import json
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -65,6 +67,50 @@ class Encoder:
     def __post_init__(self) -> None:
         check_choice(self.pooling, POOLINGS, "pooling")
         check_choice(self.backend, BACKENDS, "backend")
+        self.resolved: ResolvedModel = resolve_model(self.model)
+        self.fingerprint = model_fingerprint(self.resolved.path)
+        self._st: Any = None
+        self._transformer: Any = None
+        self._onnx: Callable[[dict[str, np.ndarray]], np.ndarray] | None = None
+        # The ONNX backends need only the tokenizer and the model folder's configuration: torch and
+        # sentence-transformers are imported only for the torch backend, an unusual model folder, or
+        # when the ONNX file has to be exported (several seconds of start-up otherwise).
+        layout = _read_layout(self.resolved.path)
+        if layout is None or self.backend == "torch":
+            self._load_sentence_transformers()
+        else:
+            self.dim = layout.dim
+            self.model_pooling = layout.pooling
+            if self.max_seq_length is None:
+                self.max_seq_length = layout.max_seq_length
+        self._tokens = _Tokens.build(self._st, self.max_seq_length, layout)
+        if self.backend != "torch":
+            from semsearch.onnx_backend import OnnxModel
+
+            onnx_model = OnnxModel(
+                self._hf_model,
+                self.resolved.path,
+                self.fingerprint,
+                kind="encoder",
+                variant=self.backend,
+                cache_dir=Path(self.cache_dir) if self.cache_dir else None,
+                num_threads=self.num_threads,
+                spinning=self.spinning,
+            )
+            self._onnx = onnx_model.run
+            self._input_names = set(onnx_model.input_names)
+        log.info(
+            "encoder %s (%s, fingerprint %s): pooling=%s backend=%s dim=%d max_seq_length=%d",
+            self.resolved.name,
+            self.resolved.source,
+            self.fingerprint,
+            self.pooling,
+            self.backend,
+            self.dim,
+            self.max_seq_length or 0,
+        )
+
+    def _load_sentence_transformers(self) -> None:
         import torch
         from sentence_transformers import SentenceTransformer
         from sentence_transformers.base.modules import Normalize
@@ -72,8 +118,6 @@ class Encoder:
 
         if self.num_threads:
             torch.set_num_threads(self.num_threads)
-        self.resolved: ResolvedModel = resolve_model(self.model)
-        self.fingerprint = model_fingerprint(self.resolved.path)
         try:
             base = SentenceTransformer(str(self.resolved.path), device="cpu")
         except Exception as e:
@@ -90,33 +134,22 @@ class Encoder:
             modules=[transformer, PoolingModule(self.dim, pooling_mode=self.pooling), Normalize()], device="cpu"
         )
         self._st.eval()
+        self._transformer = transformer
         self.max_seq_length = int(self._st.max_seq_length or 512)
-        self.tokenizer = self._st.tokenizer
-        self._onnx: Callable[[dict[str, np.ndarray]], np.ndarray] | None = None
-        if self.backend != "torch":
-            from semsearch.onnx_backend import OnnxModel
+        self._takes_token_types = "token_type_ids" in _forward_parameters(transformer.auto_model)
 
-            onnx_model = OnnxModel(
-                transformer.auto_model,
-                self.resolved.path,
-                self.fingerprint,
-                kind="encoder",
-                variant=self.backend,
-                cache_dir=Path(self.cache_dir) if self.cache_dir else None,
-                num_threads=self.num_threads,
-                spinning=self.spinning,
-            )
-            self._onnx = onnx_model.run
-        log.info(
-            "encoder %s (%s, fingerprint %s): pooling=%s backend=%s dim=%d max_seq_length=%d",
-            self.resolved.name,
-            self.resolved.source,
-            self.fingerprint,
-            self.pooling,
-            self.backend,
-            self.dim,
-            self.max_seq_length or 0,
-        )
+    def _hf_model(self) -> Any:
+        """The transformers model (loads torch and sentence-transformers on first use: ONNX export)."""
+        if self._st is None:
+            self._load_sentence_transformers()
+        return self._transformer.auto_model
+
+    @property
+    def tokenizer(self) -> Any:
+        """The transformers tokenizer (loads sentence-transformers for the ONNX backends)."""
+        if self._st is None:
+            self._load_sentence_transformers()
+        return self._st.tokenizer
 
     @classmethod
     def from_manifest(cls, manifest: Manifest, **kwargs: Any) -> Encoder:
@@ -141,8 +174,7 @@ class Encoder:
 
     def token_lengths(self, texts: Sequence[str]) -> np.ndarray:
         """Untruncated token counts (special tokens included)."""
-        enc = self.tokenizer(list(texts), add_special_tokens=True, truncation=False, verbose=False)
-        return np.fromiter((len(ids) for ids in enc["input_ids"]), dtype=np.int64, count=len(texts))
+        return self._tokens.lengths(texts)
 
     def encode(
         self,
@@ -153,21 +185,23 @@ class Encoder:
     ) -> np.ndarray:
         """Encode ``texts`` to a float32 array (n, dim) of unit vectors, in input order.
 
-        Batches are formed from texts sorted by token length (little padding); inputs longer than
-        ``max_seq_length`` are truncated and counted in ``self.stats.truncated``.
+        Texts are tokenised once, then batched by token length (little padding); inputs longer than
+        ``max_seq_length`` are truncated and counted in ``self.stats.truncated``. A text's vector
+        does not depend on the batch it lands in (for onnx-int8 too: per-row activation scales).
         """
         n = len(texts)
         out = np.empty((n, self.dim), dtype=np.float32)
         if n == 0:
             return out
         started = time.perf_counter()
-        lengths = self.token_lengths(texts)
-        self.stats.truncated += int((lengths > self.max_seq_length).sum())
+        tokens = self._tokens.encode(texts)
+        self.stats.truncated += tokens.truncated
+        lengths = np.fromiter((len(ids) for ids in tokens.ids), dtype=np.int64, count=n)
         order = np.argsort(-lengths, kind="stable")  # longest first: the slowest batches show in the ETA early
         bar = _progress(n, desc) if progress else None
         for start in range(0, n, batch_size):
             idx = order[start : start + batch_size]
-            out[idx] = self._encode_batch([texts[i] for i in idx])
+            out[idx] = self._encode_batch(tokens.batch(idx, int(lengths[idx[0]])))
             if bar is not None:
                 bar.update(len(idx))
         if bar is not None:
@@ -176,19 +210,159 @@ class Encoder:
         self.stats.seconds += time.perf_counter() - started
         return out
 
-    def _encode_batch(self, batch: list[str]) -> np.ndarray:
-        if self._onnx is None:
-            import torch
+    def _encode_batch(self, features: dict[str, np.ndarray]) -> np.ndarray:
+        if self._onnx is not None:
+            hidden = self._onnx({k: v for k, v in features.items() if k in self._input_names})
+            return pool_and_normalize(hidden, features["attention_mask"], self.pooling)
+        import torch
 
-            with torch.inference_mode():
-                vecs = self._st.encode(batch, batch_size=len(batch), convert_to_numpy=True, show_progress_bar=False)
-            return np.asarray(vecs, dtype=np.float32)
-        feats = self.tokenizer(
-            batch, padding=True, truncation=True, max_length=self.max_seq_length, return_tensors="np"
+        inputs = {k: torch.from_numpy(v) for k, v in features.items()}
+        if not self._takes_token_types:
+            inputs.pop("token_type_ids", None)
+        with torch.inference_mode():
+            hidden = self._transformer.auto_model(**inputs).last_hidden_state
+        return pool_and_normalize(hidden.float().numpy(), features["attention_mask"], self.pooling)
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """What a sentence-transformers folder says about itself (modules.json and friends)."""
+
+    dim: int
+    pooling: str | None
+    max_seq_length: int
+    lowercase: bool
+    tokenizer_file: Path
+    pad_id: int
+
+
+_PLAIN_MODULES = {"Transformer", "Pooling", "Normalize"}
+
+
+def _read_layout(folder: Path) -> _Layout | None:
+    """The layout of a plain Transformer[+Pooling][+Normalize] sentence-transformers folder with a fast
+    tokenizer, read from its JSON files; ``None`` for anything else (then sentence-transformers loads it)."""
+    try:
+        modules = json.loads((folder / "modules.json").read_text(encoding="utf-8"))
+        kinds = {str(m["type"]).rsplit(".", 1)[-1]: m for m in modules}
+        if not set(kinds) <= _PLAIN_MODULES or "Transformer" not in kinds or len(kinds) != len(modules):
+            return None
+        root = folder / str(kinds["Transformer"].get("path", ""))
+        st_config = json.loads((root / "sentence_bert_config.json").read_text(encoding="utf-8"))
+        config = json.loads((root / "config.json").read_text(encoding="utf-8"))
+        tokenizer_file = root / "tokenizer.json"
+        if not tokenizer_file.is_file() or "max_seq_length" not in st_config:
+            return None
+        pooling = None
+        dim = int(config["hidden_size"])
+        if "Pooling" in kinds:
+            pool = json.loads((folder / str(kinds["Pooling"]["path"]) / "config.json").read_text(encoding="utf-8"))
+            dim = int(pool.get("word_embedding_dimension", dim))
+            modes = [
+                k for k in ("cls", "mean", "max") if pool.get(f"pooling_mode_{k}_token" + ("s" if k != "cls" else ""))
+            ]
+            pooling = modes[0] if len(modes) == 1 else None
+        return _Layout(
+            dim=dim,
+            pooling=pooling,
+            max_seq_length=int(st_config["max_seq_length"]),
+            lowercase=bool(st_config.get("do_lower_case", False)),
+            tokenizer_file=tokenizer_file,
+            pad_id=int(config.get("pad_token_id") or 0),
         )
-        features = {k: np.asarray(v, dtype=np.int64) for k, v in feats.items()}
-        hidden = self._onnx(features)
-        return pool_and_normalize(hidden, features["attention_mask"], self.pooling)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+@dataclass
+class _Batchable:
+    """Tokenised texts (truncated ids and token types) and how many were truncated."""
+
+    ids: list[list[int]]
+    type_ids: list[list[int]]
+    truncated: int
+    pad_id: int
+
+    def batch(self, idx: np.ndarray, width: int) -> dict[str, np.ndarray]:
+        """Right-padded int64 ``input_ids``, ``attention_mask`` and ``token_type_ids`` for rows ``idx``."""
+        ids = np.full((len(idx), width), self.pad_id, dtype=np.int64)
+        mask = np.zeros((len(idx), width), dtype=np.int64)
+        types = np.zeros((len(idx), width), dtype=np.int64)
+        for row, i in enumerate(idx):
+            n = len(self.ids[i])
+            ids[row, :n] = self.ids[i]
+            mask[row, :n] = 1
+            types[row, :n] = self.type_ids[i]
+        return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+
+
+class _Tokens:
+    """Tokenisation done once per text: the ``tokenizers`` library straight from ``tokenizer.json``
+    (no torch, no transformers import), else the transformers tokenizer sentence-transformers loaded."""
+
+    def __init__(self, encode: Callable[[list[str]], _Batchable], lengths: Callable[[list[str]], np.ndarray]):
+        self._encode = encode
+        self._lengths = lengths
+
+    def encode(self, texts: Sequence[str]) -> _Batchable:
+        return self._encode(list(texts))
+
+    def lengths(self, texts: Sequence[str]) -> np.ndarray:
+        return self._lengths(list(texts))
+
+    @classmethod
+    def build(cls, st: Any, max_length: int | None, layout: _Layout | None) -> _Tokens:
+        max_length = int(max_length or 512)
+        if layout is not None:
+            from tokenizers import Tokenizer
+
+            tok = Tokenizer.from_file(str(layout.tokenizer_file))
+            tok.no_padding()
+            tok.enable_truncation(max_length)
+            full = Tokenizer.from_file(str(layout.tokenizer_file))
+            full.no_padding()
+            full.no_truncation()
+            lower = layout.lowercase
+
+            def prepare(texts: list[str]) -> list[str]:
+                return [t.lower() for t in texts] if lower else texts
+
+            def encode(texts: list[str]) -> _Batchable:
+                encs = tok.encode_batch(prepare(texts))
+                return _Batchable(
+                    [e.ids for e in encs],
+                    [e.type_ids for e in encs],
+                    sum(1 for e in encs if e.overflowing),
+                    layout.pad_id,
+                )
+
+            def lengths(texts: list[str]) -> np.ndarray:
+                encs = full.encode_batch(prepare(texts))
+                return np.fromiter((len(e.ids) for e in encs), dtype=np.int64, count=len(texts))
+
+            return cls(encode, lengths)
+        hf = st.tokenizer
+        pad_id = int(hf.pad_token_id or 0)
+
+        def hf_lengths(texts: list[str]) -> np.ndarray:
+            enc = hf(texts, add_special_tokens=True, truncation=False, verbose=False)
+            return np.fromiter((len(ids) for ids in enc["input_ids"]), dtype=np.int64, count=len(texts))
+
+        def hf_encode(texts: list[str]) -> _Batchable:
+            enc = hf(texts, truncation=True, max_length=max_length, return_token_type_ids=True, verbose=False)
+            ids = [list(x) for x in enc["input_ids"]]
+            truncated = int((hf_lengths(texts) > max_length).sum())  # slow tokenizers only: a second pass
+            types = [list(x) for x in enc.get("token_type_ids") or [[0] * len(i) for i in ids]]
+            return _Batchable(ids, types, truncated, pad_id)
+
+        return cls(hf_encode, hf_lengths)
+
+
+def _forward_parameters(module: Any) -> set[str]:
+    try:
+        return set(inspect.signature(module.forward).parameters)
+    except (TypeError, ValueError):
+        return set()
 
 
 def pool_and_normalize(hidden: np.ndarray, mask: np.ndarray, pooling: str) -> np.ndarray:

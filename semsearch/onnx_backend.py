@@ -1,16 +1,24 @@
 """ONNX inference for the bi-encoder transformer and the cross-encoder, cached by model fingerprint.
 
-The already-loaded transformers model is exported once with ``torch.onnx.export`` (the
-torch.export-based exporter; the TorchScript exporter is the fallback) and, for ``onnx-int8``,
-dynamically quantised with onnxruntime. Files live in ``<cache_dir>/<fingerprint>-<kind>/``::
+The transformers model is exported once with ``torch.onnx.export`` (the torch.export-based
+exporter; the TorchScript exporter is the fallback) and, for ``onnx-int8``, quantised to int8 by
+:func:`quantize_rowwise`. Files live in ``<cache_dir>/<fingerprint>-<kind>/``::
 
-    model.onnx        float32 export (variant "onnx")
-    model-int8.onnx   int8 dynamic quantisation (variant "onnx-int8")
-    meta.json         fingerprint, kind, library versions, opset, how each variant was built
+    model.onnx                         float32 export (variant "onnx")
+    model-int8-<INT8_RECIPE>.onnx      int8 (variant "onnx-int8"); the recipe is part of the name, so a
+                                       file made by another recipe (e.g. the old ``model-int8.onnx``)
+                                       is never picked up
+    meta.json                          fingerprint, kind, library versions, opset, how each variant was built
+
+The int8 recipe quantises every weight MatMul with per-output-channel 7-bit weights and **per-row**
+(per-token) dynamic 8-bit activation scales. onnxruntime's ``quantize_dynamic`` computes one
+activation scale over the whole padded batch tensor, so a text's vector depended on the texts it
+was batched with (cosine down to 0.97); with a scale per token row, a row's result depends only on
+that row, and a text's vector is the same whatever it is batched or padded with.
 
 Every file is written to a temporary name and moved into place with ``os.replace``, so a crash or a
 concurrent build never leaves a half-written model; present files are always reused, never rebuilt.
-Measurements behind the chosen settings: ``docs/onnx_notes.md``.
+torch is imported only when a file has to be exported. Measurements: ``docs/benchmarks.md``.
 """
 
 from __future__ import annotations
@@ -22,13 +30,12 @@ import json
 import logging
 import os
 import sys
-import tempfile
 import time
 import uuid
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Union
 
 import numpy as np
 
@@ -44,19 +51,20 @@ Variant = Literal["onnx", "onnx-int8"]
 KINDS: tuple[str, ...] = ("encoder", "cross-encoder")
 VARIANTS: tuple[str, ...] = ("onnx", "onnx-int8")
 
-_FILES: dict[str, str] = {"onnx": "model.onnx", "onnx-int8": "model-int8.onnx"}
+# int8 recipe (docs/benchmarks.md, "Deterministic int8"): weights symmetric per output channel with
+# INT8_WEIGHT_BITS bits (7: u8 x s8 pair sums cannot saturate int16 in AVX2's vpmaddubsw), activations
+# symmetric 8-bit with one scale per row of the last axis (a token), stored as uint8 around 128.
+# Change INT8_RECIPE whenever the produced file would differ: it names the cached file.
+INT8_RECIPE = "rowwise-w7a8-v1"
+INT8_WEIGHT_BITS = 7
+_INT8_OPSET = 21  # blocked QuantizeLinear (one scale per row) needs opset 21
+
+_FILES: dict[str, str] = {"onnx": "model.onnx", "onnx-int8": f"model-int8-{INT8_RECIPE}.onnx"}
+ModelSource = Union["torch.nn.Module", Callable[[], "torch.nn.Module"]]
 _OUTPUT_NAMES: dict[str, str] = {"encoder": "last_hidden_state", "cross-encoder": "logits"}
 _WEIGHT_SUFFIXES = (".safetensors", ".bin")
 _MAX_SINGLE_FILE_BYTES = 1_900_000_000  # protobuf's 2 GiB limit, with margin for the graph itself
 _LEGACY_OPSET = 17  # only used by the TorchScript fallback exporter
-
-# int8 dynamic quantisation settings, chosen by measurement (docs/onnx_notes.md).
-QUANT_PER_CHANNEL = True
-QUANT_REDUCE_RANGE = True
-QUANT_OP_TYPES: tuple[str, ...] = ("MatMul",)
-# Run onnxruntime's transformer optimizer (model_type "bert") on the float graph before quantising.
-USE_TRANSFORMER_OPTIMIZER = False
-_OPTIMIZER_MODEL_TYPES = frozenset({"bert", "roberta", "xlm-roberta", "camembert", "distilbert", "electra"})
 
 
 def default_cache_dir() -> Path:
@@ -89,7 +97,7 @@ class OnnxModel:
 
     def __init__(
         self,
-        hf_model: torch.nn.Module,
+        hf_model: ModelSource,
         model_dir: Path | None,
         fingerprint: str,
         kind: Kind,
@@ -98,7 +106,10 @@ class OnnxModel:
         num_threads: int | None = None,
         spinning: bool = True,
     ) -> None:
-        """``spinning=False`` makes idle intra-op threads sleep instead of spin-waiting: a little slower
+        """``hf_model`` is the transformers model, or a function that loads it: it is called only when
+        the float export is missing from the cache, so a cached model runs without importing torch.
+
+        ``spinning=False`` makes idle intra-op threads sleep instead of spin-waiting: a little slower
         per call, but it leaves the cores to other threads (a service's event loop, its clients)."""
         if kind not in KINDS:
             raise ValueError(f"unknown ONNX model kind {kind!r}; choose one of: {', '.join(KINDS)}")
@@ -123,13 +134,13 @@ class OnnxModel:
                 log.info("reusing cached ONNX model %s", float_path)
             else:
                 started = time.perf_counter()
-                info = _export(hf_model, kind, float_path)
+                info = _export(_load(hf_model), kind, float_path)
                 self._exported = True
                 self._write_meta(model_dir, "onnx", info)
                 log.info("exported ONNX model to %s in %.1fs", float_path, time.perf_counter() - started)
             if variant == "onnx-int8":
                 started = time.perf_counter()
-                info = _quantize(float_path, target, _model_type(hf_model))
+                info = quantize_rowwise(float_path, target)
                 self._exported = True
                 self._write_meta(model_dir, "onnx-int8", info)
                 log.info("quantised ONNX model to %s in %.1fs", target, time.perf_counter() - started)
@@ -180,8 +191,9 @@ class OnnxModel:
         """Record how ``variant`` was built in ``meta.json`` (read-modify-write, atomic replace)."""
         import onnx
         import onnxruntime
-        import torch
 
+        torch_module = sys.modules.get("torch")  # only imported when something was exported
+        torch_version = getattr(torch_module, "__version__", None)
         path = self.folder / "meta.json"
         meta: dict[str, Any] = {}
         if path.is_file():
@@ -193,7 +205,7 @@ class OnnxModel:
         variants[variant] = {
             "file": _FILES[variant],
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "torch": torch.__version__,
+            "torch": torch_version,
             "onnx": onnx.__version__,
             "onnxruntime": onnxruntime.__version__,
             **info,
@@ -204,7 +216,7 @@ class OnnxModel:
                 "kind": self.kind,
                 "variant": variant,  # the variant built last; details per variant below
                 "model_dir": str(model_dir) if model_dir is not None else None,
-                "torch": torch.__version__,
+                "torch": torch_version or meta.get("torch"),
                 "onnx": onnx.__version__,
                 "onnxruntime": onnxruntime.__version__,
                 "variants": variants,
@@ -255,10 +267,12 @@ def _takes_token_types(hf_model: torch.nn.Module) -> bool:
     return "token_type_ids" in params
 
 
-def _model_type(hf_model: torch.nn.Module) -> str | None:
-    config = getattr(hf_model, "config", None)
-    value = getattr(config, "model_type", None)
-    return value if isinstance(value, str) else None
+def _load(source: ModelSource) -> torch.nn.Module:
+    """The model itself, or what the loader function returns (an ``nn.Module`` is callable too)."""
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(source, torch.nn.Module):
+        return source
+    return source() if callable(source) else source
 
 
 def _example_inputs(hf_model: torch.nn.Module, batch: int, seq: int, seed: int) -> dict[str, torch.Tensor]:
@@ -392,51 +406,146 @@ def _check_export(
     return max_diff
 
 
-def _quantize(src: Path, dst: Path, model_type: str | None) -> dict[str, Any]:
-    """int8 dynamic quantisation of ``src`` (optionally ORT-optimised first) to ``dst``, atomically."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+def quantize_rowwise(src: Path, dst: Path, weight_bits: int = INT8_WEIGHT_BITS) -> dict[str, Any]:
+    """int8 version of the float graph ``src``, written atomically to ``dst``; returns meta info.
 
-    info: dict[str, Any] = {
-        "weight_type": "QInt8",
-        "per_channel": QUANT_PER_CHANNEL,
-        "reduce_range": QUANT_REDUCE_RANGE,
-        "op_types": list(QUANT_OP_TYPES),
-        "transformer_optimizer": False,
-    }
-    with tempfile.TemporaryDirectory(dir=dst.parent, prefix=".quant-") as work, _atomic_path(dst) as tmp:
-        source = src
-        if USE_TRANSFORMER_OPTIMIZER and model_type in _OPTIMIZER_MODEL_TYPES:
-            optimized = Path(work) / "optimized.onnx"
-            if _optimize_transformer(src, optimized):
-                source = optimized
-                info["transformer_optimizer"] = True
-        try:
-            with _quiet_export():
-                quantize_dynamic(
-                    source,
-                    tmp,
-                    op_types_to_quantize=list(QUANT_OP_TYPES),
-                    per_channel=QUANT_PER_CHANNEL,
-                    reduce_range=QUANT_REDUCE_RANGE,
-                    weight_type=QuantType.QInt8,
+    Every ``MatMul`` whose second input is a 2-D weight initializer ``W`` (K, N) becomes::
+
+        s   = max(|x|, axis=-1) / 127                      one scale per row (token), shape (..., 1)
+        q   = QuantizeLinear(x, s, 128, block_size=K)      uint8, symmetric around 128
+        y   = MatMulInteger(q, Wq, 128) * s * w_scale      Wq int8 per output channel, |Wq| <= 2^(bits-1) - 1
+
+    Activation-activation MatMuls (attention scores) stay float. No calibration data is needed.
+    """
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    model = onnx.load(str(src))
+    if _default_opset(model) < _INT8_OPSET:
+        from onnx import version_converter
+
+        model = version_converter.convert_version(model, _INT8_OPSET)
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    uses: dict[str, int] = {}
+    for node in graph.node:
+        for name in node.input:
+            uses[name] = uses.get(name, 0) + 1
+    qmax = 2 ** (weight_bits - 1) - 1
+    consts: list[Any] = []
+
+    def const(name: str, value: Any) -> str:
+        consts.append(numpy_helper.from_array(np.asarray(value), name))
+        return name
+
+    axes = const("rq_axes_last", np.array([-1], dtype=np.int64))
+    inv127 = const("rq_inv127", np.array(1.0 / 127.0, dtype=np.float32))
+    eps = const("rq_eps", np.array(1e-12, dtype=np.float32))
+    zero = const("rq_zero", np.array(0.0, dtype=np.float32))
+    f128 = const("rq_f128", np.array(128.0, dtype=np.float32))
+    zp128 = const("rq_zp128", np.array(128, dtype=np.uint8))
+    ranks = _ranks(model)
+    zero_points: dict[object, str] = {}  # one (…, 1) tensor of 128s per activation rank: fewer nodes
+    quantised_inputs: dict[str, tuple[str, str]] = {}
+    quantised_weights: dict[str, tuple[str, str]] = {}
+    replaced: set[str] = set()
+    nodes: list[Any] = []
+    for node in graph.node:
+        weight = inits.get(node.input[1]) if node.op_type == "MatMul" and len(node.input) == 2 else None
+        if weight is None or len(weight.dims) != 2 or weight.data_type != TensorProto.FLOAT:
+            nodes.append(node)
+            continue
+        x, w_name = node.input
+        k = int(weight.dims[0])
+        if w_name not in quantised_weights:
+            w = numpy_helper.to_array(weight).astype(np.float32)
+            w_scale = np.maximum(np.abs(w).max(axis=0), 1e-12) / qmax
+            w_q = np.clip(np.rint(w / w_scale), -qmax, qmax).astype(np.int8)
+            quantised_weights[w_name] = (
+                const(f"{w_name}_rq_q", w_q),
+                const(f"{w_name}_rq_scale", w_scale.astype(np.float32)),
+            )
+            replaced.add(w_name)
+        w_q_name, w_scale_name = quantised_weights[w_name]
+        if x not in quantised_inputs:
+            p = f"rq{len(quantised_inputs)}"
+            nodes += [
+                helper.make_node("ReduceMax", [x, axes], [f"{p}_max"], keepdims=1, name=f"{p}_max"),
+                helper.make_node("ReduceMin", [x, axes], [f"{p}_min"], keepdims=1, name=f"{p}_min"),
+                helper.make_node("Neg", [f"{p}_min"], [f"{p}_negmin"], name=f"{p}_negmin"),
+                helper.make_node("Max", [f"{p}_max", f"{p}_negmin", eps], [f"{p}_absmax"], name=f"{p}_absmax"),
+                helper.make_node("Mul", [f"{p}_absmax", inv127], [f"{p}_scale"], name=f"{p}_scale"),
+            ]
+            # the zero point must have the scale's shape: 128 everywhere, built from a scale of that rank
+            rank_key: object = ranks.get(x) or x
+            if rank_key not in zero_points:
+                zero_points[rank_key] = f"{p}_zp"
+                nodes += [
+                    helper.make_node("Mul", [f"{p}_scale", zero], [f"{p}_z0"], name=f"{p}_z0"),
+                    helper.make_node("Add", [f"{p}_z0", f128], [f"{p}_z128"], name=f"{p}_z128"),
+                    helper.make_node("Cast", [f"{p}_z128"], [f"{p}_zp"], to=TensorProto.UINT8, name=f"{p}_zp"),
+                ]
+            nodes.append(
+                helper.make_node(
+                    "QuantizeLinear",
+                    [x, f"{p}_scale", zero_points[rank_key]],
+                    [f"{p}_q"],
+                    axis=-1,
+                    block_size=k,
+                    name=f"{p}_q",
                 )
-        except Exception as e:
-            raise RuntimeError(f"int8 quantisation of {src} failed: {type(e).__name__}: {e}") from e
-    return info
-
-
-def _optimize_transformer(src: Path, dst: Path) -> bool:
-    """onnxruntime's BERT graph fusions (offline); False (and the plain graph is used) if they fail."""
+            )
+            quantised_inputs[x] = (f"{p}_q", f"{p}_scale")
+        x_q, x_scale = quantised_inputs[x]
+        out = node.output[0]
+        nodes += [
+            helper.make_node("MatMulInteger", [x_q, w_q_name, zp128], [f"{out}_i32"], name=f"{out}_mmi"),
+            helper.make_node("Cast", [f"{out}_i32"], [f"{out}_f"], to=TensorProto.FLOAT, name=f"{out}_cast"),
+            helper.make_node("Mul", [f"{out}_f", x_scale], [f"{out}_xs"], name=f"{out}_xs"),
+            helper.make_node("Mul", [f"{out}_xs", w_scale_name], [out], name=f"{out}_ws"),
+        ]
+    if not quantised_weights:
+        raise RuntimeError(f"int8 quantisation of {src} failed: the graph has no MatMul with a float weight")
+    still_used = {name for node in nodes for name in node.input}
+    kept = [i for i in graph.initializer if not (i.name in replaced and i.name not in still_used)]
+    del graph.node[:]
+    graph.node.extend(nodes)
+    del graph.initializer[:]
+    graph.initializer.extend(kept + consts)
     try:
-        from onnxruntime.transformers import optimizer
+        onnx.checker.check_model(model)
+        with _atomic_path(dst) as tmp:
+            onnx.save(model, str(tmp))
+    except Exception as e:
+        raise RuntimeError(f"int8 quantisation of {src} failed: {type(e).__name__}: {e}") from e
+    return {
+        "recipe": INT8_RECIPE,
+        "weights": f"int{weight_bits} symmetric, per output channel",
+        "activations": "int8 symmetric, dynamic, one scale per row (token)",
+        "matmuls": sum(1 for n in nodes if n.op_type == "MatMulInteger"),
+        "opset": _default_opset(model),
+    }
 
-        with _quiet_export():
-            optimized = optimizer.optimize_model(str(src), model_type="bert", opt_level=0)
-        optimized.save_model_to_file(str(dst))
-    except Exception as e:  # optional speed-up only
-        log.warning("onnxruntime transformer optimizer failed, quantising the plain graph: %s", e)
-        return False
-    return True
+
+def _ranks(model: Any) -> dict[str, int]:
+    """Tensor name -> rank, where the graph (after ONNX shape inference) knows it."""
+    import onnx
+
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:  # shapes are an optimisation here, not a requirement
+        inferred = model
+    graph = inferred.graph
+    out: dict[str, int] = {}
+    for value in [*graph.input, *graph.value_info, *graph.output]:
+        tensor = value.type.tensor_type
+        if tensor.HasField("shape"):
+            out[value.name] = len(tensor.shape.dim)
+    return out
+
+
+def _default_opset(model: Any) -> int:
+    return int(next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0))
 
 
 def _session(path: Path, num_threads: int | None, spinning: bool = True) -> onnxruntime.InferenceSession:

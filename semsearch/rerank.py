@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
-import torch
 
 from semsearch.errors import InvalidInputError, ModelLoadError
 
@@ -149,7 +148,7 @@ class FeatureBackend:
             idx = order[start : start + batch_size]
             features = self.cross_encoder.preprocess([pairs[i] for i in idx])
             result = self.run(features)
-            if isinstance(result, torch.Tensor):
+            if hasattr(result, "detach"):  # a torch tensor
                 result = result.detach().float().cpu().numpy()
             out[idx] = np.asarray(result, dtype=np.float32).reshape(len(idx), -1)[:, 0]
         return out
@@ -162,6 +161,8 @@ class TorchBackend:
         self.cross_encoder = cross_encoder
 
     def logits(self, pairs: Sequence[tuple[str, str]], batch_size: int) -> np.ndarray:
+        import torch
+
         if not pairs:
             return np.zeros(0, dtype=np.float32)
         scores = self.cross_encoder.predict(
@@ -302,6 +303,8 @@ class Reranker:
 
     def activate(self, logits: np.ndarray) -> np.ndarray:
         """The CrossEncoder's activation (sigmoid for one-output models), as ``predict`` applies it."""
+        import torch  # lazily: the search service imports this module without a reranker
+
         tensor = torch.from_numpy(np.asarray(logits, dtype=np.float32))
         activation = self.cross_encoder.activation_fn or torch.nn.Identity()
         with torch.inference_mode():

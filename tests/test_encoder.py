@@ -73,3 +73,21 @@ def test_bad_choices_list_the_valid_ones():
         Encoder(pooling="max")  # type: ignore[arg-type]
     with pytest.raises(InvalidInputError, match="torch, onnx, onnx-int8"):
         Encoder(backend="tensorrt")  # type: ignore[arg-type]
+
+
+def test_tokenizers_path_matches_the_transformers_tokenizer(encoder):
+    """The ONNX backends tokenise with the ``tokenizers`` library straight from tokenizer.json (no torch,
+    no transformers): same ids, token types and truncation as the tokenizer sentence-transformers uses."""
+    from semsearch.encoder import _read_layout, _Tokens
+
+    layout = _read_layout(encoder.resolved.path)
+    assert layout is not None
+    assert (layout.dim, layout.pooling, layout.max_seq_length) == (384, "mean", encoder.max_seq_length)
+    texts = [*TEXTS, "", "  padded   spaces  ", "¿Dónde está la biblioteca? 图书馆在哪里? naïve café", "word " * 300]
+    fast = _Tokens.build(None, 256, layout).encode(texts)
+    ref = encoder.tokenizer(texts, truncation=True, max_length=256, return_token_type_ids=True)
+    assert fast.ids == [list(x) for x in ref["input_ids"]]
+    assert fast.type_ids == [list(x) for x in ref["token_type_ids"]]
+    assert fast.truncated == 1
+    assert fast.pad_id == encoder.tokenizer.pad_token_id
+    np.testing.assert_array_equal(_Tokens.build(None, 256, layout).lengths(texts), encoder.token_lengths(texts))

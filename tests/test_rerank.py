@@ -12,6 +12,7 @@ import torch
 
 from semsearch import training
 from semsearch.errors import InvalidInputError, ModelLoadError
+from semsearch.onnx_backend import INT8_RECIPE
 from semsearch.readers import ScoredPair, read_scored_pairs
 from semsearch.rerank import (
     RERANKER_META_FILE,
@@ -350,7 +351,7 @@ def test_onnx_backends_match_torch_and_reuse_the_cache(
     assert np.argmax(quantised[:4]) == np.argmax(reference[:4])
     assert int8.info()["backend"] == "onnx-int8"
     cached = sorted(p.name for p in tmp_path.glob("*-cross-encoder/*.onnx"))
-    assert cached == ["model-int8.onnx", "model.onnx"]
+    assert cached == [f"model-int8-{INT8_RECIPE}.onnx", "model.onnx"]  # the int8 recipe names the file
     mtimes = {p: p.stat().st_mtime_ns for p in tmp_path.glob("*-cross-encoder/*.onnx")}
     Reranker(trained[0], backend="onnx-int8", backend_options=options)  # second load: from the cache
     assert {p: p.stat().st_mtime_ns for p in tmp_path.glob("*-cross-encoder/*.onnx")} == mtimes

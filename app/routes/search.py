@@ -98,7 +98,7 @@ def _took_ms(started: float) -> float:
 
 @router.post("/search", response_model=SearchResponse, response_model_exclude_none=True, responses=RESPONSES)
 async def search(body: SearchRequest, rt: RuntimeDep) -> SearchResponse:
-    """Top-k sentences for a query, best first (score = cosine; the reranker's score with `rerank`)."""
+    """Top-k sentences for a query, best first (score = the mode's score; the reranker's score with `rerank`)."""
     started = time.perf_counter()
     body.check_limits(rt.settings)
     rows, version = await run_search(rt, [body.query], body)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from semsearch.errors import InvalidInputError
+from semsearch.format import file_sha256
 from semsearch.readers import ScoredPair, read_scored_pairs
 from semsearch.training.config import MineNegatives, RelevanceExample, ScoredInput, TrainConfig
 
@@ -102,14 +103,6 @@ def prepare_data(config: TrainConfig) -> TrainingData:
     )
 
 
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _sha256_pairs(pairs: Sequence[ScoredPair]) -> str:
     digest = hashlib.sha256()
     for pair in pairs:
@@ -123,7 +116,7 @@ def load_scored(data: ScoredInput | None) -> tuple[list[ScoredPair], DataInfo | 
         return [], None
     if isinstance(data, str | Path):
         pairs = read_scored_pairs(data)
-        return pairs, DataInfo(str(data), len(pairs), _sha256_file(Path(data)))
+        return pairs, DataInfo(str(data), len(pairs), file_sha256(Path(data)))
     pairs = list(data)
     return pairs, DataInfo("in-memory", len(pairs), _sha256_pairs(pairs))
 

@@ -61,10 +61,16 @@ def fuzz(schema: Any, headers: dict[str, str], check: Callable[[Any, Any], None]
     assert len(operations) >= 10, [op.label for op in operations]
     for op in operations:
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+            if mode is GenerationMode.NEGATIVE and op.label == "GET /search":
+                # schemathesis cannot negate its JSON `filter` (a `content` parameter) and what it makes of the
+                # rest is ambiguous for query strings; test_app_hostile.py sends this operation's invalid inputs
+                skipped.append(f"{op.label} [{mode.value}]")
+                continue
 
             @given(case=op.as_strategy(generation_mode=mode))
             @settings(
                 max_examples=FUZZ_EXAMPLES,
+                derandomize=True,  # the same cases every CI run; bench/fuzz_long.sh explores further
                 deadline=None,
                 database=None,
                 phases=[Phase.explicit, Phase.generate],
