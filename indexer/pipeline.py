@@ -232,6 +232,15 @@ def _base_for_write(root: IndexRoot) -> BaseVersion | None:
     return BaseVersion.read(root)
 
 
+def _existing_base(root: IndexRoot) -> BaseVersion:
+    """The current version for an operation that needs one (no index: the "no published index" error)."""
+    base = _base_for_write(root)
+    if base is None:
+        root.resolve()  # raises IndexNotFoundError with the command to build one
+        raise AssertionError("unreachable: resolve() raises without a current version")
+    return base
+
+
 def _finish(root: IndexRoot, opts_keep: int | None, merge: bool, result: BuildResult) -> BuildResult:
     """After a publish: the merge policy (each merge is its own published version), then pruning."""
     if merge:
@@ -330,10 +339,7 @@ def run_delete(
     started = time.perf_counter()
     root = IndexRoot(index)
     with root.lock(), disk_errors(root):
-        base = _base_for_write(root)
-        if base is None:
-            root.resolve()
-            raise AssertionError("unreachable")
+        base = _existing_base(root)
         writer = IndexWriter(root, f"delete-{time.time_ns()}", base.manifest.encoder_meta(), _request(base), base=base)
         with disk_errors(root, writer):
             missing = writer.delete(ids)
@@ -409,10 +415,7 @@ def run_compact(index: Path, keep: int | None = None) -> BuildResult:
     started = time.perf_counter()
     root = IndexRoot(index)
     with root.lock(), disk_errors(root):
-        base = _base_for_write(root)
-        if base is None:
-            root.resolve()
-            raise AssertionError("unreachable")
+        base = _existing_base(root)
         names = [r.name for r in base.segments]
         before = base.manifest
         base.close()

@@ -374,56 +374,30 @@ class IndexWriter:
         origin = {"kind": self.op.split("-")[0], "operation": self.op}
         names: list[str] = []
         if self.shards is None:
-            name = new_segment_name()
-
-            def fill(conn: sqlite3.Connection) -> None:
-                conn.execute("ATTACH DATABASE ? AS staged", (staging_db,))
-                conn.execute(f"INSERT INTO docs({COLUMNS}) SELECT {COLUMNS} FROM staged.docs ORDER BY iid")
-
-            write_segment(
-                self.dir / NEW_SEGMENTS,
-                name,
-                live,
-                gathered,
-                fill,
-                index_type=self.index_request["type"],
-                index_params=self.index_request["params"],
-                model_fingerprint=self.encoder_meta["fingerprint"],
-                origin=origin,
-            )
-            names.append(name)
+            groups: list[tuple[int | None, np.ndarray | None]] = [(None, None)]
         else:  # one segment per shard that has open rows (rows routed by the hash of their user id)
             shard = np.fromiter(
                 (shard_of(e, self.n_shards) for (e,) in self.db.execute("SELECT ext_id FROM docs ORDER BY iid")),
                 dtype=np.int64,
                 count=len(live),
             )
-            for s in np.unique(shard).tolist():
-                mask = shard == s
-                picked = live[mask]
-                name = new_segment_name()
+            groups = [(int(s), shard == s) for s in np.unique(shard).tolist()]
+        for s, mask in groups:
+            picked = live if mask is None else live[mask]
+            name = new_segment_name()
 
-                def fill_shard(conn: sqlite3.Connection, picked: np.ndarray = picked) -> None:
-                    conn.execute("ATTACH DATABASE ? AS staged", (staging_db,))
+            def fill(conn: sqlite3.Connection, picked: np.ndarray | None = None if mask is None else picked) -> None:
+                conn.execute("ATTACH DATABASE ? AS staged", (staging_db,))
+                where = ""
+                if picked is not None:
                     conn.execute("CREATE TEMP TABLE pick(iid INTEGER PRIMARY KEY)")
                     conn.executemany("INSERT INTO temp.pick VALUES (?)", [(int(i),) for i in picked])
-                    conn.execute(
-                        f"INSERT INTO docs({COLUMNS}) SELECT {COLUMNS} FROM staged.docs "
-                        "WHERE iid IN (SELECT iid FROM temp.pick) ORDER BY iid"
-                    )
+                    where = "WHERE iid IN (SELECT iid FROM temp.pick) "
+                conn.execute(f"INSERT INTO docs({COLUMNS}) SELECT {COLUMNS} FROM staged.docs {where}ORDER BY iid")
 
-                write_segment(
-                    self.dir / NEW_SEGMENTS,
-                    name,
-                    picked,
-                    gathered[mask],
-                    fill_shard,
-                    index_type=self.index_request["type"],
-                    index_params=self.index_request["params"],
-                    model_fingerprint=self.encoder_meta["fingerprint"],
-                    origin={**origin, "shard": int(s)},
-                )
-                names.append(name)
+            vectors = gathered if mask is None else gathered[mask]
+            self._write_segment(name, picked, vectors, fill, origin if s is None else {**origin, "shard": s})
+            names.append(name)
         del gathered
         (self.dir / "gather.npy").unlink()
         with self.db:
@@ -431,6 +405,21 @@ class IndexWriter:
             self._set_state(sealed=[*self._state["sealed"], *names], open_first_chunk=last)
         self._clean_uncommitted()
         return names
+
+    def _write_segment(
+        self, name: str, ids: np.ndarray, vectors: np.ndarray, fill: Any, origin: dict[str, Any]
+    ) -> None:
+        write_segment(
+            self.dir / NEW_SEGMENTS,
+            name,
+            ids,
+            vectors,
+            fill,
+            index_type=self.index_request["type"],
+            index_params=self.index_request["params"],
+            model_fingerprint=self.encoder_meta["fingerprint"],
+            origin=origin,
+        )
 
     def merge(self, names: Sequence[str]) -> str:
         """Rewrite the live rows of these base segments into one new segment (drops their tombstones)."""
@@ -471,16 +460,12 @@ class IndexWriter:
                 conn.commit()
                 conn.execute("DETACH DATABASE src")
 
-        write_segment(
-            self.dir / NEW_SEGMENTS,
+        self._write_segment(
             name,
             ids,
             gathered,
             fill,
-            index_type=self.index_request["type"],
-            index_params=self.index_request["params"],
-            model_fingerprint=self.encoder_meta["fingerprint"],
-            origin={"kind": "merge", "merged": list(names)}
+            {"kind": "merge", "merged": list(names)}
             if self.shards is None
             else {"kind": "merge", "merged": list(names), "shard": shards.pop()},
         )
