@@ -57,15 +57,10 @@ def content(root: Path) -> tuple[str, list[tuple[str, str]], bytes]:
     """Corpus checksum, live (id, text) rows, and the live vectors' bytes in id order."""
     idx = SearchIndex.load(root)
     try:
-        docs = list(idx.iter_docs())
-        vecs = []
-        for d in docs:
-            for v in idx.views:
-                if v.segment.contains(np.array([d.iid]))[0]:
-                    vecs.append(np.asarray(v.segment.vectors.vectors[v.segment.vectors.rows_of(np.array([d.iid]))[0]]))
-        rows = sorted((str(d.id), d.text) for d in docs)
-        order = np.argsort([str(d.id) for d in docs])
-        return idx.manifest.corpus_checksum, rows, np.stack(vecs)[order].tobytes()
+        ext = {d.iid: (str(d.id), d.text) for d in idx.iter_docs()}
+        iids, vectors = idx.live_vectors()
+        order = np.argsort([ext[int(i)][0] for i in iids])
+        return idx.manifest.corpus_checksum, sorted(ext.values()), vectors[order].tobytes()
     finally:
         idx.close()
 

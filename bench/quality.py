@@ -42,7 +42,7 @@ from semsearch.evaluation import (  # noqa: E402
     read_sts,
 )
 from semsearch.index import SearchIndex  # noqa: E402
-from semsearch.lexical import bm25_scores, bm25_search  # noqa: E402
+from semsearch.lexical import top_k  # noqa: E402
 from semsearch.search import DEFAULT_HYBRID, Candidate, HybridParams, fuse, search  # noqa: E402
 from semsearch.vector_index import VectorIndex  # noqa: E402
 
@@ -90,7 +90,7 @@ def _query_vectors(args: argparse.Namespace, idx: SearchIndex, ds: BeirDataset) 
 
 
 def _ext_ids(idx: SearchIndex) -> dict[int, str]:
-    return {int(i): str(e) for e, i in idx.docs.conn.execute("SELECT ext_id, iid FROM docs")}
+    return {d.iid: str(d.id) for d in idx.iter_docs()}
 
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
@@ -160,8 +160,7 @@ def cmd_index_types(args: argparse.Namespace) -> None:
     ds = load_beir(Path(args.data) / "scifact", "test")
     q = _query_vectors(args, idx, ds)
     ext = _ext_ids(idx)
-    vectors = np.asarray(idx.vectors.vectors, dtype=np.float32)
-    ids = np.asarray(idx.vectors.ids)
+    ids, vectors = idx.live_vectors()
     k = 10
     exact = VectorIndex.build(vectors, ids, "flat")
     _, truth = exact.search(q, k)
@@ -224,22 +223,23 @@ def cmd_index_types(args: argparse.Namespace) -> None:
 
 def _candidates(idx: SearchIndex, ds: BeirDataset, q: np.ndarray, depth: int) -> list[list[Candidate]]:
     """Per query: the union of the dense and lexical top-``depth`` lists, each with both scores."""
-    d_scores, d_iids = idx.vectors.search(q, depth)
+    d_scores, d_iids = idx.dense(q, depth)
     out = []
     for n, text in enumerate(ds.queries.values()):
         cands: dict[int, Candidate] = {}
         for r, (s, i) in enumerate(zip(d_scores[n], d_iids[n], strict=True), 1):
             cands[int(i)] = Candidate(int(i), dense=float(s), dense_rank=r)
-        ls, li = bm25_search(idx.docs.conn, text, depth)
+        all_iids, all_scores = idx.lexical(text)
+        ls, li = top_k(all_iids, all_scores, depth)
         for r, (s, i) in enumerate(zip(ls, li, strict=True), 1):
             c = cands.setdefault(int(i), Candidate(int(i)))
             c.lexical, c.lexical_rank = float(s), r
         missing = [c for c in cands.values() if c.dense is None]
         if missing:
-            cos = idx.vectors.exact_scores(q[n : n + 1], np.array([[c.iid for c in missing]]))[0]
+            cos = idx.exact_scores(q[n : n + 1], np.array([[c.iid for c in missing]]))[0]
             for c, s in zip(missing, cos, strict=True):
                 c.dense = float(s)
-        found = bm25_scores(idx.docs.conn, text, [c.iid for c in cands.values() if c.lexical is None])
+        found = dict(zip(all_iids.tolist(), all_scores.tolist(), strict=True))
         for c in cands.values():
             if c.lexical is None:
                 c.lexical = found.get(c.iid, 0.0)

@@ -253,6 +253,19 @@ class SearchIndex:
         top_s, top_i = np.take_along_axis(scores, order, 1), np.take_along_axis(iids, order, 1)
         return top_s.astype(np.float32), np.where(np.isfinite(top_s), top_i, -1)
 
+    def live_vectors(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(iids, vectors)`` of every live row, in internal-id order (a copy: for evaluation and tools)."""
+        ids, vecs = [], []
+        for v in self.views:
+            keep = ~v.is_dead(v.segment.ids)
+            ids.append(np.asarray(v.segment.ids)[keep])
+            vecs.append(np.asarray(v.segment.vectors.vectors, dtype=np.float32)[keep])
+        if not ids:
+            return np.zeros(0, np.int64), np.zeros((0, self.manifest.dimension), np.float32)
+        all_ids = np.concatenate(ids)
+        order = np.argsort(all_ids, kind="stable")
+        return all_ids[order], np.concatenate(vecs)[order]
+
     def exact_scores(self, queries: np.ndarray, iids: np.ndarray) -> np.ndarray:
         """Cosine of each query (m, d) with the vectors of ``iids`` (m, c); -1 ids give -inf."""
         out = np.full(iids.shape, -np.inf, dtype=np.float32)

@@ -216,7 +216,7 @@ def test_index_built_with_onnx_records_backend_and_serves(
     try:
         assert index.manifest.backend == "onnx"
         # the stored vectors are the onnx encoder's
-        stored = np.concatenate([np.asarray(s.vectors.vectors, dtype=np.float32) for s in index.segments])
+        stored = index.live_vectors()[1]
         np.testing.assert_allclose(np.sort(stored @ encoders["onnx"].encode(rows).T, axis=None)[-5:], 1.0, atol=1e-4)
     finally:
         index.close()
@@ -301,8 +301,8 @@ def test_builds_with_other_chunk_and_batch_sizes_give_the_same_vectors(built_ind
     b = SearchIndex.load(built_indexes["onnx-int8-small-chunks"])
     try:
         assert a.count == b.count == 400
-        va = np.asarray(a.vectors.vectors, dtype=np.float32)
-        vb = np.asarray(b.vectors.vectors, dtype=np.float32)
+        va = a.live_vectors()[1]
+        vb = b.live_vectors()[1]
         cos = np.einsum("nd,nd->n", va, vb)
         assert cos.min() >= 0.99999, f"min cosine {cos.min():.7f}, {(cos < 0.99999).sum()} of 400 rows differ"
     finally:
