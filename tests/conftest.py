@@ -6,7 +6,10 @@ import gzip
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
+
+from semsearch.store import Record
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "data" / "sample" / "wordnet_glosses.jsonl.gz"
@@ -49,3 +52,38 @@ def small_index(tmp_path_factory, small_corpus) -> Path:
     root = tmp_path_factory.mktemp("index") / "idx"
     run_build(BuildOptions(inputs=[small_corpus], output=root, progress=False))
     return root
+
+
+# ------------------------------------------------------------------ synthetic rows for the core writer
+
+DIM = 16
+META = {"model": "synthetic", "fingerprint": "0", "pooling": "mean", "backend": "torch", "max_seq_length": 0}
+META["dimension"] = DIM
+VOCAB = [
+    "alpha",
+    "beta",
+    "gamma",
+    "delta",
+    "epsilon",
+    "zeta",
+    "eta",
+    "theta",
+    "iota",
+    "kappa",
+    "lambda",
+    "mu",
+    "nu",
+    "xi",
+    "omicron",
+    "pi",
+    "rho",
+    "sigma",
+]
+
+
+def synthetic_row(rng: np.random.Generator, ext_id: str) -> tuple[Record, np.ndarray]:
+    """One seeded synthetic row: random words of VOCAB, a random unit vector of DIM, metadata g in 0..2."""
+    text = " ".join(rng.choice(VOCAB, size=int(rng.integers(2, 9))))
+    vec = rng.standard_normal(DIM).astype(np.float32)
+    meta = {"g": int(rng.integers(0, 3))}
+    return Record(text=text, ext_id=ext_id, metadata=meta), vec / np.linalg.norm(vec)

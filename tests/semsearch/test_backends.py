@@ -24,7 +24,7 @@ pytest.importorskip("onnxscript")
 from semsearch.encoder import Encoder
 from semsearch.onnx_backend import INT8_RECIPE
 
-STSB_DEV = Path(__file__).resolve().parents[1] / "data" / "stsb" / "stsb_dev.tsv"
+STSB_DEV = Path(__file__).resolve().parents[2] / "data" / "stsb" / "stsb_dev.tsv"
 # (mean, min) cosine to the torch embedding over the 50 sentences
 COSINE_BOUNDS = {"onnx": (0.99999, 0.9999), "onnx-int8": (0.985, 0.95)}
 MAX_SPEARMAN_DROP = 1.0  # points (×100) on 200 pairs
@@ -171,7 +171,7 @@ def test_onnx_encoder_does_not_import_torch(encoders: dict[str, Encoder], onnx_r
         "print(json.dumps({'mods': [m for m in ('torch', 'sentence_transformers', 'transformers') if m in sys.modules],"
         " 'vec': v[0].tolist()}))\n"
     )
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     out = json.loads(done.stdout.strip().splitlines()[-1])

@@ -85,7 +85,7 @@ def test_user_ids_keep_their_type_and_survive_add_and_delete(tmp_path, encoder):
             output=root,
             progress=False,
             on_duplicate="keep-last",
-            merge=False,  # the merge policy is tested on its own (tests/test_segments.py)
+            merge=False,  # the merge policy is tested on its own (tests/semsearch/test_segments.py)
         ),
         incremental=True,
     )

@@ -20,7 +20,7 @@ from indexer.cli import app, main
 from semsearch.evaluation import correlations
 from semsearch.search import DEFAULT_HYBRID
 
-FIXTURE = Path(__file__).parent / "fixtures" / "beir_tiny"
+FIXTURE = Path(__file__).parents[1] / "fixtures" / "beir_tiny"
 L2 = math.log2
 runner = CliRunner()
 

@@ -29,7 +29,7 @@ from semsearch.onnx_backend import (  # noqa: E402
     model_fingerprint,
 )
 
-STSB = Path(__file__).parents[1] / "../shared/data/stsb"
+STSB = Path(__file__).parents[2] / "../shared/data/stsb"
 VARIANTS: tuple[Variant, ...] = ("onnx", "onnx-int8")
 SENTENCES = [
     "A man is playing a guitar.",

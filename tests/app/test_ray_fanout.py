@@ -3,7 +3,7 @@
 The shards are real (a 2-shard index loaded shard by shard); only the ``DeploymentHandle`` is
 replaced, by an object with the same ``.call.remote(...).result(timeout_s=...)`` surface that runs
 the shard in-process, or, for a shard "without a healthy replica", times out the way a handle
-does. The real Serve path (cluster, replicas, kill and restart) is tests/test_ray.py.
+does. The real Serve path (cluster, replicas, kill and restart) is tests/indexer/test_ray.py.
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ import time
 import httpx
 import numpy as np
 import pytest
+from conftest import META, synthetic_row
 from fastapi import FastAPI
-from test_segments import META, _row
 
-# read when Ray is imported; the same as tests/test_ray.py sets, whichever module imports Ray first
+# read when Ray is imported; the same as tests/indexer/test_ray.py sets, whichever module imports Ray first
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 pytest.importorskip("ray")
 
@@ -82,7 +82,7 @@ def two_shards(tmp_path):
     root = IndexRoot(tmp_path / "idx")
     with root.lock():
         writer = IndexWriter(root, "build", META, {"type": "flat", "params": {}}, shards=2)
-        rows = [_row(rng, f"r{i}") for i in range(60)]
+        rows = [synthetic_row(rng, f"r{i}") for i in range(60)]
         writer.add_chunk([r for r, _ in rows], np.stack([v for _, v in rows]), [], len(rows), "error")
         writer.commit({"kind": "build"})
     shards = [SearchIndex.load(root.path, shard=s) for s in (0, 1)]

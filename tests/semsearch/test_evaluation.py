@@ -27,7 +27,7 @@ from semsearch.evaluation import (
 )
 from semsearch.index import Hit
 
-FIXTURE = Path(__file__).parent / "fixtures" / "beir_tiny"
+FIXTURE = Path(__file__).parents[1] / "fixtures" / "beir_tiny"
 L2 = math.log2
 
 

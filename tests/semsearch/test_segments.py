@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO, sample_rows, write_jsonl
+from conftest import DIM, META, REPO, VOCAB, sample_rows, synthetic_row, write_jsonl
 
 from indexer.pipeline import BuildOptions, apply_merge_policy, run_build, run_compact, run_delete
 from semsearch.errors import CorruptIndexError
@@ -36,37 +36,7 @@ from semsearch.search import search
 from semsearch.store import Record
 from semsearch.writer import BaseVersion, IndexWriter, MergePolicy
 
-DIM = 16
-META = {"model": "synthetic", "fingerprint": "0", "pooling": "mean", "backend": "torch", "max_seq_length": 0}
-META["dimension"] = DIM
-VOCAB = [
-    "alpha",
-    "beta",
-    "gamma",
-    "delta",
-    "epsilon",
-    "zeta",
-    "eta",
-    "theta",
-    "iota",
-    "kappa",
-    "lambda",
-    "mu",
-    "nu",
-    "xi",
-    "omicron",
-    "pi",
-    "rho",
-    "sigma",
-]
 FORMAT1 = REPO / "tests" / "fixtures" / "format1_index"
-
-
-def _row(rng: np.random.Generator, ext_id: str) -> tuple[Record, np.ndarray]:
-    text = " ".join(rng.choice(VOCAB, size=int(rng.integers(2, 9))))
-    vec = rng.standard_normal(DIM).astype(np.float32)
-    meta = {"g": int(rng.integers(0, 3))}
-    return Record(text=text, ext_id=ext_id, metadata=meta), vec / np.linalg.norm(vec)
 
 
 def _write(root: Path, op: str, rows: list[tuple[Record, np.ndarray]], *, segment_rows: int = 10**6) -> None:
@@ -132,7 +102,7 @@ def test_random_add_delete_upsert_equals_a_fresh_build(tmp_path: Path, seed: int
         nonlocal next_id
         out = []
         for _ in range(n):
-            out.append(_row(rng, f"d{next_id}"))
+            out.append(synthetic_row(rng, f"d{next_id}"))
             next_id += 1
         return out
 
@@ -149,7 +119,7 @@ def test_random_add_delete_upsert_equals_a_fresh_build(tmp_path: Path, seed: int
             _write(root, f"add-{step}", rows)
         elif op == "upsert":
             ids = rng.choice(sorted(live), size=min(len(live), int(rng.integers(1, 6))), replace=False)
-            rows = [_row(rng, str(i)) for i in ids] + new_rows(2)
+            rows = [synthetic_row(rng, str(i)) for i in ids] + new_rows(2)
             _write(root, f"add-{step}", rows)
         elif op == "delete":
             ids = [
@@ -201,7 +171,7 @@ def test_random_add_delete_upsert_equals_a_fresh_build(tmp_path: Path, seed: int
 def test_tombstones_never_returned_even_when_k_exceeds_live_rows(tmp_path: Path) -> None:
     rng = np.random.default_rng(7)
     root = tmp_path / "idx"
-    rows = [_row(rng, f"d{i}") for i in range(30)]
+    rows = [synthetic_row(rng, f"d{i}") for i in range(30)]
     _write(root, "build", rows)
     _delete(root, [f"d{i}" for i in range(0, 30, 2)])
     idx = SearchIndex.load(root)

@@ -34,7 +34,7 @@ from semsearch.training import (
 from semsearch.training import evaluate as training_evaluate
 from semsearch.training.data import relevance_examples
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 STSB = REPO / "data" / "stsb"
 
 QUERY = "A man is playing a guitar."

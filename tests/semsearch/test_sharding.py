@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_segments import META, VOCAB, _row
+from conftest import META, VOCAB, synthetic_row
 
 from indexer.pipeline import BuildOptions, apply_merge_policy, run_build, run_compact, run_delete
 from semsearch.errors import InvalidInputError
@@ -102,14 +102,18 @@ def test_sharded_versions_answer_like_one_index(tmp_path):
             index.close()
         assert verify(root) == []
 
-    rows = [_row(rng, f"r{i}") for i in range(120)]
+    rows = [synthetic_row(rng, f"r{i}") for i in range(120)]
     both("build", rows, segment_rows=20)  # several segments per shard
     assert {e["shard"] for e in Manifest.read(IndexRoot(root).resolve()).segments} == {0, 1, 2}
     check_shards()
     _compare(root, plain, rng)
 
     # upsert some, add some: new rows go to their shard, replaced rows are tombstoned in theirs
-    both("add", [_row(rng, f"r{i}") for i in range(0, 120, 9)] + [_row(rng, f"r{i}") for i in range(120, 150)])
+    both(
+        "add",
+        [synthetic_row(rng, f"r{i}") for i in range(0, 120, 9)]
+        + [synthetic_row(rng, f"r{i}") for i in range(120, 150)],
+    )
     check_shards()
     _compare(root, plain, rng)
 
@@ -134,11 +138,11 @@ def test_sharded_versions_answer_like_one_index(tmp_path):
 
 def test_shard_out_of_range_is_refused(tmp_path):
     rng = np.random.default_rng(1)
-    _write(tmp_path / "i", "build", [_row(rng, f"r{i}") for i in range(20)], shards=2)
+    _write(tmp_path / "i", "build", [synthetic_row(rng, f"r{i}") for i in range(20)], shards=2)
     with pytest.raises(Exception, match="no shard 2"):
         SearchIndex.load(tmp_path / "i", shard=2)
     with pytest.raises(InvalidInputError, match="--shards"):
-        _write(tmp_path / "j", "build", [_row(rng, "x")], shards=0)
+        _write(tmp_path / "j", "build", [synthetic_row(rng, "x")], shards=0)
 
 
 def test_real_sharded_build_equals_unsharded(tmp_path, small_corpus, small_index, encoder):
