@@ -16,7 +16,7 @@ from typing import Annotated, Any
 import typer
 
 from indexer.options import parse_params
-from semsearch.choices import IndexType
+from semsearch.choices import IndexType, Mode
 from semsearch.encoder import Backend, Pooling
 from semsearch.errors import InvalidInputError, SemsearchError
 
@@ -331,21 +331,33 @@ def search(
     query: Annotated[str, typer.Argument(help="The query text.")],
     index: IndexArg,
     k: Annotated[int, typer.Option("-k", "--k", min=1, max=1000, help="Number of results.")] = 10,
+    mode: Annotated[
+        Mode, typer.Option(help="dense (cosine), lexical (BM25) or hybrid (fused), as the service's mode.")
+    ] = "dense",
+    filter: Annotated[
+        str | None,
+        typer.Option("--filter", help='Metadata filter as JSON, e.g. \'{"pos": "noun"}\' (as for the service).'),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
-    """Quick look from the terminal: the k nearest sentences to QUERY."""
+    """Quick look from the terminal: the k best sentences for QUERY (the service's search, same modes and filters)."""
     from semsearch.encoder import Encoder
     from semsearch.index import SearchIndex
+    from semsearch.search import search as run_search
     from semsearch.text import text_problem
 
     problem = text_problem(query)  # the service refuses the same queries (422)
     if problem:
         raise typer.BadParameter(f"the query {problem}", param_hint="QUERY")
+    try:
+        spec = json.loads(filter) if filter else None
+    except json.JSONDecodeError as e:
+        raise typer.BadParameter(f"not valid JSON: {e}", param_hint="--filter") from e
     idx = SearchIndex.load(index)
-    encoder = Encoder.from_manifest(idx.manifest)
-    hits = idx.search(encoder.encode([query]), k)[0]
+    vectors = None if mode == "lexical" else Encoder.from_manifest(idx.manifest).encode([query])
+    hits = run_search(idx, [query], vectors, k, mode, spec)[0]
     if as_json:
-        _emit({"query": query, "index_version": idx.version, "results": [h.to_dict() for h in hits]})
+        _emit({"query": query, "index_version": idx.version, "mode": mode, "results": [h.to_dict() for h in hits]})
         return
     for rank, h in enumerate(hits, 1):
         typer.echo(f"{rank:>3}  {h.score:.4f}  [{h.id}]  {h.text}")

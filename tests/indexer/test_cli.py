@@ -35,6 +35,28 @@ def test_search_prints_ranked_results(small_index):
     assert scores == sorted(scores, reverse=True)
 
 
+def test_search_uses_the_services_modes_and_filters(small_index):
+    """`indexer search` goes through semsearch.search.search: the same results as the core call."""
+    from semsearch.index import SearchIndex
+    from semsearch.search import search
+
+    spec = {"lexname": "noun.act"}
+    res = run("search", "the act of making", "--index", str(small_index), "-k", "5", "--mode", "lexical",
+              "--filter", json.dumps(spec), "--json")  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    idx = SearchIndex.load(small_index)
+    try:
+        expected = search(idx, ["the act of making"], None, 5, "lexical", spec)[0]
+    finally:
+        idx.close()
+    assert out["mode"] == "lexical" and expected
+    assert [r["id"] for r in out["results"]] == [h.id for h in expected]
+    assert all(r["metadata"]["lexname"] == "noun.act" and r["lexical_score"] == r["score"] for r in out["results"])
+    bad = run("search", "x", "--index", str(small_index), "--filter", "{not json")
+    assert bad.returncode == 2 and "not valid JSON" in bad.stderr
+
+
 def test_usage_errors_exit_2(tmp_path):
     res = run("build", "--input", "x.txt", "--output", str(tmp_path), "--pooling", "max")
     assert res.returncode == 2
