@@ -336,17 +336,21 @@ class SearchIndex:
 
     def hits(self, scores: np.ndarray, iids: np.ndarray) -> list[list[Hit]]:
         """Join (scores, ids) rows with the stored documents."""
-        docs = self.docs_for({int(i) for i in iids.ravel() if i >= 0})
-        out: list[list[Hit]] = []
-        for row_scores, row_ids in zip(scores, iids, strict=True):
-            row: list[Hit] = []
-            for score, iid in zip(row_scores, row_ids, strict=True):
-                doc = docs.get(int(iid))
-                if doc is None:
-                    continue
-                row.append(Hit(doc.id, doc.text, float(score), doc.metadata, doc.iid, doc.doc_id, doc.start, doc.end))
-            out.append(row)
-        return out
+        return join_hits(scores, iids, self.docs_for({int(i) for i in iids.ravel() if i >= 0}))
+
+
+def join_hits(scores: np.ndarray, iids: np.ndarray, docs: dict[int, Doc]) -> list[list[Hit]]:
+    """(scores, ids) rows joined with their documents; ids without a document (-1 slots) are skipped."""
+    out: list[list[Hit]] = []
+    for row_scores, row_ids in zip(scores, iids, strict=True):
+        row: list[Hit] = []
+        for score, iid in zip(row_scores, row_ids, strict=True):
+            doc = docs.get(int(iid))
+            if doc is None:
+                continue
+            row.append(Hit(doc.id, doc.text, float(score), doc.metadata, doc.iid, doc.doc_id, doc.start, doc.end))
+        out.append(row)
+    return out
 
 
 def _live_docs(view: SegmentView) -> Iterator[Doc]:

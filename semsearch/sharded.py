@@ -33,7 +33,7 @@ import numpy as np
 
 from semsearch.errors import ModelMismatchError, SemsearchError
 from semsearch.filters import CompiledFilter
-from semsearch.index import Hit, SearchIndex
+from semsearch.index import Hit, SearchIndex, join_hits
 from semsearch.lexical import CollectionStats
 from semsearch.manifest import Manifest
 from semsearch.store import Doc
@@ -158,7 +158,7 @@ class ShardedIndex:
         docs: dict[int, Doc] = {}
         for a in answers:
             docs.update(a[2])
-        return self._hits(scores, iids, docs)
+        return join_hits(scores, iids, docs)
 
     def dense(
         self, query_vectors: np.ndarray, k: int, allowed: np.ndarray | None = None
@@ -197,20 +197,7 @@ class ShardedIndex:
         return out
 
     def hits(self, scores: np.ndarray, iids: np.ndarray) -> list[list[Hit]]:
-        return self._hits(scores, iids, self.docs_for({int(i) for i in iids.ravel() if i >= 0}))
-
-    @staticmethod
-    def _hits(scores: np.ndarray, iids: np.ndarray, docs: dict[int, Doc]) -> list[list[Hit]]:
-        out: list[list[Hit]] = []
-        for row_scores, row_ids in zip(scores, iids, strict=True):
-            row: list[Hit] = []
-            for score, iid in zip(row_scores, row_ids, strict=True):
-                doc = docs.get(int(iid))
-                if doc is None:
-                    continue
-                row.append(Hit(doc.id, doc.text, float(score), doc.metadata, doc.iid, doc.doc_id, doc.start, doc.end))
-            out.append(row)
-        return out
+        return join_hits(scores, iids, self.docs_for({int(i) for i in iids.ravel() if i >= 0}))
 
 
 def merge_top_k(
