@@ -7,7 +7,7 @@ SAMPLE_INDEX ?= data/index/sample
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install demo test lint sample-index reranker bench container-test clean
+.PHONY: install demo test test-fast lint sample-index reranker bench container-test clean
 
 install: $(VENV)/.installed
 
@@ -28,6 +28,10 @@ demo: sample-index
 
 test: install
 	$(BIN)/python -m pytest
+
+# The fast tier (< 90 s here): unit tests with fake encoders and synthetic indexes; `make test` runs everything.
+test-fast: install
+	$(BIN)/python -m pytest -m "not slow"
 
 # The default reranker: a cross-encoder fine-tuned here from the packaged MiniLM on STS-B train
 # (dev for early stopping and fusion tuning; the test split is only reported when ../shared is there).

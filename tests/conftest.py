@@ -87,3 +87,32 @@ def synthetic_row(rng: np.random.Generator, ext_id: str) -> tuple[Record, np.nda
     vec = rng.standard_normal(DIM).astype(np.float32)
     meta = {"g": int(rng.integers(0, 3))}
     return Record(text=text, ext_id=ext_id, metadata=meta), vec / np.linalg.norm(vec)
+
+
+# ------------------------------------------------------------------ the fast tier: pytest -m "not slow"
+
+# Fixtures that load the real model, build a real index or start a real server: a test using any of
+# them (directly or through another fixture) is an integration test and gets the ``slow`` marker.
+HEAVY_FIXTURES = frozenset(
+    {"encoder", "small_index", "app_index", "app_client", "launch_server", "compat_reranker_dir"}
+)
+# Modules whose tests run the CLI or the model without those fixtures (subprocesses, training, exports).
+SLOW_MODULES = frozenset(
+    {
+        "test_backends",
+        "test_cli",
+        "test_cli_newcomer",
+        "test_encoder",
+        "test_eval_cli",
+        "test_onnx_backend",
+        "test_rerank",
+    }
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        heavy = HEAVY_FIXTURES.intersection(getattr(item, "fixturenames", ()))
+        module = item.module.__name__.rsplit(".", 1)[-1] if getattr(item, "module", None) else ""
+        if heavy or module in SLOW_MODULES or item.get_closest_marker("ray") or item.get_closest_marker("browser"):
+            item.add_marker(pytest.mark.slow)
