@@ -19,6 +19,7 @@ from typing import Any, Literal, Union, get_args, get_origin
 import uvicorn
 
 from app.settings import ENV_PREFIX, ConfigError, Settings, load_settings
+from semsearch.runtime import setup_logging
 
 log = logging.getLogger("app")
 
@@ -104,11 +105,7 @@ def parse_settings(argv: Sequence[str] | None = None) -> Settings:
 
 
 def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
-    for noisy in ("httpx", "urllib3", "huggingface_hub", "transformers", "sentence_transformers", "faiss"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    setup_logging(level)
 
 
 class _Server(uvicorn.Server):

@@ -6,7 +6,6 @@ arguments reads the environment through :func:`get_settings` (cached); tests pas
 
 from __future__ import annotations
 
-import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -17,6 +16,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from semsearch.encoder import Backend
 from semsearch.errors import SemsearchError
 from semsearch.layout import resolve_version_dir
+from semsearch.runtime import available_cores
 
 ENV_PREFIX = "SEMSEARCH_"
 LogLevel = Literal["debug", "info", "warning", "error"]
@@ -24,10 +24,7 @@ LogLevel = Literal["debug", "info", "warning", "error"]
 
 def default_threads() -> int:
     """CPU cores this process may run on (affinity-aware)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - not Linux
-        return max(1, os.cpu_count() or 1)
+    return available_cores()
 
 
 class Settings(BaseSettings):

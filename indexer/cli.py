@@ -75,13 +75,9 @@ QUIET_COMMANDS = frozenset({"search", "info", "verify"})
 
 
 def _setup_logging(verbose: bool, quiet: bool = False) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    for noisy in ("httpx", "urllib3", "huggingface_hub", "transformers", "sentence_transformers", "faiss"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    from semsearch.runtime import setup_logging
+
+    setup_logging(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
     if quiet and not verbose:
         _disable_weight_progress_bars()
 

@@ -39,6 +39,8 @@ from typing import TYPE_CHECKING, Any, Literal, Union
 
 import numpy as np
 
+from semsearch.runtime import available_cores
+
 if TYPE_CHECKING:
     import onnxruntime
     import torch
@@ -552,7 +554,7 @@ def _session(path: Path, num_threads: int | None, spinning: bool = True) -> onnx
     import onnxruntime
 
     options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = int(num_threads or os.cpu_count() or 1)
+    options.intra_op_num_threads = int(num_threads or available_cores())
     options.inter_op_num_threads = 1
     options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL

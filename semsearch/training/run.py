@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from semsearch.rerank import RERANKER_META_FILE
+from semsearch.runtime import available_cores
 from semsearch.training.card import MODEL_CARD_FILE, build_metadata, render_model_card
 from semsearch.training.config import TrainConfig
 from semsearch.training.data import prepare_data
@@ -46,14 +47,6 @@ class TrainResult:
     train_seconds: float
     total_seconds: float
     metadata: dict[str, Any] = field(repr=False)
-
-
-def available_cores() -> int:
-    """CPU cores this process may use (affinity-aware)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - not Linux
-        return max(1, os.cpu_count() or 1)
 
 
 def seed_everything(seed: int) -> None:
