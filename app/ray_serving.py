@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from app.errors import ApiError
-from app.serving import IndexHolder, Services, set_threads
+from app.serving import IndexHolder, Services, encoder_for, set_threads
 from app.settings import Settings
 from semsearch.errors import CorruptIndexError, SemsearchError
 from semsearch.index import SearchIndex, SegmentPool
@@ -199,19 +199,10 @@ def open_version(
 
 def load_services(settings: Settings, handles: list[Any], partial_log: PartialLog) -> ShardedServices:
     """The plain service's startup (encoder, reranker, checks) with a sharded index."""
-    from semsearch.encoder import Encoder
     from semsearch.rerank import Reranker
 
     set_threads(settings.workers_threads)
-    m = Manifest.read(resolve_version_dir(settings.index))
-    encoder = Encoder(
-        model=settings.model or m.model,
-        pooling=m.pooling,  # type: ignore[arg-type]
-        backend=settings.backend or m.backend,  # type: ignore[arg-type]
-        max_seq_length=m.max_seq_length,
-        num_threads=settings.workers_threads,
-        spinning=settings.onnx_spinning,
-    )
+    encoder = encoder_for(settings)
     index = open_version(settings.index, encoder, handles, settings, partial_log)
     reranker = (
         Reranker(
@@ -226,7 +217,9 @@ def load_services(settings: Settings, handles: list[Any], partial_log: PartialLo
     encoder.encode(["warm-up"])
     services = ShardedServices(encoder, IndexHolder(index), reranker, SegmentPool())  # type: ignore[arg-type]
     services.handles, services.settings, services.partial_log = handles, settings, partial_log
-    log.info("ingress: serving %s (%s, %d sentences in %d shards)", index.directory, m.version, m.count, len(handles))
+    log.info(
+        "ingress: serving %s (%s, %d sentences in %d shards)", index.directory, index.version, index.count, len(handles)
+    )
     return services
 
 

@@ -107,6 +107,19 @@ def set_threads(n: int) -> None:
         torch.set_num_threads(n)
 
 
+def encoder_for(settings: Settings) -> Encoder:
+    """The encoder the index at ``settings.index`` records (model/backend overridable by the settings)."""
+    m = Manifest.read(resolve_version_dir(settings.index))
+    return Encoder(
+        model=settings.model or m.model,
+        pooling=m.pooling,  # type: ignore[arg-type]
+        backend=settings.backend or m.backend,  # type: ignore[arg-type]
+        max_seq_length=m.max_seq_length,
+        num_threads=settings.workers_threads,
+        spinning=settings.onnx_spinning,
+    )
+
+
 def load_index(path: Path, encoder: Encoder, pool: SegmentPool) -> SearchIndex:
     """Load and check an index version for ``encoder``: the one check startup and every reload apply.
 
@@ -135,15 +148,7 @@ class Services:
     def load(cls, settings: Settings) -> Services:
         """Load everything or raise the core error that says why not (nothing half-started)."""
         set_threads(settings.workers_threads)
-        m = Manifest.read(resolve_version_dir(settings.index))
-        encoder = Encoder(
-            model=settings.model or m.model,
-            pooling=m.pooling,  # type: ignore[arg-type]
-            backend=settings.backend or m.backend,  # type: ignore[arg-type]
-            max_seq_length=m.max_seq_length,
-            num_threads=settings.workers_threads,
-            spinning=settings.onnx_spinning,
-        )
+        encoder = encoder_for(settings)
         pool = SegmentPool()
         index = load_index(settings.index, encoder, pool)
         m = index.manifest
