@@ -9,6 +9,10 @@ p50/p99 and errors, and queries/s relative to the baseline variant for the same 
 
     python bench/bench_http_wrk.py --index /tmp/idx                       # ~2 min
     python bench/bench_http_wrk.py --index IDX --servers h11-asyncio default workers2 --baseline h11-asyncio
+    python bench/bench_http_wrk.py --index IDX --servers txtai default --baseline txtai   # the peer, same clients
+
+``txtai`` is txtai's API (``uvicorn txtai.api:app`` from ``--txtai-python``'s venv, see docs/benchmarks.md
+§5) on the WordNet glosses, driven by the same two clients (``GET /search?query=..&limit=k``).
 """
 
 from __future__ import annotations
@@ -26,11 +30,13 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as c
+import bench_http_peers as peers
 import http_bench as hb
 
 # name -> (extra python -m app flags, SEMSEARCH_* environment)
@@ -40,6 +46,20 @@ SERVERS: dict[str, tuple[list[str], dict[str, str]]] = {
     "workers2": (["--workers", "2"], {"SEMSEARCH_WORKERS_THREADS": "1"}),  # 2 processes x 1 thread
     "threads1": ([], {"SEMSEARCH_WORKERS_THREADS": "1"}),  # 1 process x 1 thread (workers2's per-process share)
 }
+
+# txtai (the peer): GET /search?query=...&limit=k, one pre-encoded path per line
+LUA_GET = """
+local paths = {}
+local i = 0
+init = function(args)
+  for line in io.lines(args[1]) do paths[#paths + 1] = line end
+  i = math.random(#paths)
+end
+request = function()
+  i = i % #paths + 1
+  return wrk.format("GET", paths[i])
+end
+"""
 
 LUA = """
 local bodies = {}
@@ -89,9 +109,11 @@ def run_wrk(url: str, bodies: Path, script: Path, concurrency: int, duration: fl
             "p99_ms": _ms(p99.group(1)), "errors": errors}  # fmt: skip
 
 
-def run_python(url: str, queries: list[str], concurrency: int, duration: float, k: int) -> dict[str, Any]:
+def run_python(
+    url: str, queries: list[str], concurrency: int, duration: float, k: int, request: hb.Request = hb.search_request
+) -> dict[str, Any]:
     started = time.perf_counter()
-    latencies, errors = asyncio.run(hb.drive(url, queries, concurrency, duration, k))
+    latencies, errors = asyncio.run(hb.drive(url, queries, concurrency, duration, k, request))
     seconds = time.perf_counter() - started
     ms = np.asarray(latencies) * 1000
     return {"requests": len(latencies), "qps": len(latencies) / seconds, "p50_ms": float(np.percentile(ms, 50)),
@@ -101,8 +123,17 @@ def run_python(url: str, queries: list[str], concurrency: int, duration: float, 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--index", type=Path, required=True, help="index root (e.g. built from data/sample)")
-    parser.add_argument("--servers", nargs="+", default=["h11-asyncio", "default", "workers2"], choices=list(SERVERS))
-    parser.add_argument("--baseline", default="h11-asyncio", choices=list(SERVERS))
+    names = [*SERVERS, "txtai"]
+    parser.add_argument(
+        "--servers",
+        nargs="+",
+        default=["h11-asyncio", "default", "workers2"],
+        choices=names,
+        help="server variants; txtai: txtai's API on --txtai-index (built there if missing)",
+    )
+    parser.add_argument("--baseline", default="h11-asyncio", choices=names)
+    parser.add_argument("--txtai-python", default="/tmp/txtai-venv/bin/python")
+    parser.add_argument("--txtai-index", type=Path, default=Path("/tmp/semsearch-bench-http/txtai-wordnet"))
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per level and client")
     parser.add_argument("--warmup", type=float, default=2.0)
@@ -124,18 +155,30 @@ def main() -> int:
     bodies.write_text("".join(json.dumps({"query": q, "k": args.k}) + "\n" for q in queries), encoding="utf-8")
     script = work / "search.lua"
     script.write_text(LUA, encoding="utf-8")
+    get_paths = work / "paths.txt"
+    get_paths.write_text("".join(f"/search?{urlencode({'query': q, 'limit': args.k})}\n" for q in queries), "utf-8")
+    get_script = work / "search_get.lua"
+    get_script.write_text(LUA_GET, encoding="utf-8")
     rows: list[dict[str, Any]] = []
     for name in args.servers:
-        flags, env = SERVERS[name]
-        server = AppServer(args.index, flags, env)
+        server: hb.ServerProcess
+        if name == "txtai":
+            if not args.txtai_index.exists():
+                peers.build_txtai(args.txtai_python, args.txtai_index)
+            server = peers.TxtaiServer(args.txtai_python, args.txtai_index, work, info["usable_cores"] or 1)
+            request, wrk_input, wrk_script = peers.txtai, get_paths, get_script
+        else:
+            flags, env = SERVERS[name]
+            server = AppServer(args.index, flags, env)
+            request, wrk_input, wrk_script = hb.search_request, bodies, script
         try:
-            asyncio.run(hb.drive(server.url, queries, max(args.concurrency), args.warmup, args.k))
+            asyncio.run(hb.drive(server.url, queries, max(args.concurrency), args.warmup, args.k, request))
             for concurrency in args.concurrency:
                 for client in clients:
                     if client == "wrk":
-                        r = run_wrk(server.url, bodies, script, concurrency, args.duration)
+                        r = run_wrk(server.url, wrk_input, wrk_script, concurrency, args.duration)
                     else:
-                        r = run_python(server.url, queries, concurrency, args.duration, args.k)
+                        r = run_python(server.url, queries, concurrency, args.duration, args.k, request)
                     row = {"server": name, "client": client, "concurrency": concurrency, **r,
                            "load": round(os.getloadavg()[0], 2)}  # fmt: skip
                     rows.append(row)
@@ -165,7 +208,11 @@ def main() -> int:
             "date": datetime.now(UTC).isoformat(timespec="seconds"),
             "machine": info,
             "index": str(args.index),
-            "settings": {"duration_s": args.duration, "k": args.k, "servers": {n: SERVERS[n] for n in args.servers}},
+            "settings": {
+                "duration_s": args.duration,
+                "k": args.k,
+                "servers": {n: SERVERS.get(n, "txtai") for n in args.servers},
+            },
             "rows": rows,
             "table": table,
         },

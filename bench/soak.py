@@ -133,11 +133,21 @@ def main() -> int:
     ap.add_argument("--index-type", default="auto")
     ap.add_argument("--warmup", type=float, default=30, help="RSS growth is measured from this second on.")
     ap.add_argument("--index", type=Path, help="Use (and publish into) this index root instead of building one.")
+    ap.add_argument(
+        "--corpus",
+        type=Path,
+        help="JSON lines with id and text to build from and upsert (default: WordNet glosses repeated to --rows); "
+        "pass the corpus an --index was built from so publications upsert existing ids",
+    )
     ap.add_argument("--name", default="soak")
     args = ap.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="semsearch-soak-"))
-    rows = corpus_rows(args.rows)
+    if args.corpus:
+        with args.corpus.open(encoding="utf-8") as fh:
+            rows = [json.loads(line) for line in fh][: args.rows]
+    else:
+        rows = corpus_rows(args.rows)
     corpus = write_jsonl(work / "corpus.jsonl", rows)
     root = args.index or work / "index"
     started = time.monotonic()
