@@ -266,9 +266,8 @@ class MicroBatcher:
                 log.warning("encoding failed for one job of a micro-batch (%s: %s)", type(e).__name__, e)
                 results[i] = e
 
-    @classmethod
+    @staticmethod
     def _search_group(
-        cls,
         batch: list[Job],
         members: list[int],
         vectors: dict[int, np.ndarray],
@@ -277,36 +276,29 @@ class MicroBatcher:
         results: list[Any],
     ) -> None:
         """One search for the group; if it fails, one search per job (errors stay with their job)."""
+
+        def search_together(jobs: list[int]) -> None:
+            first = batch[jobs[0]].spec
+            assert first is not None
+            k = max(batch[i].spec.k for i in jobs)  # type: ignore[union-attr]
+            queries = [q for i in jobs for q in batch[i].texts]
+            matrix = np.concatenate([vectors[i] for i in jobs]) if first.needs_vectors else None
+            hits = search(index, queries, matrix, k, mode=first.mode, filter=first.filter)
+            row = 0
+            for i in jobs:
+                job_k = batch[i].spec.k  # type: ignore[union-attr]
+                n = len(batch[i].texts)
+                results[i] = SearchOutcome([h[:job_k] for h in hits[row : row + n]], version)
+                row += n
+
         try:
-            cls._search_together(batch, members, vectors, index, version, results)
+            search_together(members)
         except Exception as e:
             if len(members) == 1:
                 results[members[0]] = e
                 return
             for i in members:
                 try:
-                    cls._search_together(batch, [i], vectors, index, version, results)
+                    search_together([i])
                 except Exception as job_error:
                     results[i] = job_error
-
-    @staticmethod
-    def _search_together(
-        batch: list[Job],
-        members: list[int],
-        vectors: dict[int, np.ndarray],
-        index: Any,
-        version: str,
-        results: list[Any],
-    ) -> None:
-        first = batch[members[0]].spec
-        assert first is not None
-        k = max(batch[i].spec.k for i in members)  # type: ignore[union-attr]
-        queries = [q for i in members for q in batch[i].texts]
-        matrix = np.concatenate([vectors[i] for i in members]) if first.needs_vectors else None
-        hits = search(index, queries, matrix, k, mode=first.mode, filter=first.filter)
-        row = 0
-        for i in members:
-            job_k = batch[i].spec.k  # type: ignore[union-attr]
-            n = len(batch[i].texts)
-            results[i] = SearchOutcome([h[:job_k] for h in hits[row : row + n]], version)
-            row += n

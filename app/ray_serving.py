@@ -36,6 +36,7 @@ import socket
 import threading
 import time
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -170,8 +171,10 @@ class ServeFanout:
         return out
 
 
+@dataclass
 class ShardedServices(Services):
-    """The ingress's services: encoder and reranker here, the index a :class:`ShardedIndex`."""
+    """The ingress's services: encoder and reranker here, the index a :class:`ShardedIndex` over the
+    shard deployments (``handles``), which each reload opens again. Made whole by :func:`load_services`."""
 
     handles: list[Any]
     settings: Settings
@@ -184,6 +187,7 @@ class ShardedServices(Services):
 def open_version(
     path: Path, encoder: Any, handles: list[Any], settings: Settings, partial_log: PartialLog
 ) -> ShardedIndex:
+    """A version of the index over the running shard deployments, checked for ``encoder``."""
     directory = resolve_version_dir(path)
     manifest = Manifest.read(directory)
     if shard_count(manifest.shards) != len(handles):
@@ -215,8 +219,8 @@ def load_services(settings: Settings, handles: list[Any], partial_log: PartialLo
         else None
     )
     encoder.encode(["warm-up"])
-    services = ShardedServices(encoder, IndexHolder(index), reranker, SegmentPool())  # type: ignore[arg-type]
-    services.handles, services.settings, services.partial_log = handles, settings, partial_log
+    holder = IndexHolder(index)  # type: ignore[arg-type]
+    services = ShardedServices(encoder, holder, reranker, SegmentPool(), handles, settings, partial_log)
     log.info(
         "ingress: serving %s (%s, %d sentences in %d shards)", index.directory, index.version, index.count, len(handles)
     )

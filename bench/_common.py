@@ -194,12 +194,3 @@ def save(name: str, result: dict[str, Any], out: Path = RESULTS) -> Path:
     path = out / f"{name}.json"
     path.write_text(json.dumps(result, indent=2, default=str) + "\n", encoding="utf-8")
     return path
-
-
-def pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt

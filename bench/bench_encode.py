@@ -36,6 +36,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as c
+from _plot import pyplot, save_figure
 
 from semsearch.evaluation import ndcg_at_k, spearman
 
@@ -241,7 +242,7 @@ def main() -> int:
 
 
 def plot(rows: dict[str, dict[str, Any]], names: list[str], path: Path, title: str) -> None:
-    plt = c.pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     for ax, key, label in (
         (axes[0], "short_per_s", "STS-B sentences/s"),
@@ -254,8 +255,7 @@ def plot(rows: dict[str, dict[str, Any]], names: list[str], path: Path, title: s
         ax.set_ylabel(label)
         ax.tick_params(axis="x", labelsize=8)
     fig.suptitle(f"encoding throughput, all-MiniLM-L6-v2 — {title}", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path)
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as c
+from _plot import plot_by_concurrency
 from http_bench import SERVERS, Request, Server, ServerProcess, drive, load_queries, search_request
 
 TXTAI_BUILD = """
@@ -231,24 +232,11 @@ def main() -> int:
         "table": table,
     }
     path = c.save("bench_http_peers", result, args.out)
-    plt = c.pyplot()
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
-    for i, name in enumerate(dict.fromkeys(r["server"] for r in rows)):
-        pts = [r for r in rows if r["server"] == name]
-        xs = [r["concurrency"] for r in pts]
-        ax1.plot(xs, [r["qps"] for r in pts], marker="o", color=f"C{i}", label=name)
-        ax2.plot(xs, [r["p99_ms"] for r in pts], marker="o", color=f"C{i}", label=f"{name} p99")
-        ax2.plot(xs, [r["p50_ms"] for r in pts], marker=".", linestyle="--", color=f"C{i}", label=f"{name} p50")
-    for ax, label in ((ax1, "queries/s"), (ax2, "latency (ms)")):
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("concurrent clients")
-        ax.set_ylabel(label)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    ax2.set_yscale("log")
-    fig.suptitle(f"/search k={args.k}: semsearch vs txtai — {info['cpu']}, {info['usable_cores']} cores", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(args.out / "bench_http_peers.png", dpi=120)
+    series: dict[str, list[tuple[int, float, float, float]]] = {}
+    for r in rows:
+        series.setdefault(r["server"], []).append((r["concurrency"], r["qps"], r["p50_ms"], r["p99_ms"]))
+    title = f"/search k={args.k}: semsearch vs txtai — {info['cpu']}, {info['usable_cores']} cores"
+    plot_by_concurrency(series, args.out / "bench_http_peers.png", title, log_latency=True)
     print(f"saved {path} and {args.out / 'bench_http_peers.png'}")
     return 0
 

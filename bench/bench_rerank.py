@@ -25,6 +25,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as c
+from _plot import pyplot, save_figure
 
 
 def model_folder(tmp: Path) -> tuple[Path, str]:
@@ -138,32 +139,20 @@ def main() -> int:
         },
     }
     path = c.save(args.name, result, args.out)
-    plt = c.pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     for i, b in enumerate(dict.fromkeys(r["backend"] for r in ok)):
         pts = [r for r in ok if r["backend"] == b]
-        ax.plot(
-            [r["candidates"] for r in pts],
-            [r["p50_ms"] for r in pts],
-            marker="o",
-            color=f"C{i}",
-            label=f"{b} p50",
-        )
-        ax.plot(
-            [r["candidates"] for r in pts],
-            [r["p99_ms"] for r in pts],
-            linestyle="--",
-            color=f"C{i}",
-            label=f"{b} p99",
-        )
+        for q, style in (("p50", {"marker": "o"}), ("p99", {"linestyle": "--"})):
+            xs, ys = [r["candidates"] for r in pts], [r[f"{q}_ms"] for r in pts]
+            ax.plot(xs, ys, color=f"C{i}", label=f"{b} {q}", **style)
     ax.axhline(100, color="grey", linestyle=":", linewidth=1)
     ax.set_xlabel("candidates reranked")
     ax.set_ylabel("latency (ms)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     ax.set_title(f"cross-encoder rerank latency — {info['cpu']}, {info['usable_cores']} cores", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(args.out / f"{args.name}.png", dpi=120)
+    save_figure(fig, args.out / f"{args.name}.png")
     print(f"saved {path} and {args.out / (args.name + '.png')}")
     return 0
 

@@ -33,6 +33,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as c
+from _plot import pyplot, save_figure
 
 DIM = 384
 N_QUERIES = 500
@@ -278,7 +279,7 @@ def main() -> int:
 
 
 def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
-    plt = c.pyplot()
+    plt = pyplot()
     sizes = sorted({r["n"] for r in rows})
     fig, axes = plt.subplots(1, len(sizes), figsize=(6 * len(sizes), 4.2), squeeze=False)
     for ax, n in zip(axes[0], sizes, strict=True):
@@ -294,8 +295,7 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path)
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as c
+from _plot import pyplot, save_figure
 from bench_rerank import model_folder
 
 PAPER = {"cross_encoder_s": 65 * 3600.0, "embed_s": 5.0, "compare_s": 0.01, "hardware": "V100 GPU"}
@@ -158,7 +159,7 @@ def main() -> int:
         "table": table,
     }
     path = c.save("bench_seed_headline", result, args.out)
-    plt = c.pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 3.5))
     labels = [
         r["what"].split(" (")[0] + "\n(" + r["what"].split(" (", 1)[1] if " (" in r["what"] else r["what"] for r in rows
@@ -171,8 +172,7 @@ def main() -> int:
         f"most similar pair among {args.n:,} sentences — {info['cpu']}, {info['usable_cores']} cores",
         fontsize=9,
     )
-    fig.tight_layout()
-    fig.savefig(args.out / "bench_seed_headline.png", dpi=120)
+    save_figure(fig, args.out / "bench_seed_headline.png")
     print(f"saved {path} and {args.out / 'bench_seed_headline.png'}")
     return 0
 

@@ -35,6 +35,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as c
+from _plot import plot_by_concurrency
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "data" / "sample" / "wordnet_glosses.jsonl.gz"
@@ -216,30 +217,10 @@ def table(levels: list[Level]) -> str:
 
 
 def plot(levels: list[Level], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax_qps, ax_p99) = plt.subplots(1, 2, figsize=(10, 4))
-    for i, name in enumerate(dict.fromkeys(lv.server for lv in levels)):
-        rows = [lv for lv in levels if lv.server == name]
-        xs = [lv.concurrency for lv in rows]
-        color = f"C{i}"
-        ax_qps.plot(xs, [lv.qps for lv in rows], marker="o", color=color, label=name)
-        ax_p99.plot(xs, [lv.p99_ms for lv in rows], marker="o", color=color, label=f"{name} p99")
-        ax_p99.plot(xs, [lv.p50_ms for lv in rows], marker=".", linestyle="--", color=color, label=f"{name} p50")
-    for ax, ylabel in ((ax_qps, "queries/s"), (ax_p99, "latency (ms)")):
-        ax.set_xscale("log", base=2)
-        ax.set_xticks(sorted({lv.concurrency for lv in levels}))
-        ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
-        ax.set_xlabel("concurrent clients")
-        ax.set_ylabel(ylabel)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    series: dict[str, list[tuple[int, float, float, float]]] = {}
+    for lv in levels:
+        series.setdefault(lv.server, []).append((lv.concurrency, lv.qps, lv.p50_ms, lv.p99_ms))
+    plot_by_concurrency(series, path, title)
 
 
 def main() -> int:

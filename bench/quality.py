@@ -429,11 +429,9 @@ def _stats(times: list[float]) -> dict[str, float]:
 
 
 def cmd_plot(args: argparse.Namespace) -> None:
-    import matplotlib
+    from _plot import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     out = Path(args.out)
     fusion = json.loads((out / "fusion_train.json").read_text())
     types = json.loads((out / "index_types.json").read_text())
@@ -470,9 +468,7 @@ def cmd_plot(args: argparse.Namespace) -> None:
     b.set_xlabel("CPU ms per query (k=10, one query per call, 1 thread)")
     b.set_ylabel("recall@10 vs exact search")
     b.set_title("Index types on SciFact (5,183 docs)")
-    fig.tight_layout()
-    target = Path(args.png)
-    fig.savefig(target, dpi=110)
+    target = save_figure(fig, Path(args.png), dpi=110)
     print(f"wrote {target}")
 
 

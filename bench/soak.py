@@ -29,7 +29,8 @@ from typing import Any
 import httpx
 import numpy as np
 import psutil
-from _common import REPO, markdown_table, pyplot, save, wordnet_glosses
+from _common import REPO, markdown_table, save, wordnet_glosses
+from _plot import pyplot, save_figure
 from http_bench import Server
 
 WINDOW_S = 10.0
@@ -257,8 +258,7 @@ def plot(windows: list[dict[str, Any]], events: list[dict[str, Any]], rss: list[
     lines = ax.get_legend_handles_labels()
     lines2 = ax2.get_legend_handles_labels()
     ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], loc="upper left", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
 
 
 if __name__ == "__main__":

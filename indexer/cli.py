@@ -6,12 +6,13 @@ Exit codes: 0 success (also with rejects under the threshold), 1 data or runtime
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import sys
-from enum import StrEnum
+from enum import Enum, StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -19,6 +20,9 @@ from indexer.options import parse_params
 from semsearch.choices import IndexType, Mode
 from semsearch.encoder import Backend, Pooling
 from semsearch.errors import InvalidInputError, SemsearchError
+
+if TYPE_CHECKING:
+    from indexer.pipeline import BuildOptions
 
 log = logging.getLogger("indexer")
 
@@ -189,32 +193,11 @@ def build(
     ] = 0.0,
 ) -> None:
     """Build a new index version from input files and publish it atomically."""
-    from indexer.pipeline import BuildOptions, run_build
+    flags = dict(locals())  # first: exactly the command's flags
+    from indexer.pipeline import run_build
 
     _check_inputs(input)
-    opts = BuildOptions(
-        inputs=input,
-        output=output,
-        model=model,
-        pooling=pooling,
-        backend=backend,
-        index_type=index_type,
-        index_params=parse_params(index_param or []),
-        batch_size=batch_size,
-        max_seq_length=max_seq_length,
-        text_field=text_field,
-        id_field=id_field,
-        split_sentences=split_sentences,
-        max_chars=max_chars,
-        max_rejects=max_rejects,
-        on_duplicate=on_duplicate.value,
-        resume=resume,
-        keep=keep,
-        chunk_size=chunk_size,
-        segment_rows=segment_rows,
-        progress=progress,
-        shards=shards,
-    )
+    opts = _build_options(flags, inputs=input, index_params=parse_params(index_param or []))
     if engine == EngineOpt.ray:
         from indexer.ray_build import RayOptions, run_ray_build
 
@@ -244,25 +227,22 @@ def add(
 ) -> None:
     """Append/upsert rows by id: writes one new segment (only the new rows are encoded) and tombstones
     the rows it replaces; same model, pooling and index type as the index."""
-    from indexer.pipeline import BuildOptions, run_build
+    flags = dict(locals())  # first: exactly the command's flags
+    from indexer.pipeline import run_build
 
     _check_inputs(input)
-    opts = BuildOptions(
-        inputs=input,
-        output=index,
-        batch_size=batch_size,
-        text_field=text_field,
-        id_field=id_field,
-        split_sentences=split_sentences,
-        max_chars=max_chars,
-        max_rejects=max_rejects,
-        on_duplicate=on_duplicate.value,
-        resume=resume,
-        keep=keep,
-        merge=merge,
-        progress=progress,
-    )
-    _report(run_build(opts, incremental=True))
+    _report(run_build(_build_options(flags, inputs=input, output=index), incremental=True))
+
+
+def _build_options(flags: dict[str, Any], **renamed: Any) -> BuildOptions:
+    """The :class:`~indexer.pipeline.BuildOptions` of a ``build``/``add`` run: each of the command's
+    ``flags`` named like a field fills it (a choice by its value), ``renamed`` the fields whose flag
+    has another name or form; the rest keep their defaults."""
+    from indexer.pipeline import BuildOptions
+
+    fields = {f.name for f in dataclasses.fields(BuildOptions)}
+    named = {k: v.value if isinstance(v, Enum) else v for k, v in flags.items() if k in fields}
+    return BuildOptions(**{**named, **renamed})
 
 
 @app.command()

@@ -224,6 +224,42 @@ def _check_rejects(writer: IndexWriter, root: IndexRoot, opts: BuildOptions, row
     )
 
 
+def _publish(
+    writer: IndexWriter,
+    root: IndexRoot,
+    opts: BuildOptions,
+    kind: str,
+    rows: int,
+    n_rejects: int,
+    truncated: int,
+    engine: dict[str, Any] | None = None,
+    encoding: dict[str, Any] | None = None,
+) -> BuildResult:
+    """After the rows are in: refuse too many rejects, keep the rejects file, commit the version with
+    its build record (``engine`` and ``encoding``: what the engine adds to it)."""
+    _check_rejects(writer, root, opts, rows, n_rejects)
+    rejects_file = _write_rejects(writer, root, writer.op)
+    build_info = {
+        "kind": kind,
+        **(engine or {}),
+        "inputs": [str(p) for p in opts.inputs],
+        "rows_read": rows + n_rejects,
+        "rejects": n_rejects,
+        "truncated": truncated,
+        "split_sentences": opts.split_sentences,
+        **(encoding or {}),
+    }
+    manifest = writer.commit(build_info)
+    return BuildResult(
+        version=manifest.version,
+        count=manifest.count,
+        added=rows,
+        rejects=n_rejects,
+        rejects_file=rejects_file,
+        truncated=truncated,
+    )
+
+
 def _base_for_write(root: IndexRoot) -> BaseVersion | None:
     """The current version to write on top of (a format-1 version is upgraded first, by hard links)."""
     if legacy_base_dir(root) is not None:
@@ -283,31 +319,14 @@ def run_build(opts: BuildOptions, incremental: bool = False) -> BuildResult:
         )
         with disk_errors(root, writer):
             rows, n_rejects, resumed = _ingest(writer, encoder, opts)
-            _check_rejects(writer, root, opts, rows, n_rejects)
-            rejects_file = _write_rejects(writer, root, name)
-            build_info = {
-                "kind": kind,
-                "inputs": [str(p) for p in opts.inputs],
-                "rows_read": rows + n_rejects,
-                "rejects": n_rejects,
-                "truncated": encoder.stats.truncated,
-                "split_sentences": opts.split_sentences,
+            encoding = {
                 "encode_seconds": round(encoder.stats.seconds, 3),
                 "encode_per_second": round(encoder.stats.per_second, 1),
             }
             base_count = base.manifest.count if base else 0
-            manifest = writer.commit(build_info)
-        result = BuildResult(
-            version=manifest.version,
-            count=manifest.count,
-            added=rows,
-            rejects=n_rejects,
-            rejects_file=rejects_file,
-            truncated=encoder.stats.truncated,
-            seconds=0.0,
-            resumed_rows=resumed,
-            deleted=max(0, base_count + rows - manifest.count) if base else 0,
-        )
+            result = _publish(writer, root, opts, kind, rows, n_rejects, encoder.stats.truncated, encoding=encoding)
+        result.resumed_rows = resumed
+        result.deleted = max(0, base_count + rows - result.count) if base else 0
         _finish(root, opts.keep, opts.merge and incremental, result)
     result.seconds = time.perf_counter() - started
     return result

@@ -32,11 +32,10 @@ import numpy as np
 from indexer.pipeline import (
     BuildOptions,
     BuildResult,
-    _check_rejects,
     _fingerprint,
     _finish,
     _progress_bar,
-    _write_rejects,
+    _publish,
     encoder_meta,
 )
 from semsearch.encoder import Encoder
@@ -276,35 +275,21 @@ def run_ray_build(opts: BuildOptions, ray_opts: RayOptions) -> BuildResult:
             with disk_errors(root, writer):
                 truncated, encode_s, n_nodes = _ingest(ray, writer, opts, ray_opts)
                 rows, n_rejects = writer.consumed - writer.rejects, writer.rejects
-                _check_rejects(writer, root, opts, rows, n_rejects)
-                rejects_file = _write_rejects(writer, root, name)
-                build_info = {
-                    "kind": "build",
+                engine = {
                     "engine": "ray",
                     "encoders": ray_opts.encoders,
                     "cpus_per_encoder": ray_opts.cpus,
                     "gpus_per_encoder": ray_opts.gpus,
-                    "inputs": [str(p) for p in opts.inputs],
-                    "rows_read": rows + n_rejects,
-                    "rejects": n_rejects,
-                    "truncated": truncated,
-                    "split_sentences": opts.split_sentences,
+                }
+                encoding = {
                     "encoder_nodes": n_nodes,
                     "encode_seconds": round(encode_s, 3),  # summed over the actors
                     "encode_per_second": round(rows / encode_s, 1) if encode_s > 0 else 0.0,
                 }
-                manifest = writer.commit(build_info)
+                result = _publish(writer, root, opts, "build", rows, n_rejects, truncated, engine, encoding)
         finally:
             if connected:
                 ray.shutdown()
-        result = BuildResult(
-            version=manifest.version,
-            count=manifest.count,
-            added=rows,
-            rejects=n_rejects,
-            rejects_file=rejects_file,
-            truncated=truncated,
-        )
         _finish(root, opts.keep, False, result)
     result.seconds = time.perf_counter() - started
     return result

@@ -17,15 +17,19 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import functools
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, Generic, Literal, ParamSpec, TypeVar, overload
 
 import httpx
 
 Mode = Literal["dense", "lexical", "hybrid"]
 T = TypeVar("T")
+R = TypeVar("R")
+P = ParamSpec("P")
+H = TypeVar("H", httpx.Client, httpx.AsyncClient)
 
 RETRY_STATUSES = frozenset({429, 503})
 
@@ -116,29 +120,32 @@ class Hit:
 
 
 @dataclass(frozen=True)
-class SearchResult:
-    results: list[Hit]
+class _SearchAnswer(Generic[R]):
+    results: R
     took_ms: float
     index_version: str
     reranked: bool
+
+
+class SearchResult(_SearchAnswer[list[Hit]]):
+    """The hits of one query, best first; ``index_version``: the index version that answered."""
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> SearchResult:
-        hits = [Hit.from_json(h) for h in data["results"]]
-        return cls(hits, float(data["took_ms"]), str(data["index_version"]), bool(data["reranked"]))
+        return cls([Hit.from_json(h) for h in data["results"]], *_answer_info(data))
 
 
-@dataclass(frozen=True)
-class BatchSearchResult:
-    results: list[list[Hit]]
-    took_ms: float
-    index_version: str
-    reranked: bool
+class BatchSearchResult(_SearchAnswer[list[list[Hit]]]):
+    """One hit list per query, in order (one index version answered them all)."""
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> BatchSearchResult:
-        rows = [[Hit.from_json(h) for h in row] for row in data["results"]]
-        return cls(rows, float(data["took_ms"]), str(data["index_version"]), bool(data["reranked"]))
+        return cls([[Hit.from_json(h) for h in row] for row in data["results"]], *_answer_info(data))
+
+
+def _answer_info(data: Mapping[str, Any]) -> tuple[float, str, bool]:
+    """``took_ms``, ``index_version`` and ``reranked`` of a search answer."""
+    return float(data["took_ms"]), str(data["index_version"]), bool(data["reranked"])
 
 
 @dataclass(frozen=True)
@@ -177,11 +184,13 @@ class RerankResult:
         return cls(hits, str(data["model"]), float(data["took_ms"]), str(data.get("scoring", "")))
 
 
-# ------------------------------------------------------------------------------------------- requests
+# ----------------------------------------------------------------------------------- calls (sans-IO)
 
 
 @dataclass(frozen=True)
 class _Call(Generic[T]):
+    """One request of the API and how to read its answer; building one does no I/O."""
+
     method: str
     path: str
     parse: Callable[[Any], T]
@@ -198,22 +207,113 @@ def _search_options(k: int, mode: Mode, filter: Mapping[str, Any] | None, rerank
     return body
 
 
-def _identity(data: Any) -> Any:
-    return data
+def _search(
+    query: str,
+    *,
+    k: int = 10,
+    mode: Mode = "dense",
+    filter: Mapping[str, Any] | None = None,
+    rerank: bool = False,
+    candidates: int | None = None,
+) -> _Call[SearchResult]:
+    """``POST /search``: the top ``k`` sentences for ``query``."""
+    body = {"query": query, **_search_options(k, mode, filter, rerank, candidates)}
+    return _Call("POST", "/search", SearchResult.from_json, body)
 
 
-class _Base:
-    """What the sync and async clients share: the calls, the retry policy and the error mapping."""
+def _search_batch(
+    queries: Sequence[str],
+    *,
+    k: int = 10,
+    mode: Mode = "dense",
+    filter: Mapping[str, Any] | None = None,
+    rerank: bool = False,
+    candidates: int | None = None,
+) -> _Call[BatchSearchResult]:
+    """``POST /search/batch``: one result list per query, in order."""
+    body = {"queries": list(queries), **_search_options(k, mode, filter, rerank, candidates)}
+    return _Call("POST", "/search/batch", BatchSearchResult.from_json, body)
+
+
+def _embed(texts: Sequence[str]) -> _Call[EmbedResult]:
+    """``POST /embed``: unit vectors of ``texts``."""
+    return _Call("POST", "/embed", EmbedResult.from_json, {"texts": list(texts)})
+
+
+def _rerank(
+    query: str, texts: Sequence[str], *, top_k: int | None = None, raw_scores: bool = False
+) -> _Call[RerankResult]:
+    """``POST /rerank``: ``texts`` best first by the reranker card's score (``raw_scores``: the
+    cross-encoder alone)."""
+    body: dict[str, Any] = {"query": query, "texts": list(texts), "raw_scores": raw_scores}
+    if top_k is not None:
+        body["top_k"] = top_k
+    return _Call("POST", "/rerank", RerankResult.from_json, body)
+
+
+def _json_object(data: Any) -> dict[str, Any]:
+    return dict(data)
+
+
+def _plain(method: str, path: str, doc: str) -> Callable[[], _Call[dict[str, Any]]]:
+    """The builder of a call without arguments whose answer is returned as the JSON object it is."""
+    call: _Call[dict[str, Any]] = _Call(method, path, _json_object)
+
+    def build() -> _Call[dict[str, Any]]:
+        return call
+
+    build.__doc__ = doc
+    return build
+
+
+class _Endpoint(Generic[P, T]):
+    """A method of both clients, defined once by the function that builds its :class:`_Call`:
+    ``client.search(...)`` sends ``_search(...)`` through the client's transport, so it returns a
+    :class:`SearchResult` on :class:`Client` and an awaitable of one on :class:`AsyncClient`."""
+
+    def __init__(self, build: Callable[P, _Call[T]]) -> None:
+        self.build = build
+        self.name = build.__name__  # the attribute name, once set on a class
+        self.__doc__ = build.__doc__
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    @overload
+    def __get__(self, client: None, owner: type | None = None) -> _Endpoint[P, T]: ...
+
+    @overload
+    def __get__(self, client: AsyncClient, owner: type | None = None) -> Callable[P, Coroutine[Any, Any, T]]: ...
+
+    @overload
+    def __get__(self, client: Client, owner: type | None = None) -> Callable[P, T]: ...
+
+    def __get__(self, client: Any, owner: type | None = None) -> Any:
+        if client is None:
+            return self
+        method = functools.wraps(self.build)(client._method(self.build))
+        method.__name__, method.__qualname__ = self.name, f"{type(client).__name__}.{self.name}"
+        return method
+
+
+# ------------------------------------------------------------------------------ the one API, retries
+
+
+class _Base(Generic[H]):
+    """What the sync and async clients share: the API's methods, the retry policy and the error mapping.
+    A transport (:class:`Client`, :class:`AsyncClient`) only sends a :class:`_Call` and sleeps between
+    attempts, as :meth:`_retry_in` says."""
 
     def __init__(
         self,
         base_url: str,
         *,
-        api_key: str | None,
-        timeout: float | httpx.Timeout,
-        max_retries: int,
-        backoff_s: float,
-        max_wait_s: float,
+        api_key: str | None = None,
+        timeout: float | httpx.Timeout = 30.0,
+        max_retries: int = 3,
+        backoff_s: float = 0.5,
+        max_wait_s: float = 30.0,
+        http_client: H | None = None,
     ) -> None:
         if max_retries < 0:
             raise ValueError("max_retries must be >= 0")
@@ -223,40 +323,43 @@ class _Base:
         self.max_wait_s = max_wait_s
         self.timeout = timeout
         self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._http: H = http_client or self._new_http(timeout)
 
-    # the calls (one definition for both clients)
+    def _new_http(self, timeout: float | httpx.Timeout) -> H:
+        raise NotImplementedError
 
-    @staticmethod
-    def _search(
-        query: str, k: int, mode: Mode, filter: Mapping[str, Any] | None, rerank: bool, candidates: int | None
-    ) -> _Call[SearchResult]:
-        body = {"query": query, **_search_options(k, mode, filter, rerank, candidates)}
-        return _Call("POST", "/search", SearchResult.from_json, body)
+    def _method(self, build: Callable[P, _Call[T]]) -> Callable[P, Any]:
+        raise NotImplementedError
 
-    @staticmethod
-    def _search_batch(
-        queries: Sequence[str],
-        k: int,
-        mode: Mode,
-        filter: Mapping[str, Any] | None,
-        rerank: bool,
-        candidates: int | None,
-    ) -> _Call[BatchSearchResult]:
-        body = {"queries": list(queries), **_search_options(k, mode, filter, rerank, candidates)}
-        return _Call("POST", "/search/batch", BatchSearchResult.from_json, body)
+    search = _Endpoint(_search)
+    search_batch = _Endpoint(_search_batch)
+    embed = _Endpoint(_embed)
+    rerank = _Endpoint(_rerank)
+    info = _Endpoint(_plain("GET", "/info", "``GET /info``: index, encoder, reranker, limits."))
+    health = _Endpoint(_plain("GET", "/health", "``GET /health``."))
+    ready = _Endpoint(_plain("GET", "/ready", "``GET /ready`` (UnavailableError while not ready, after the retries)."))
+    reload = _Endpoint(_plain("POST", "/admin/reload", "``POST /admin/reload``: load ``current`` now (API key)."))
 
-    @staticmethod
-    def _embed(texts: Sequence[str]) -> _Call[EmbedResult]:
-        return _Call("POST", "/embed", EmbedResult.from_json, {"texts": list(texts)})
+    def _request(self, call: _Call[Any]) -> dict[str, Any]:
+        """The arguments of ``httpx.Client.request`` (or ``AsyncClient.request``) for ``call``."""
+        return {
+            "method": call.method,
+            "url": self.base_url + call.path,
+            "json": call.json,
+            "params": call.params,
+            "headers": self.headers,
+        }
 
-    @staticmethod
-    def _rerank(query: str, texts: Sequence[str], top_k: int | None, raw_scores: bool) -> _Call[RerankResult]:
-        body: dict[str, Any] = {"query": query, "texts": list(texts), "raw_scores": raw_scores}
-        if top_k is not None:
-            body["top_k"] = top_k
-        return _Call("POST", "/rerank", RerankResult.from_json, body)
-
-    # retries
+    def _retry_in(self, attempt: int, outcome: httpx.Response | httpx.TransportError) -> float | None:
+        """Seconds to wait before retrying after attempt ``attempt`` (0-based) ended in ``outcome``
+        (an answer, or a connection failure), or ``None``: no retry, :meth:`_result` is final."""
+        if attempt >= self.max_retries:
+            return None
+        if isinstance(outcome, httpx.TransportError):
+            return self._wait_s(attempt, None)
+        if outcome.status_code in RETRY_STATUSES:
+            return self._wait_s(attempt, outcome)
+        return None
 
     def _wait_s(self, attempt: int, response: httpx.Response | None) -> float:
         """Seconds before retry ``attempt`` (0-based): the server's Retry-After, else exponential backoff."""
@@ -268,14 +371,14 @@ class _Base:
                     return min(max(seconds, 0.0), self.max_wait_s)
         return min(self.backoff_s * (2**attempt), self.max_wait_s)
 
-    def _should_retry(self, attempt: int, response: httpx.Response) -> bool:
-        return attempt < self.max_retries and response.status_code in RETRY_STATUSES
-
     @staticmethod
-    def _result(call: _Call[T], response: httpx.Response) -> T:
-        if response.status_code >= 400:
-            raise error_from_response(response)
-        return call.parse(response.json())
+    def _result(call: _Call[T], outcome: httpx.Response | httpx.TransportError) -> T:
+        """The parsed answer of the last attempt; raises its connection failure or its error answer."""
+        if isinstance(outcome, httpx.TransportError):
+            raise outcome
+        if outcome.status_code >= 400:
+            raise error_from_response(outcome)
+        return call.parse(outcome.json())
 
 
 def _parse_retry_after(value: str) -> float | None:
@@ -289,30 +392,16 @@ def _parse_retry_after(value: str) -> float | None:
     return when.timestamp() - time.time()
 
 
-class Client(_Base):
-    """Synchronous client. ``Client(base_url, api_key=None, timeout=30, max_retries=3)``; use as a context
-    manager or call :meth:`close`. ``http_client`` replaces the internal ``httpx.Client``."""
+# ---------------------------------------------------------------------------------------- transports
 
-    def __init__(
-        self,
-        base_url: str,
-        *,
-        api_key: str | None = None,
-        timeout: float | httpx.Timeout = 30.0,
-        max_retries: int = 3,
-        backoff_s: float = 0.5,
-        max_wait_s: float = 30.0,
-        http_client: httpx.Client | None = None,
-    ) -> None:
-        super().__init__(
-            base_url,
-            api_key=api_key,
-            timeout=timeout,
-            max_retries=max_retries,
-            backoff_s=backoff_s,
-            max_wait_s=max_wait_s,
-        )
-        self._http = http_client or httpx.Client(timeout=timeout)
+
+class Client(_Base[httpx.Client]):
+    """Synchronous client. ``Client(base_url, api_key=None, timeout=30, max_retries=3, backoff_s=0.5,
+    max_wait_s=30)``; use as a context manager or call :meth:`close`. ``http_client`` replaces the
+    internal ``httpx.Client``."""
+
+    def _new_http(self, timeout: float | httpx.Timeout) -> httpx.Client:
+        return httpx.Client(timeout=timeout)
 
     def __enter__(self) -> Client:
         return self
@@ -323,106 +412,32 @@ class Client(_Base):
     def close(self) -> None:
         self._http.close()
 
+    def _method(self, build: Callable[P, _Call[T]]) -> Callable[P, T]:
+        def method(*args: P.args, **kwargs: P.kwargs) -> T:
+            return self._send(build(*args, **kwargs))
+
+        return method
+
     def _send(self, call: _Call[T]) -> T:
-        url = self.base_url + call.path
         attempt = 0
         while True:
             try:
-                response = self._http.request(
-                    call.method, url, json=call.json, params=call.params, headers=self.headers
-                )
-            except httpx.TransportError:
-                if attempt >= self.max_retries:
-                    raise
-                time.sleep(self._wait_s(attempt, None))
-                attempt += 1
-                continue
-            if not self._should_retry(attempt, response):
-                return self._result(call, response)
-            time.sleep(self._wait_s(attempt, response))
+                outcome: httpx.Response | httpx.TransportError = self._http.request(**self._request(call))
+            except httpx.TransportError as error:
+                outcome = error
+            wait_s = self._retry_in(attempt, outcome)
+            if wait_s is None:
+                return self._result(call, outcome)
+            time.sleep(wait_s)
             attempt += 1
 
-    def search(
-        self,
-        query: str,
-        *,
-        k: int = 10,
-        mode: Mode = "dense",
-        filter: Mapping[str, Any] | None = None,
-        rerank: bool = False,
-        candidates: int | None = None,
-    ) -> SearchResult:
-        """``POST /search``: the top ``k`` sentences for ``query``."""
-        return self._send(self._search(query, k, mode, filter, rerank, candidates))
 
-    def search_batch(
-        self,
-        queries: Sequence[str],
-        *,
-        k: int = 10,
-        mode: Mode = "dense",
-        filter: Mapping[str, Any] | None = None,
-        rerank: bool = False,
-        candidates: int | None = None,
-    ) -> BatchSearchResult:
-        """``POST /search/batch``: one result list per query, in order."""
-        return self._send(self._search_batch(queries, k, mode, filter, rerank, candidates))
+class AsyncClient(_Base[httpx.AsyncClient]):
+    """Asynchronous client with the same arguments and methods as :class:`Client`
+    (``await client.search(...)``); use as an async context manager or call :meth:`aclose`."""
 
-    def embed(self, texts: Sequence[str]) -> EmbedResult:
-        """``POST /embed``: unit vectors of ``texts``."""
-        return self._send(self._embed(texts))
-
-    def rerank(
-        self, query: str, texts: Sequence[str], *, top_k: int | None = None, raw_scores: bool = False
-    ) -> RerankResult:
-        """``POST /rerank``: ``texts`` best first by the reranker card's score (``raw_scores``: the
-        cross-encoder alone)."""
-        return self._send(self._rerank(query, texts, top_k, raw_scores))
-
-    def info(self) -> dict[str, Any]:
-        """``GET /info``: index, encoder, reranker, limits."""
-        result: dict[str, Any] = self._send(_Call("GET", "/info", _identity))
-        return result
-
-    def health(self) -> dict[str, Any]:
-        """``GET /health``."""
-        result: dict[str, Any] = self._send(_Call("GET", "/health", _identity))
-        return result
-
-    def ready(self) -> dict[str, Any]:
-        """``GET /ready`` (raises :class:`UnavailableError` while not ready, after the retries)."""
-        result: dict[str, Any] = self._send(_Call("GET", "/ready", _identity))
-        return result
-
-    def reload(self) -> dict[str, Any]:
-        """``POST /admin/reload``: load the index's ``current`` version now (needs the API key)."""
-        result: dict[str, Any] = self._send(_Call("POST", "/admin/reload", _identity))
-        return result
-
-
-class AsyncClient(_Base):
-    """Asynchronous client with the same methods as :class:`Client` (``await client.search(...)``)."""
-
-    def __init__(
-        self,
-        base_url: str,
-        *,
-        api_key: str | None = None,
-        timeout: float | httpx.Timeout = 30.0,
-        max_retries: int = 3,
-        backoff_s: float = 0.5,
-        max_wait_s: float = 30.0,
-        http_client: httpx.AsyncClient | None = None,
-    ) -> None:
-        super().__init__(
-            base_url,
-            api_key=api_key,
-            timeout=timeout,
-            max_retries=max_retries,
-            backoff_s=backoff_s,
-            max_wait_s=max_wait_s,
-        )
-        self._http = http_client or httpx.AsyncClient(timeout=timeout)
+    def _new_http(self, timeout: float | httpx.Timeout) -> httpx.AsyncClient:
+        return httpx.AsyncClient(timeout=timeout)
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -433,77 +448,21 @@ class AsyncClient(_Base):
     async def aclose(self) -> None:
         await self._http.aclose()
 
+    def _method(self, build: Callable[P, _Call[T]]) -> Callable[P, Coroutine[Any, Any, T]]:
+        async def method(*args: P.args, **kwargs: P.kwargs) -> T:
+            return await self._send(build(*args, **kwargs))
+
+        return method
+
     async def _send(self, call: _Call[T]) -> T:
-        url = self.base_url + call.path
         attempt = 0
         while True:
             try:
-                response = await self._http.request(
-                    call.method, url, json=call.json, params=call.params, headers=self.headers
-                )
-            except httpx.TransportError:
-                if attempt >= self.max_retries:
-                    raise
-                await asyncio.sleep(self._wait_s(attempt, None))
-                attempt += 1
-                continue
-            if not self._should_retry(attempt, response):
-                return self._result(call, response)
-            await asyncio.sleep(self._wait_s(attempt, response))
+                outcome: httpx.Response | httpx.TransportError = await self._http.request(**self._request(call))
+            except httpx.TransportError as error:
+                outcome = error
+            wait_s = self._retry_in(attempt, outcome)
+            if wait_s is None:
+                return self._result(call, outcome)
+            await asyncio.sleep(wait_s)
             attempt += 1
-
-    async def search(
-        self,
-        query: str,
-        *,
-        k: int = 10,
-        mode: Mode = "dense",
-        filter: Mapping[str, Any] | None = None,
-        rerank: bool = False,
-        candidates: int | None = None,
-    ) -> SearchResult:
-        """``POST /search``."""
-        return await self._send(self._search(query, k, mode, filter, rerank, candidates))
-
-    async def search_batch(
-        self,
-        queries: Sequence[str],
-        *,
-        k: int = 10,
-        mode: Mode = "dense",
-        filter: Mapping[str, Any] | None = None,
-        rerank: bool = False,
-        candidates: int | None = None,
-    ) -> BatchSearchResult:
-        """``POST /search/batch``."""
-        return await self._send(self._search_batch(queries, k, mode, filter, rerank, candidates))
-
-    async def embed(self, texts: Sequence[str]) -> EmbedResult:
-        """``POST /embed``."""
-        return await self._send(self._embed(texts))
-
-    async def rerank(
-        self, query: str, texts: Sequence[str], *, top_k: int | None = None, raw_scores: bool = False
-    ) -> RerankResult:
-        """``POST /rerank``."""
-        return await self._send(self._rerank(query, texts, top_k, raw_scores))
-
-    async def info(self) -> dict[str, Any]:
-        """``GET /info``."""
-        result: dict[str, Any] = await self._send(_Call("GET", "/info", _identity))
-        return result
-
-    async def health(self) -> dict[str, Any]:
-        """``GET /health``."""
-        result: dict[str, Any] = await self._send(_Call("GET", "/health", _identity))
-        return result
-
-    async def ready(self) -> dict[str, Any]:
-        """``GET /ready``."""
-        result: dict[str, Any] = await self._send(_Call("GET", "/ready", _identity))
-        return result
-
-    async def reload(self) -> dict[str, Any]:
-        """``POST /admin/reload``."""
-        result: dict[str, Any] = await self._send(_Call("POST", "/admin/reload", _identity))
-        return result

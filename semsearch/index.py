@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from semsearch.errors import CorruptIndexError, ModelMismatchError
+from semsearch.errors import CorruptIndexError
 from semsearch.filters import CompiledFilter, matching_iids
 from semsearch.format import SEGMENT_MANIFEST, SEGMENTS, TOMBSTONES_FILE, file_sha256, hex_sum, row_hash, sum_hex
 from semsearch.layout import resolve_version_dir
@@ -32,7 +32,7 @@ from semsearch.lexical import (
     phrase_df,
     query_phrases,
 )
-from semsearch.manifest import Manifest, SegmentManifest
+from semsearch.manifest import LoadedVersion, Manifest, SegmentManifest
 from semsearch.segment import Segment, SegmentView, verify_segment
 from semsearch.sharding import segment_shard, shard_count
 from semsearch.store import Doc, UserId
@@ -106,7 +106,7 @@ class SegmentPool:
             return sorted(seg.name for seg, _ in self._segments.values())
 
 
-class SearchIndex:
+class SearchIndex(LoadedVersion):
     """One immutable index version, loaded for search (thread-safe for concurrent reads)."""
 
     def __init__(
@@ -125,14 +125,6 @@ class SearchIndex:
         live = sum(v.live for v in self.views)
         dead_tokens = sum(int(doc_lengths(v.conn, v.dead).sum()) for v in self.views if len(v.dead))
         self.stats = CollectionStats(rows=live, tokens=sum(v.segment.meta.tokens for v in self.views) - dead_tokens)
-
-    @property
-    def version(self) -> str:
-        return self.manifest.version
-
-    @property
-    def count(self) -> int:
-        return self.manifest.count
 
     @property
     def segments(self) -> list[Segment]:
@@ -211,16 +203,6 @@ class SearchIndex:
             else:
                 v.segment.close()
         self.views = []
-
-    def check_encoder(self, model_fingerprint: str, model_name: str, pooling: str) -> None:
-        """Refuse an encoder that is not the one the index was built with, naming both."""
-        m = self.manifest
-        if model_fingerprint != m.model_fingerprint or pooling != m.pooling:
-            raise ModelMismatchError(
-                f"index {self.directory} was built with model {m.model!r} (fingerprint {m.model_fingerprint}, "
-                f"pooling {m.pooling}); the configured encoder is {model_name!r} (fingerprint "
-                f"{model_fingerprint}, pooling {pooling})"
-            )
 
     # ------------------------------------------------------------------------------ dense
 

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from semsearch.errors import CorruptIndexError
+from semsearch.errors import CorruptIndexError, ModelMismatchError
 from semsearch.format import (
     FORMAT,
     FORMAT_VERSION,
@@ -187,6 +187,33 @@ class Manifest(_Checked):
             "max_seq_length": self.max_seq_length,
             "dimension": self.dimension,
         }
+
+
+class LoadedVersion:
+    """What a loaded index version answers from its manifest: its version name, its row count and
+    whether an encoder is the one it was built with (:class:`~semsearch.index.SearchIndex` and
+    :class:`~semsearch.sharded.ShardedIndex` both are one)."""
+
+    directory: Path
+    manifest: Manifest
+
+    @property
+    def version(self) -> str:
+        return self.manifest.version
+
+    @property
+    def count(self) -> int:
+        return self.manifest.count
+
+    def check_encoder(self, model_fingerprint: str, model_name: str, pooling: str) -> None:
+        """Refuse an encoder that is not the one the index was built with, naming both."""
+        m = self.manifest
+        if model_fingerprint != m.model_fingerprint or pooling != m.pooling:
+            raise ModelMismatchError(
+                f"index {self.directory} was built with model {m.model!r} (fingerprint {m.model_fingerprint}, "
+                f"pooling {m.pooling}); the configured encoder is {model_name!r} (fingerprint "
+                f"{model_fingerprint}, pooling {pooling})"
+            )
 
 
 def library_versions() -> dict[str, str]:

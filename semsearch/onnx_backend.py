@@ -33,7 +33,7 @@ import sys
 import time
 import uuid
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Union
 
@@ -420,100 +420,17 @@ def quantize_rowwise(src: Path, dst: Path, weight_bits: int = INT8_WEIGHT_BITS) 
     Activation-activation MatMuls (attention scores) stay float. No calibration data is needed.
     """
     import onnx
-    from onnx import TensorProto, helper, numpy_helper
 
     model = onnx.load(str(src))
     if _default_opset(model) < _INT8_OPSET:
         from onnx import version_converter
 
         model = version_converter.convert_version(model, _INT8_OPSET)
-    graph = model.graph
-    inits = {i.name: i for i in graph.initializer}
-    uses: dict[str, int] = {}
-    for node in graph.node:
-        for name in node.input:
-            uses[name] = uses.get(name, 0) + 1
-    qmax = 2 ** (weight_bits - 1) - 1
-    consts: list[Any] = []
-
-    def const(name: str, value: Any) -> str:
-        consts.append(numpy_helper.from_array(np.asarray(value), name))
-        return name
-
-    axes = const("rq_axes_last", np.array([-1], dtype=np.int64))
-    inv127 = const("rq_inv127", np.array(1.0 / 127.0, dtype=np.float32))
-    eps = const("rq_eps", np.array(1e-12, dtype=np.float32))
-    zero = const("rq_zero", np.array(0.0, dtype=np.float32))
-    f128 = const("rq_f128", np.array(128.0, dtype=np.float32))
-    zp128 = const("rq_zp128", np.array(128, dtype=np.uint8))
-    ranks = _ranks(model)
-    zero_points: dict[object, str] = {}  # one (…, 1) tensor of 128s per activation rank: fewer nodes
-    quantised_inputs: dict[str, tuple[str, str]] = {}
-    quantised_weights: dict[str, tuple[str, str]] = {}
-    replaced: set[str] = set()
-    nodes: list[Any] = []
-    for node in graph.node:
-        weight = inits.get(node.input[1]) if node.op_type == "MatMul" and len(node.input) == 2 else None
-        if weight is None or len(weight.dims) != 2 or weight.data_type != TensorProto.FLOAT:
-            nodes.append(node)
-            continue
-        x, w_name = node.input
-        k = int(weight.dims[0])
-        if w_name not in quantised_weights:
-            w = numpy_helper.to_array(weight).astype(np.float32)
-            w_scale = np.maximum(np.abs(w).max(axis=0), 1e-12) / qmax
-            w_q = np.clip(np.rint(w / w_scale), -qmax, qmax).astype(np.int8)
-            quantised_weights[w_name] = (
-                const(f"{w_name}_rq_q", w_q),
-                const(f"{w_name}_rq_scale", w_scale.astype(np.float32)),
-            )
-            replaced.add(w_name)
-        w_q_name, w_scale_name = quantised_weights[w_name]
-        if x not in quantised_inputs:
-            p = f"rq{len(quantised_inputs)}"
-            nodes += [
-                helper.make_node("ReduceMax", [x, axes], [f"{p}_max"], keepdims=1, name=f"{p}_max"),
-                helper.make_node("ReduceMin", [x, axes], [f"{p}_min"], keepdims=1, name=f"{p}_min"),
-                helper.make_node("Neg", [f"{p}_min"], [f"{p}_negmin"], name=f"{p}_negmin"),
-                helper.make_node("Max", [f"{p}_max", f"{p}_negmin", eps], [f"{p}_absmax"], name=f"{p}_absmax"),
-                helper.make_node("Mul", [f"{p}_absmax", inv127], [f"{p}_scale"], name=f"{p}_scale"),
-            ]
-            # the zero point must have the scale's shape: 128 everywhere, built from a scale of that rank
-            rank_key: object = ranks.get(x) or x
-            if rank_key not in zero_points:
-                zero_points[rank_key] = f"{p}_zp"
-                nodes += [
-                    helper.make_node("Mul", [f"{p}_scale", zero], [f"{p}_z0"], name=f"{p}_z0"),
-                    helper.make_node("Add", [f"{p}_z0", f128], [f"{p}_z128"], name=f"{p}_z128"),
-                    helper.make_node("Cast", [f"{p}_z128"], [f"{p}_zp"], to=TensorProto.UINT8, name=f"{p}_zp"),
-                ]
-            nodes.append(
-                helper.make_node(
-                    "QuantizeLinear",
-                    [x, f"{p}_scale", zero_points[rank_key]],
-                    [f"{p}_q"],
-                    axis=-1,
-                    block_size=k,
-                    name=f"{p}_q",
-                )
-            )
-            quantised_inputs[x] = (f"{p}_q", f"{p}_scale")
-        x_q, x_scale = quantised_inputs[x]
-        out = node.output[0]
-        nodes += [
-            helper.make_node("MatMulInteger", [x_q, w_q_name, zp128], [f"{out}_i32"], name=f"{out}_mmi"),
-            helper.make_node("Cast", [f"{out}_i32"], [f"{out}_f"], to=TensorProto.FLOAT, name=f"{out}_cast"),
-            helper.make_node("Mul", [f"{out}_f", x_scale], [f"{out}_xs"], name=f"{out}_xs"),
-            helper.make_node("Mul", [f"{out}_xs", w_scale_name], [out], name=f"{out}_ws"),
-        ]
-    if not quantised_weights:
+    rewrite = _RowwiseRewrite(model, weight_bits)
+    nodes = rewrite.run(model.graph.node)
+    if not rewrite.weights:
         raise RuntimeError(f"int8 quantisation of {src} failed: the graph has no MatMul with a float weight")
-    still_used = {name for node in nodes for name in node.input}
-    kept = [i for i in graph.initializer if not (i.name in replaced and i.name not in still_used)]
-    del graph.node[:]
-    graph.node.extend(nodes)
-    del graph.initializer[:]
-    graph.initializer.extend(kept + consts)
+    _replace_graph(model.graph, nodes, replaced=set(rewrite.weights), added=rewrite.consts)
     try:
         onnx.checker.check_model(model)
         with _atomic_path(dst) as tmp:
@@ -527,6 +444,128 @@ def quantize_rowwise(src: Path, dst: Path, weight_bits: int = INT8_WEIGHT_BITS) 
         "matmuls": sum(1 for n in nodes if n.op_type == "MatMulInteger"),
         "opset": _default_opset(model),
     }
+
+
+class _RowwiseRewrite:
+    """The node rewrite of :func:`quantize_rowwise`: the new node list, and the initializers it adds
+    (:attr:`consts`). Each weight is quantised once and each activation's row scale computed once,
+    however many MatMuls share them. The names and order of the nodes and initializers are part of
+    the file produced: changing them needs a new ``INT8_RECIPE``."""
+
+    def __init__(self, model: Any, weight_bits: int) -> None:
+        self.initializers = {i.name: i for i in model.graph.initializer}
+        self.ranks = _ranks(model)
+        self.qmax = 2 ** (weight_bits - 1) - 1
+        self.consts: list[Any] = []
+        self.axes = self.const("rq_axes_last", np.array([-1], dtype=np.int64))
+        self.inv127 = self.const("rq_inv127", np.array(1.0 / 127.0, dtype=np.float32))
+        self.eps = self.const("rq_eps", np.array(1e-12, dtype=np.float32))
+        self.zero = self.const("rq_zero", np.array(0.0, dtype=np.float32))
+        self.f128 = self.const("rq_f128", np.array(128.0, dtype=np.float32))
+        self.zp128 = self.const("rq_zp128", np.array(128, dtype=np.uint8))
+        self.weights: dict[str, tuple[str, str]] = {}  # weight -> (int8 weight, per-channel scale)
+        self.inputs: dict[str, tuple[str, str]] = {}  # activation -> (uint8 activation, row scale)
+        self.zero_points: dict[object, str] = {}  # one (..., 1) tensor of 128s per activation rank: fewer nodes
+        self.nodes: list[Any] = []
+
+    def const(self, name: str, value: Any) -> str:
+        from onnx import numpy_helper
+
+        self.consts.append(numpy_helper.from_array(np.asarray(value), name))
+        return name
+
+    def run(self, nodes: Iterable[Any]) -> list[Any]:
+        """``nodes`` with every MatMul by a 2-D float weight replaced by its integer version."""
+        from onnx import TensorProto
+
+        for node in nodes:
+            weight = self.initializers.get(node.input[1]) if node.op_type == "MatMul" and len(node.input) == 2 else None
+            if weight is None or len(weight.dims) != 2 or weight.data_type != TensorProto.FLOAT:
+                self.nodes.append(node)
+                continue
+            x, w_name = node.input
+            w_q, w_scale = self.quantised_weight(w_name, weight)
+            x_q, x_scale = self.quantised_input(x, block_size=int(weight.dims[0]))
+            self.integer_matmul(node.output[0], x_q, x_scale, w_q, w_scale)
+        return self.nodes
+
+    def quantised_weight(self, name: str, weight: Any) -> tuple[str, str]:
+        """The weight as int8 with one symmetric scale per output channel (column)."""
+        from onnx import numpy_helper
+
+        if name not in self.weights:
+            w = numpy_helper.to_array(weight).astype(np.float32)
+            w_scale = np.maximum(np.abs(w).max(axis=0), 1e-12) / self.qmax
+            w_q = np.clip(np.rint(w / w_scale), -self.qmax, self.qmax).astype(np.int8)
+            self.weights[name] = (
+                self.const(f"{name}_rq_q", w_q),
+                self.const(f"{name}_rq_scale", w_scale.astype(np.float32)),
+            )
+        return self.weights[name]
+
+    def quantised_input(self, x: str, block_size: int) -> tuple[str, str]:
+        """Nodes that quantise activation ``x`` to uint8 with one scale per row (max |x| / 127)."""
+        from onnx import helper
+
+        if x not in self.inputs:
+            p = f"rq{len(self.inputs)}"
+            self.nodes += [
+                helper.make_node("ReduceMax", [x, self.axes], [f"{p}_max"], keepdims=1, name=f"{p}_max"),
+                helper.make_node("ReduceMin", [x, self.axes], [f"{p}_min"], keepdims=1, name=f"{p}_min"),
+                helper.make_node("Neg", [f"{p}_min"], [f"{p}_negmin"], name=f"{p}_negmin"),
+                helper.make_node("Max", [f"{p}_max", f"{p}_negmin", self.eps], [f"{p}_absmax"], name=f"{p}_absmax"),
+                helper.make_node("Mul", [f"{p}_absmax", self.inv127], [f"{p}_scale"], name=f"{p}_scale"),
+            ]
+            zero_point = self.zero_point(x, p)
+            self.nodes.append(
+                helper.make_node(
+                    "QuantizeLinear",
+                    [x, f"{p}_scale", zero_point],
+                    [f"{p}_q"],
+                    axis=-1,
+                    block_size=block_size,
+                    name=f"{p}_q",
+                )
+            )
+            self.inputs[x] = (f"{p}_q", f"{p}_scale")
+        return self.inputs[x]
+
+    def zero_point(self, x: str, p: str) -> str:
+        """The zero point must have the scale's shape: 128 everywhere, built from a scale of that rank
+        (``{p}_scale``), once per rank."""
+        from onnx import TensorProto, helper
+
+        rank_key: object = self.ranks.get(x) or x
+        if rank_key not in self.zero_points:
+            self.zero_points[rank_key] = f"{p}_zp"
+            self.nodes += [
+                helper.make_node("Mul", [f"{p}_scale", self.zero], [f"{p}_z0"], name=f"{p}_z0"),
+                helper.make_node("Add", [f"{p}_z0", self.f128], [f"{p}_z128"], name=f"{p}_z128"),
+                helper.make_node("Cast", [f"{p}_z128"], [f"{p}_zp"], to=TensorProto.UINT8, name=f"{p}_zp"),
+            ]
+        return self.zero_points[rank_key]
+
+    def integer_matmul(self, out: str, x_q: str, x_scale: str, w_q: str, w_scale: str) -> None:
+        """``out = MatMulInteger(x_q, w_q) * x_scale * w_scale`` (int32 accumulation, then float)."""
+        from onnx import TensorProto, helper
+
+        self.nodes += [
+            helper.make_node("MatMulInteger", [x_q, w_q, self.zp128], [f"{out}_i32"], name=f"{out}_mmi"),
+            helper.make_node("Cast", [f"{out}_i32"], [f"{out}_f"], to=TensorProto.FLOAT, name=f"{out}_cast"),
+            helper.make_node("Mul", [f"{out}_f", x_scale], [f"{out}_xs"], name=f"{out}_xs"),
+            helper.make_node("Mul", [f"{out}_xs", w_scale], [out], name=f"{out}_ws"),
+        ]
+
+
+def _replace_graph(graph: Any, nodes: list[Any], replaced: set[str], added: list[Any]) -> None:
+    """Put ``nodes`` in place of the graph's nodes; drop the ``replaced`` initializers no node reads
+    any more and append the ``added`` ones."""
+    still_used = {name for node in nodes for name in node.input}
+    kept = [i for i in graph.initializer if not (i.name in replaced and i.name not in still_used)]
+    del graph.node[:]
+    graph.node.extend(nodes)
+    del graph.initializer[:]
+    graph.initializer.extend(kept + added)
 
 
 def _ranks(model: Any) -> dict[str, int]:

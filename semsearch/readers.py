@@ -101,20 +101,27 @@ def _snippet(raw: bytes | str) -> str:
     return raw[:_RAW_SNIPPET]
 
 
-def read_txt(path: Path, max_chars: int) -> Iterator[Record | Reject]:
+def _read_lines(path: Path, parse: Callable[[str, int], Record | Reject]) -> Iterator[Record | Reject]:
+    """``parse(text, line number)`` of every non-blank line; a line that is not UTF-8 is rejected."""
     src = str(path)
     with _open_binary(path) as fh:
         for lineno, text, raw in _decoded_lines(fh, src):
             if text is None:
                 yield Reject(src, lineno, "not valid UTF-8", _snippet(raw))
-                continue
-            if not text.strip():
-                continue  # blank lines separate nothing in a one-sentence-per-line file
-            reason = _check_text(text, max_chars)
-            if reason:
-                yield Reject(src, lineno, reason, _snippet(text))
-                continue
-            yield Record(text=text.strip(), source=f"{path.name}:{lineno}")
+            elif text.strip():  # blank lines separate nothing
+                yield parse(text, lineno)
+
+
+def read_txt(path: Path, max_chars: int) -> Iterator[Record | Reject]:
+    """One sentence per line."""
+
+    def parse(text: str, lineno: int) -> Record | Reject:
+        reason = _check_text(text, max_chars)
+        if reason:
+            return Reject(str(path), lineno, reason, _snippet(text))
+        return Record(text=text.strip(), source=f"{path.name}:{lineno}")
+
+    return _read_lines(path, parse)
 
 
 def _valid_id(value: Any) -> bool:
@@ -122,35 +129,28 @@ def _valid_id(value: Any) -> bool:
 
 
 def read_jsonl(path: Path, text_field: str, id_field: str, max_chars: int) -> Iterator[Record | Reject]:
-    src = str(path)
-    with _open_binary(path) as fh:
-        for lineno, line, raw in _decoded_lines(fh, src):
-            if line is None:
-                yield Reject(src, lineno, "not valid UTF-8", _snippet(raw))
-                continue
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                yield Reject(src, lineno, f"invalid JSON: {e.msg} at column {e.colno}", _snippet(line))
-                continue
-            if not isinstance(obj, dict):
-                yield Reject(src, lineno, f"expected a JSON object, got {type(obj).__name__}", _snippet(line))
-                continue
-            if text_field not in obj:
-                yield Reject(src, lineno, f"missing field {text_field!r}", _snippet(line))
-                continue
-            text = obj.pop(text_field)
-            reason = _check_text(text, max_chars)
-            if reason:
-                yield Reject(src, lineno, reason, _snippet(line))
-                continue
-            ext_id = obj.pop(id_field, None)
-            if ext_id is not None and not _valid_id(ext_id):
-                yield Reject(src, lineno, f"{id_field!r} must be a non-empty string or an integer", _snippet(line))
-                continue
-            yield Record(text=text.strip(), ext_id=ext_id, metadata=obj, source=f"{path.name}:{lineno}")
+    """One JSON object per line: ``text_field``, optionally ``id_field``; the other fields are metadata."""
+
+    def parse(line: str, lineno: int) -> Record | Reject:
+        src = str(path)
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            return Reject(src, lineno, f"invalid JSON: {e.msg} at column {e.colno}", _snippet(line))
+        if not isinstance(obj, dict):
+            return Reject(src, lineno, f"expected a JSON object, got {type(obj).__name__}", _snippet(line))
+        if text_field not in obj:
+            return Reject(src, lineno, f"missing field {text_field!r}", _snippet(line))
+        text = obj.pop(text_field)
+        reason = _check_text(text, max_chars)
+        if reason:
+            return Reject(src, lineno, reason, _snippet(line))
+        ext_id = obj.pop(id_field, None)
+        if ext_id is not None and not _valid_id(ext_id):
+            return Reject(src, lineno, f"{id_field!r} must be a non-empty string or an integer", _snippet(line))
+        return Record(text=text.strip(), ext_id=ext_id, metadata=obj, source=f"{path.name}:{lineno}")
+
+    return _read_lines(path, parse)
 
 
 def read_delimited(

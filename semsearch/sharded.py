@@ -31,11 +31,11 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from semsearch.errors import ModelMismatchError, SemsearchError
+from semsearch.errors import SemsearchError
 from semsearch.filters import CompiledFilter
 from semsearch.index import Hit, SearchIndex, join_hits
 from semsearch.lexical import CollectionStats
-from semsearch.manifest import Manifest
+from semsearch.manifest import LoadedVersion, Manifest
 from semsearch.store import Doc
 
 
@@ -87,7 +87,7 @@ def shard_call(index: SearchIndex, method: str, *args: Any) -> Any:
 SHARD_METHODS = ("dense", "exact_scores", "matching_iids", "lexical_df", "lexical", "docs_for")  # + stats, dense_docs
 
 
-class ShardedIndex:
+class ShardedIndex(LoadedVersion):
     """One version of a sharded index, searched through a :class:`Fanout` (thread-safe)."""
 
     def __init__(self, directory: Path, manifest: Manifest, fanout: Fanout) -> None:
@@ -103,14 +103,6 @@ class ShardedIndex:
     # ------------------------------------------------------------------ what the service shows
 
     @property
-    def version(self) -> str:
-        return self.manifest.version
-
-    @property
-    def count(self) -> int:
-        return self.manifest.count
-
-    @property
     def segments(self) -> list[dict[str, Any]]:
         return list(self.manifest.segments)
 
@@ -124,15 +116,6 @@ class ShardedIndex:
 
     def reset_missing(self) -> None:
         self._local.missing = set()
-
-    def check_encoder(self, model_fingerprint: str, model_name: str, pooling: str) -> None:
-        m = self.manifest
-        if model_fingerprint != m.model_fingerprint or pooling != m.pooling:
-            raise ModelMismatchError(
-                f"index {self.directory} was built with model {m.model!r} (fingerprint {m.model_fingerprint}, "
-                f"pooling {m.pooling}); the configured encoder is {model_name!r} (fingerprint "
-                f"{model_fingerprint}, pooling {pooling})"
-            )
 
     def close(self) -> None:
         close = getattr(self.fanout, "close", None)

@@ -26,8 +26,9 @@ from app.routes.rerank import rerank_scores
 router = APIRouter(tags=["compatible"])
 
 
-async def _rerank(reranker_name: str, body: CompatRerankRequest, rt: RuntimeDep) -> CompatRerankResponse:
-    model = check_model(rt, body.model, "rerank") if body.model is not None else reranker_name
+async def rerank(reranker: RerankerDep, body: CompatRerankRequest, rt: RuntimeDep) -> CompatRerankResponse:
+    """Documents sorted by the reranker's score, best first; `index` is the position in `documents`."""
+    model = check_model(rt, body.model, "rerank") if body.model is not None else reranker.name
     texts = body.texts(rt.settings)
     scores, _, tokens = await rerank_scores(rt, body.query, texts, raw_scores=body.raw_scores, count_tokens=True)
     order = np.argsort(-scores, kind="stable")[: body.top_n]
@@ -43,25 +44,24 @@ async def _rerank(reranker_name: str, body: CompatRerankRequest, rt: RuntimeDep)
     return CompatRerankResponse(id=str(uuid.uuid4()), results=results, model=model, usage=usage)
 
 
-@router.post(
-    "/v1/rerank",
-    response_model=CompatRerankResponse,
-    response_model_exclude_none=True,
-    responses=RESPONSES,
-    summary="Cohere v1 / Jina-compatible rerank",
-)
-async def rerank_v1(reranker: RerankerDep, body: CompatRerankRequest, rt: RuntimeDep) -> CompatRerankResponse:
-    """Documents sorted by the reranker's score, best first; `index` is the position in `documents`."""
-    return await _rerank(reranker.name, body, rt)
-
-
-@router.post(
-    "/v2/rerank",
-    response_model=CompatRerankResponse,
-    response_model_exclude_none=True,
-    responses=RESPONSES,
-    summary="Cohere v2-compatible rerank",
-)
-async def rerank_v2(reranker: RerankerDep, body: CompatRerankRequest, rt: RuntimeDep) -> CompatRerankResponse:
-    """`/v1/rerank` for the Cohere v2 client (`cohere.ClientV2(...).rerank`)."""
-    return await _rerank(reranker.name, body, rt)
+# one endpoint on both paths; the names keep the operation ids (rerank_v1_v1_rerank_post, rerank_v2_...)
+ROUTES = {
+    "/v1/rerank": ("rerank_v1", "Cohere v1 / Jina-compatible rerank", rerank.__doc__ or ""),
+    "/v2/rerank": (
+        "rerank_v2",
+        "Cohere v2-compatible rerank",
+        "`/v1/rerank` for the Cohere v2 client (`cohere.ClientV2(...).rerank`).",
+    ),
+}
+for path, (name, summary, description) in ROUTES.items():
+    router.add_api_route(
+        path,
+        rerank,
+        methods=["POST"],
+        name=name,
+        summary=summary,
+        description=description,
+        response_model=CompatRerankResponse,
+        response_model_exclude_none=True,
+        responses=RESPONSES,
+    )
