@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -32,6 +31,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from semsearch.errors import InvalidInputError, ModelLoadError
+from semsearch.score_norm import zscore
 
 logger = logging.getLogger(__name__)
 
@@ -93,25 +93,14 @@ class FusionConfig:
         return cls(weight, mode, dict(stats) if stats else None, retrieval)
 
 
-def zscore(values: Sequence[float] | np.ndarray, mean: float | None = None, std: float | None = None) -> np.ndarray:
-    """``(x - mean) / std`` (statistics of ``values`` unless given); zeros when ``std`` is 0 or undefined."""
-    arr = np.asarray(values, dtype=np.float64)
-    if not arr.size:
-        return arr
-    mu = float(arr.mean()) if mean is None else float(mean)
-    sigma = float(arr.std()) if std is None else float(std)
-    if sigma <= 0.0 or not math.isfinite(sigma):
-        return np.zeros_like(arr)
-    return (arr - mu) / sigma
-
-
-def fuse(
+def fuse_logits(
     ce_logits: Sequence[float] | np.ndarray,
     other: Sequence[float] | np.ndarray,
     weight: float,
     stats: Mapping[str, float] | None = None,
 ) -> np.ndarray:
-    """``(1 - weight) * z(ce_logits) + weight * z(other)``.
+    """Reranker fusion of cross-encoder logits with another score (retrieval or cosine):
+    ``(1 - weight) * z(ce_logits) + weight * z(other)``.
 
     Without ``stats`` the z-statistics are those of the given lists (per query); with ``stats``
     (``ce_mean``, ``ce_std``, ``cos_mean``, ``cos_std``) they are fixed (pairwise STS scoring).
@@ -330,7 +319,7 @@ class Reranker:
             return np.zeros(0, dtype=np.float64)
         logits = self.logits([(query, t) for t in texts], batch_size)
         if self.fusion is not None and retrieval_scores is not None:
-            return fuse(logits, retrieval_scores, self.fusion.list_weight)
+            return fuse_logits(logits, retrieval_scores, self.fusion.list_weight)
         return self.activate(logits).astype(np.float64)
 
     def rank(
@@ -369,7 +358,7 @@ class Reranker:
         if fusion is not None and cosine_scores is not None:
             if fusion.pairwise_stats is None:
                 raise InvalidInputError("this reranker stores no pairwise fusion statistics")
-            return fuse(logits, cosine_scores, fusion.weight, fusion.pairwise_stats)
+            return fuse_logits(logits, cosine_scores, fusion.weight, fusion.pairwise_stats)
         return self.activate(logits.astype(np.float32)).astype(np.float64)
 
     def score_texts(

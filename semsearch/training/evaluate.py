@@ -15,7 +15,7 @@ import numpy as np
 
 from semsearch.evaluation import pearson, spearman
 from semsearch.readers import ScoredPair
-from semsearch.rerank import fuse
+from semsearch.rerank import fuse_logits
 from semsearch.training.config import DEFAULT_FUSION_GRID, RelevanceExample, TrainConfig
 from semsearch.training.data import TrainingData
 from semsearch.training.model import default_base_model, load_bi_encoder, predict_logits
@@ -66,7 +66,7 @@ def tune_fusion_weight(
 
     Returns ``(best_weight, best_spearman, {weight: spearman})``; ties go to the smaller weight.
     """
-    curve = {f"{w:.2f}": spearman(fuse(ce, cos, w), gold) for w in grid}
+    curve = {f"{w:.2f}": spearman(fuse_logits(ce, cos, w), gold) for w in grid}
     best_w, best = grid[0], -math.inf
     for w in grid:
         value = curve[f"{w:.2f}"]
@@ -201,6 +201,6 @@ def final_evaluation(model: Any, config: TrainConfig, data: TrainingData, best_d
     if scorer is not None and data.test_scored:
         test_metrics, arrays, gold = scorer.metrics(data.test_scored)
         if fusion is not None and "pairwise_stats" in fusion:
-            fused = fuse(arrays["both_orders"], arrays["cosine"], fusion["weight"], fusion["pairwise_stats"])
+            fused = fuse_logits(arrays["both_orders"], arrays["cosine"], fusion["weight"], fusion["pairwise_stats"])
             test_metrics["fusion_spearman"] = spearman(fused, gold)
     return FinalMetrics(dev_metrics, test_metrics, fusion)

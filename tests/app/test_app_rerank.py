@@ -22,7 +22,7 @@ from app.main import create_app
 from app.runtime import Runtime
 from app.settings import Settings
 from semsearch.models import resolve_model
-from semsearch.rerank import RERANKER_META_FILE, Reranker, fuse
+from semsearch.rerank import RERANKER_META_FILE, Reranker, fuse_logits
 from semsearch.search import search as core_search
 
 pytest_plugins = ["app_fixtures"]
@@ -210,7 +210,7 @@ def test_reranker_weight_and_onnx_backend_settings(
             hits = core_search(index, [QUERY], vectors, 10)[0]
     reference = Reranker(reranker_dir)  # torch
     logits = reference.logits([(QUERY, h.text) for h in hits])
-    expected = fuse(logits, [h.score for h in hits], 0.9)
+    expected = fuse_logits(logits, [h.score for h in hits], 0.9)
     order = np.argsort(-expected, kind="stable")[:5]
     assert [r["id"] for r in body["results"]] == [hits[i].id for i in order]
     np.testing.assert_allclose([r["score"] for r in body["results"]], expected[order], atol=1e-3)

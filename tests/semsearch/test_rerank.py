@@ -20,10 +20,10 @@ from semsearch.rerank import (
     FusionConfig,
     Reranker,
     available_backends,
-    fuse,
+    fuse_logits,
     register_backend,
-    zscore,
 )
+from semsearch.score_norm import zscore
 from semsearch.training import (
     EarlyStopping,
     RelevanceExample,
@@ -131,21 +131,18 @@ def test_relevance_examples_drop_known_positives() -> None:
 # ---------------------------------------------------------------------------------------------- fusion math
 
 
-def test_zscore_and_fuse_on_hand_made_numbers() -> None:
-    np.testing.assert_allclose(zscore([1.0, 2.0, 3.0]), [-1.224744871, 0.0, 1.224744871])
-    np.testing.assert_array_equal(zscore([4.0, 4.0]), [0.0, 0.0])  # constant list: no information
-    np.testing.assert_allclose(zscore([3.0], mean=1.0, std=2.0), [1.0])
+def test_fuse_logits_on_hand_made_numbers() -> None:
     # per-list: z(ce) = [-1.2247, 0, 1.2247], z(cos) = [1.2247, 0, -1.2247]
-    np.testing.assert_allclose(fuse([1.0, 2.0, 3.0], [30.0, 20.0, 10.0], 0.5), [0.0, 0.0, 0.0], atol=1e-12)
+    np.testing.assert_allclose(fuse_logits([1.0, 2.0, 3.0], [30.0, 20.0, 10.0], 0.5), [0.0, 0.0, 0.0], atol=1e-12)
     np.testing.assert_allclose(
-        fuse([1.0, 2.0, 3.0], [30.0, 20.0, 10.0], 0.25), [-0.612372436, 0.0, 0.612372436], atol=1e-9
+        fuse_logits([1.0, 2.0, 3.0], [30.0, 20.0, 10.0], 0.25), [-0.612372436, 0.0, 0.612372436], atol=1e-9
     )
-    np.testing.assert_allclose(fuse([1.0, 5.0], [0.0, 1.0], 0.0), [-1.0, 1.0])
+    np.testing.assert_allclose(fuse_logits([1.0, 5.0], [0.0, 1.0], 0.0), [-1.0, 1.0])
     # fixed (dev) statistics for independent pairs
     stats = {"ce_mean": 1.0, "ce_std": 2.0, "cos_mean": 0.5, "cos_std": 0.25}
-    np.testing.assert_allclose(fuse([3.0], [1.0], 0.4, stats), [0.6 * 1.0 + 0.4 * 2.0])
+    np.testing.assert_allclose(fuse_logits([3.0], [1.0], 0.4, stats), [0.6 * 1.0 + 0.4 * 2.0])
     with pytest.raises(InvalidInputError):
-        fuse([1.0, 2.0], [1.0], 0.5)
+        fuse_logits([1.0, 2.0], [1.0], 0.5)
 
 
 def test_tune_fusion_weight_picks_best_dev_weight() -> None:
@@ -422,7 +419,7 @@ def test_train_reranker_cli_relevance_with_mined_dev(tmp_path: Path, small_index
     rr = Reranker(out)
     assert rr.fusion is not None and rr.fusion.list_weight == 0.7
     texts = [rows[0]["text"], rows[1]["text"]]
-    expected = fuse(rr.logits([(rows[0]["query"], t) for t in texts]), [0.9, 0.1], 0.7)
+    expected = fuse_logits(rr.logits([(rows[0]["query"], t) for t in texts]), [0.9, 0.1], 0.7)
     np.testing.assert_allclose(rr.score(rows[0]["query"], texts, retrieval_scores=[0.9, 0.1]), expected)
 
 
