@@ -208,7 +208,7 @@ def load_services(settings: Settings, handles: list[Any], partial_log: PartialLo
         Reranker(
             settings.reranker,
             backend=settings.reranker_backend,
-            fusion_weight=settings.reranker_weight,
+            retrieval_weight=settings.retrieval_weight,
             backend_options={"num_threads": settings.workers_threads, "spinning": settings.onnx_spinning},
         )
         if settings.reranker

@@ -157,7 +157,7 @@ class Services:
                 Reranker(
                     settings.reranker,
                     backend=settings.reranker_backend,
-                    fusion_weight=settings.reranker_weight,
+                    retrieval_weight=settings.retrieval_weight,
                     backend_options={"num_threads": settings.workers_threads, "spinning": settings.onnx_spinning},
                 )
                 if settings.reranker

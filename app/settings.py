@@ -6,20 +6,26 @@ arguments reads the environment through :func:`get_settings` (cached); tests pas
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 from semsearch.encoder import Backend
 from semsearch.errors import SemsearchError
 from semsearch.layout import resolve_version_dir
-from semsearch.runtime import available_cores
+from semsearch.runtime import available_cores, warn_renamed
 
 ENV_PREFIX = "SEMSEARCH_"
 LogLevel = Literal["debug", "info", "warning", "error"]
+
+# Renamed fields: old name -> new name. The old ``SEMSEARCH_OLD`` variable and ``--old`` flag (hidden in
+# --help) still set the new field, with a deprecation warning; the new variable wins over the old one.
+RENAMED_FIELDS: dict[str, str] = {"reranker_weight": "retrieval_weight"}
 
 
 def default_threads() -> int:
@@ -45,7 +51,7 @@ class Settings(BaseSettings):
     reranker: str | None = Field(
         None, description="Cross-encoder reranker: a local folder (e.g. from `make reranker`) or a hub name."
     )
-    reranker_weight: float | None = Field(
+    retrieval_weight: float | None = Field(
         None,
         ge=0.0,
         le=1.0,
@@ -155,6 +161,18 @@ class Settings(BaseSettings):
     )
     access_log: bool = Field(True, description="Log one line per HTTP request (uvicorn access log).")
 
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """The usual sources, plus the renamed fields' old variables just below the environment."""
+        return init_settings, env_settings, RenamedEnvSource(settings_cls), dotenv_settings, file_secret_settings
+
     @field_validator("index")
     @classmethod
     def _index_exists(cls, value: Path) -> Path:
@@ -205,6 +223,22 @@ class Settings(BaseSettings):
 
     def api_key_bytes(self) -> bytes | None:
         return self.api_key.get_secret_value().encode() if self.api_key is not None else None
+
+
+class RenamedEnvSource(PydanticBaseSettingsSource):
+    """The old ``SEMSEARCH_*`` variable of each renamed field (:data:`RENAMED_FIELDS`), with a warning."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # everything is done in __call__
+
+    def __call__(self) -> dict[str, Any]:
+        values: dict[str, Any] = {}
+        for old, new in RENAMED_FIELDS.items():
+            value = os.environ.get(ENV_PREFIX + old.upper())
+            if value is not None:
+                warn_renamed(ENV_PREFIX + old.upper(), ENV_PREFIX + new.upper())
+                values[new] = value
+        return values
 
 
 class ConfigError(ValueError):

@@ -147,7 +147,7 @@ def main() -> int:
 
             weights: dict[str, float] = {"ce only": 0.0}
             if rr.fusion is not None:
-                weights["model weight"] = rr.fusion.list_weight
+                weights["model weight"] = rr.fusion.retrieval_weight
             for w in args.weight:
                 weights[f"w={w}"] = w
             curve = None

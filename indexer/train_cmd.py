@@ -89,7 +89,7 @@ def train_reranker(
             min=0.0,
             max=1.0,
             help="Weight of the retrieval score when reranking a query's candidates (tune it with "
-            "`eval beir --rerank-weight` on held-out queries). Default: the STS dev weight.",
+            "`eval beir --retrieval-weight` on held-out queries). Default: the STS dev weight.",
         ),
     ] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output folder.")] = False,
@@ -131,7 +131,7 @@ def train_reranker(
         patience=patience,
         seed=seed,
         fusion=fusion,
-        retrieval_fusion_weight=retrieval_weight,
+        retrieval_weight=retrieval_weight,
         num_layers=num_layers,
         overwrite=overwrite,
     )

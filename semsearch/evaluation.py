@@ -295,7 +295,7 @@ def evaluate_retrieval(
     if reranker is not None:
         settings["reranker"] = reranker.name
         settings["reranker_backend"] = reranker.backend
-        settings["rerank_fusion_weight"] = reranker.fusion.list_weight if reranker.fusion else None
+        settings["retrieval_weight"] = reranker.fusion.retrieval_weight if reranker.fusion else None
         settings["candidates"] = candidates
     if filter:
         settings["filter"] = filter

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -62,18 +63,14 @@ class FusionConfig:
     """Fusion of the cross-encoder logit with a bi-encoder/retrieval score (``semsearch_reranker.json``).
 
     ``weight`` is the cosine weight tuned on the (STS) dev pairs, used by ``score_pairs``;
-    ``retrieval_weight``, when set, is the weight for query-candidate lists (``score``), else ``weight``.
+    ``retrieval_weight`` is the weight of the retrieval score in one query's candidate list (``score``):
+    the card's ``retrieval_weight``, or ``weight`` when the card has none (``null``).
     """
 
     weight: float
+    retrieval_weight: float
     mode: str = "zscore"
     pairwise_stats: Mapping[str, float] | None = None
-    retrieval_weight: float | None = None
-
-    @property
-    def list_weight(self) -> float:
-        """The weight ``Reranker.score`` uses for one query's candidate list."""
-        return self.weight if self.retrieval_weight is None else self.retrieval_weight
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any] | None) -> FusionConfig | None:
@@ -90,7 +87,12 @@ class FusionConfig:
             if value is not None and not 0.0 <= value <= 1.0:
                 raise ModelLoadError(f"fusion weights must be in [0, 1], got {value}")
         stats = data.get("pairwise_stats")
-        return cls(weight, mode, dict(stats) if stats else None, retrieval)
+        return cls(
+            weight,
+            weight if retrieval is None else retrieval,
+            mode=mode,
+            pairwise_stats=dict(stats) if stats else None,
+        )
 
 
 def fuse_logits(
@@ -229,8 +231,9 @@ class Reranker:
 
     ``name_or_path`` is a local CrossEncoder folder (e.g. one written by ``train_cross_encoder``) or a
     Hugging Face hub name (needs the network or a warm cache). ``fusion=False`` ignores a configured
-    fusion; ``fusion_weight`` sets the weight used by :meth:`score` (per-query lists), overriding the
-    folder's ``retrieval_weight``/``weight``, and enables per-query fusion for folders without one.
+    fusion; ``retrieval_weight`` sets the weight of the retrieval score used by :meth:`score` (per-query
+    lists), overriding the folder's ``retrieval_weight``/``weight``, and enables per-query fusion for
+    folders without one (``fusion_weight`` is its deprecated old name).
     """
 
     def __init__(
@@ -241,10 +244,18 @@ class Reranker:
         device: str = "cpu",
         max_length: int | None = None,
         fusion: bool = True,
-        fusion_weight: float | None = None,
+        retrieval_weight: float | None = None,
         backend_options: Mapping[str, Any] | None = None,
+        fusion_weight: float | None = None,
     ) -> None:
         from sentence_transformers import CrossEncoder
+
+        if fusion_weight is not None:
+            warnings.warn(
+                "Reranker(fusion_weight=...) is deprecated; use retrieval_weight=...", DeprecationWarning, stacklevel=2
+            )
+            if retrieval_weight is None:
+                retrieval_weight = fusion_weight
 
         self.name = str(name_or_path)
         local = Path(name_or_path).expanduser()
@@ -269,13 +280,13 @@ class Reranker:
             )
         self.metadata: dict[str, Any] = (read_reranker_metadata(self.path) if self.path else None) or {}
         config = FusionConfig.from_json(self.metadata.get("fusion")) if fusion else None
-        if fusion and fusion_weight is not None:
-            if not 0.0 <= fusion_weight <= 1.0:
-                raise InvalidInputError(f"fusion_weight must be in [0, 1], got {fusion_weight}")
+        if fusion and retrieval_weight is not None:
+            if not 0.0 <= retrieval_weight <= 1.0:
+                raise InvalidInputError(f"retrieval_weight must be in [0, 1], got {retrieval_weight}")
             if config is None:  # e.g. a hub cross-encoder: per-query fusion only
-                config = FusionConfig(fusion_weight, retrieval_weight=fusion_weight)
+                config = FusionConfig(retrieval_weight, retrieval_weight)
             else:
-                config = replace(config, retrieval_weight=fusion_weight)
+                config = replace(config, retrieval_weight=retrieval_weight)
         self.fusion: FusionConfig | None = config
         self.symmetric_default = bool((self.metadata.get("hyperparameters") or {}).get("symmetric", True))
         context = BackendContext(self.name, self.path, dict(backend_options or {}))
@@ -319,7 +330,7 @@ class Reranker:
             return np.zeros(0, dtype=np.float64)
         logits = self.logits([(query, t) for t in texts], batch_size)
         if self.fusion is not None and retrieval_scores is not None:
-            return fuse_logits(logits, retrieval_scores, self.fusion.list_weight)
+            return fuse_logits(logits, retrieval_scores, self.fusion.retrieval_weight)
         return self.activate(logits).astype(np.float64)
 
     def rank(
@@ -435,7 +446,7 @@ class Reranker:
             "fusion": (
                 {
                     "mode": fusion.mode,
-                    "weight": fusion.list_weight,
+                    "weight": fusion.retrieval_weight,
                     "scope": "per_query",
                     "pairwise_weight": fusion.weight,
                 }

@@ -192,13 +192,13 @@ def test_rerank_limits_are_422(rclient: TestClient, check_error: Check, path: st
     check_error(rclient.post(path, json=body), 422, "invalid_input")
 
 
-def test_reranker_weight_and_onnx_backend_settings(
+def test_retrieval_weight_and_onnx_backend_settings(
     app_settings: Callable[..., Settings], reranker_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """SEMSEARCH_RERANKER_WEIGHT / _BACKEND reach the served reranker: /info says so and /search's
+    """SEMSEARCH_RETRIEVAL_WEIGHT / SEMSEARCH_RERANKER_BACKEND reach the served reranker: /info says so and /search's
     scores are the ONNX logits fused with that weight."""
     monkeypatch.setenv("SEMSEARCH_CACHE_DIR", str(tmp_path))
-    settings = app_settings(reranker=str(reranker_dir), reranker_weight=0.9, reranker_backend="onnx")
+    settings = app_settings(reranker=str(reranker_dir), retrieval_weight=0.9, reranker_backend="onnx")
     with TestClient(create_app(settings)) as client:
         info = client.get("/info").json()["reranker"]
         assert info["backend"] == "onnx" and info["fusion"]["weight"] == 0.9

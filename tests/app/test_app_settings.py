@@ -48,7 +48,7 @@ def test_defaults(app_index: Path) -> None:
         2.0,
     )
     assert s.api_key is None and s.reranker is None and s.cors_origins == [] and s.workers_threads >= 1
-    assert (s.onnx_spinning, s.reranker_backend, s.reranker_weight) == (False, "torch", None)
+    assert (s.onnx_spinning, s.reranker_backend, s.retrieval_weight) == (False, "torch", None)
     assert Settings(index=app_index, api_key="  ").api_key is None  # blank means unset
 
 
@@ -94,6 +94,44 @@ def test_cli_flags_map_to_settings_and_win_over_env(app_index: Path, monkeypatch
         "--cors-origins",
     ):
         assert flag in help_text
+
+
+FORMAT1_INDEX = Path(__file__).resolve().parents[1] / "fixtures" / "format1_index"
+
+
+@pytest.fixture
+def renames_unwarned(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each deprecated name warns once per process: start these tests with none warned yet."""
+    from semsearch import runtime
+
+    monkeypatch.setattr(runtime, "_warned_renames", set())
+
+
+@pytest.mark.usefixtures("renames_unwarned")
+def test_deprecated_reranker_weight_variable_still_sets_retrieval_weight(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("SEMSEARCH_RERANKER_WEIGHT", "0.7")
+    with caplog.at_level(logging.WARNING):
+        assert Settings(index=FORMAT1_INDEX).retrieval_weight == 0.7
+    assert "SEMSEARCH_RERANKER_WEIGHT is deprecated" in caplog.text and "SEMSEARCH_RETRIEVAL_WEIGHT" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert Settings(index=FORMAT1_INDEX).retrieval_weight == 0.7
+    assert "deprecated" not in caplog.text  # once per process
+    monkeypatch.setenv("SEMSEARCH_RETRIEVAL_WEIGHT", "0.2")
+    assert Settings(index=FORMAT1_INDEX).retrieval_weight == 0.2  # the new name wins
+
+
+@pytest.mark.usefixtures("renames_unwarned")
+def test_deprecated_reranker_weight_flag_still_sets_retrieval_weight(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING):
+        s = parse_settings(["--index", str(FORMAT1_INDEX), "--reranker-weight", "0.6"])
+    assert s.retrieval_weight == 0.6
+    assert "--reranker-weight is deprecated" in caplog.text and "--retrieval-weight" in caplog.text
+    assert parse_settings(["--index", str(FORMAT1_INDEX), "--retrieval-weight", "0.4"]).retrieval_weight == 0.4
+    help_text = build_parser().format_help()
+    assert "--retrieval-weight" in help_text and "--reranker-weight" not in help_text
 
 
 def test_cli_bad_arguments_exit_2(app_index: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -160,10 +160,10 @@ def test_fusion_config_parsing() -> None:
     assert FusionConfig.from_json(None) is None
     assert FusionConfig.from_json({"mode": "none"}) is None
     config = FusionConfig.from_json({"mode": "zscore", "weight": 0.3})
-    assert config == FusionConfig(weight=0.3, mode="zscore", pairwise_stats=None)
-    assert config.list_weight == 0.3
+    assert config == FusionConfig(weight=0.3, retrieval_weight=0.3, mode="zscore", pairwise_stats=None)
+    assert config.retrieval_weight == 0.3
     split = FusionConfig.from_json({"mode": "zscore", "weight": 0.3, "retrieval_weight": 0.8})
-    assert split is not None and split.weight == 0.3 and split.list_weight == 0.8
+    assert split is not None and split.weight == 0.3 and split.retrieval_weight == 0.8
     with pytest.raises(ModelLoadError):
         FusionConfig.from_json({"mode": "zscore", "weight": 0.3, "retrieval_weight": -0.1})
     with pytest.raises(ModelLoadError):
@@ -256,7 +256,7 @@ def test_same_seed_gives_identical_scores(
     assert result.metadata["fusion"] is None and again.fusion is None
     scores = again.score(QUERY, TEXTS, [0.9, 0.1, 0.5, 0.05])
     assert np.all((scores > 0) & (scores < 1))
-    fused = Reranker(result.output_dir, fusion_weight=0.3)
+    fused = Reranker(result.output_dir, retrieval_weight=0.3)
     assert fused.fusion is not None and fused.fusion.pairwise_stats is None
     expected = 0.7 * zscore(again.logits([(QUERY, t) for t in TEXTS])) + 0.3 * zscore([0.9, 0.1, 0.5, 0.05])
     np.testing.assert_allclose(fused.score(QUERY, TEXTS, [0.9, 0.1, 0.5, 0.05]), expected, rtol=1e-6)
@@ -276,7 +276,7 @@ def test_fused_scores_use_per_query_zscores(reranker: Reranker) -> None:
     assert reranker.fusion is not None
     retrieval = [0.9, 0.1, 0.5, 0.05]
     logits = reranker.logits([(QUERY, t) for t in TEXTS])
-    w = reranker.fusion.list_weight
+    w = reranker.fusion.retrieval_weight
     expected = (1 - w) * zscore(logits) + w * zscore(retrieval)
     np.testing.assert_allclose(reranker.score(QUERY, TEXTS, retrieval), expected, rtol=1e-6, atol=1e-9)
     with pytest.raises(InvalidInputError):
@@ -307,8 +307,11 @@ def test_fusion_can_be_disabled_or_overridden(trained: tuple[Path, training.Trai
     assert plain.fusion is None and plain.info()["fusion"] is None
     scores = plain.score(QUERY, TEXTS, [0.9, 0.1, 0.5, 0.05])  # retrieval scores ignored: sigmoid
     assert np.all((scores > 0) & (scores < 1))
-    heavy = Reranker(trained[0], fusion_weight=1.0)
+    heavy = Reranker(trained[0], retrieval_weight=1.0)
     np.testing.assert_allclose(heavy.score(QUERY, TEXTS, [0.9, 0.1, 0.5, 0.05]), zscore([0.9, 0.1, 0.5, 0.05]))
+    with pytest.warns(DeprecationWarning, match="deprecated; use retrieval_weight"):
+        old_name = Reranker(trained[0], fusion_weight=1.0)  # the old keyword still sets the weight
+    assert old_name.fusion == heavy.fusion
     assert heavy.fusion is not None and heavy.fusion.weight == trained[1].metadata["fusion"]["weight"]
     assert heavy.info()["fusion"]["weight"] == 1.0  # the per-query weight; score_pairs keeps the dev weight
 
@@ -417,7 +420,7 @@ def test_train_reranker_cli_relevance_with_mined_dev(tmp_path: Path, small_index
     assert meta["data"]["train_relevance"]["mined_negatives"] > 0
     assert meta["fusion"]["retrieval_weight"] == 0.7
     rr = Reranker(out)
-    assert rr.fusion is not None and rr.fusion.list_weight == 0.7
+    assert rr.fusion is not None and rr.fusion.retrieval_weight == 0.7
     texts = [rows[0]["text"], rows[1]["text"]]
     expected = fuse_logits(rr.logits([(rows[0]["query"], t) for t in texts]), [0.9, 0.1], 0.7)
     np.testing.assert_allclose(rr.score(rows[0]["query"], texts, retrieval_scores=[0.9, 0.1]), expected)
@@ -487,4 +490,4 @@ def test_test_split_with_retrieval_weight_but_no_sts_fusion(
     }
     assert meta["data"]["test"]["rows"] == 8
     rr = Reranker(out)
-    assert rr.fusion is not None and rr.fusion.list_weight == 0.7 and rr.fusion.pairwise_stats is None
+    assert rr.fusion is not None and rr.fusion.retrieval_weight == 0.7 and rr.fusion.pairwise_stats is None
