@@ -166,7 +166,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return ray_serving.run(settings)
     from app.main import create_app
-    from app.serving import Services, version_name
+    from app.services import Services, version_name
     from semsearch.errors import SemsearchError
 
     try:

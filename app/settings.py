@@ -25,7 +25,7 @@ LogLevel = Literal["debug", "info", "warning", "error"]
 
 # Renamed fields: old name -> new name. The old ``SEMSEARCH_OLD`` variable and ``--old`` flag (hidden in
 # --help) still set the new field, with a deprecation warning; the new variable wins over the old one.
-RENAMED_FIELDS: dict[str, str] = {"reranker_weight": "retrieval_weight"}
+RENAMED_FIELDS: dict[str, str] = {"reranker_weight": "retrieval_weight", "workers_threads": "threads"}
 
 
 def default_threads() -> int:
@@ -96,11 +96,12 @@ class Settings(BaseSettings):
         description="Largest `candidates` (bi-encoder hits rescored) for /search with rerank.",
     )
     # --- concurrency
-    workers_threads: int = Field(
+    threads: int = Field(
         default_factory=default_threads,
         ge=1,
         le=1024,
-        description="Threads for torch and FAISS (intra-op). Default: the cores this process may use.",
+        description="Intra-op threads of torch, ONNX and FAISS in each server process. Default: the cores this "
+        "process may use.",
     )
     batch_window_ms: float = Field(
         0.0,

@@ -41,10 +41,10 @@ from semsearch.evaluation import (  # noqa: E402
     load_beir,
     read_sts,
 )
-from semsearch.index import SearchIndex  # noqa: E402
+from semsearch.faiss_index import VectorIndex  # noqa: E402
 from semsearch.lexical import top_k  # noqa: E402
 from semsearch.search import DEFAULT_HYBRID, Candidate, HybridParams, fuse_candidates, search  # noqa: E402
-from semsearch.vector_index import VectorIndex  # noqa: E402
+from semsearch.search_index import SearchIndex  # noqa: E402
 
 log = logging.getLogger("bench.quality")
 

@@ -78,8 +78,8 @@ def main() -> int:
 
     from semsearch.encoder import Encoder
     from semsearch.evaluation import load_beir
-    from semsearch.index import SearchIndex
     from semsearch.rerank import Reranker, fuse_logits
+    from semsearch.search_index import SearchIndex
 
     info = c.machine()
     dataset = load_beir(args.data, args.split)

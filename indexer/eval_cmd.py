@@ -26,8 +26,8 @@ from semsearch.runtime import warn_renamed
 
 if TYPE_CHECKING:
     from semsearch.evaluation import BeirDataset, RetrievalReport
-    from semsearch.index import SearchIndex
     from semsearch.search import HybridParams
+    from semsearch.search_index import SearchIndex
 
 log = logging.getLogger(__name__)
 
@@ -141,8 +141,8 @@ def beir(
 
     from semsearch.encoder import Encoder
     from semsearch.evaluation import evaluate_retrieval
-    from semsearch.index import SearchIndex
     from semsearch.layout import IndexRoot
+    from semsearch.search_index import SearchIndex
 
     has_version = IndexRoot(index).current_version() is not None or (index / "manifest.json").is_file()
     if rebuild or (build and not has_version):

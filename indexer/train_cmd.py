@@ -28,7 +28,7 @@ def read_relevance_pairs(path: Path, query_field: str, positive_field: str) -> l
 def index_miner(index_dir: Path) -> Callable[[list[str], int], list[list[str]]]:
     """A ``mine_negatives(queries, k)`` callable: top-k texts from an index built with our bi-encoder."""
     from semsearch.encoder import Encoder
-    from semsearch.index import SearchIndex
+    from semsearch.search_index import SearchIndex
 
     index = SearchIndex.load(index_dir)
     encoder = Encoder.from_manifest(index.manifest)

@@ -30,9 +30,9 @@ from semsearch.readers import ScoredPair, read_json_lines, read_scored_pairs
 
 if TYPE_CHECKING:
     from semsearch.encoder import Encoder
-    from semsearch.index import Hit, SearchIndex
     from semsearch.rerank import Reranker
     from semsearch.search import HybridParams, Mode
+    from semsearch.search_index import Hit, SearchIndex
 
 log = logging.getLogger(__name__)
 

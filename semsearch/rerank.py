@@ -293,6 +293,11 @@ class Reranker:
         self._backend: LogitsBackend = _BACKENDS[backend](self.cross_encoder, context)
         logger.info("reranker %s loaded (backend %s, fusion %s)", self.name, backend, self.fusion)
 
+    @property
+    def max_length(self) -> int:
+        """Tokens the cross-encoder reads per (query, text) pair; longer pairs are truncated."""
+        return int(self.cross_encoder.max_seq_length)
+
     # ------------------------------------------------------------------ scoring
 
     def logits(self, pairs: Sequence[tuple[str, str]], batch_size: int = 32) -> np.ndarray:
@@ -412,51 +417,3 @@ class Reranker:
             verbose=False,
         )
         return sum(len(ids) for ids in enc["input_ids"])
-
-    # ------------------------------------------------------------------ description
-
-    def info(self) -> dict[str, Any]:
-        """A JSON-ready summary for the service's ``/info`` and the CLI."""
-        meta = self.metadata
-        data = meta.get("data") or {}
-
-        def summary(keys: tuple[str, ...]) -> dict[str, Any] | None:
-            fields = ("source", "rows", "sha256", "queries")
-            out = {
-                key: {k: data[key][k] for k in fields if k in data[key]}
-                for key in keys
-                if isinstance(data.get(key), dict)
-            }
-            return out or None
-
-        fusion = self.fusion
-        return {
-            "name": self.name,
-            "path": str(self.path) if self.path else None,
-            "backend": self.backend,
-            "kind": "cross-encoder",
-            "max_length": self.cross_encoder.max_seq_length,
-            "base_model": meta.get("base_model_name") or meta.get("base_model"),
-            "trained_on": summary(("train_scored", "train_relevance")),
-            "evaluated_on": summary(("dev", "test")),
-            "best_epoch": meta.get("best_epoch"),
-            "dev_metric": meta.get("dev_metric"),
-            "dev_metrics": meta.get("dev_metrics"),
-            "test_metrics": meta.get("test_metrics"),
-            "fusion": (
-                {
-                    "mode": fusion.mode,
-                    "weight": fusion.retrieval_weight,
-                    "scope": "per_query",
-                    "pairwise_weight": fusion.weight,
-                }
-                if fusion is not None
-                else None
-            ),
-            "score": (
-                "zscore fusion with retrieval scores when given, else sigmoid(logit)"
-                if fusion is not None
-                else "sigmoid(logit)"
-            ),
-            "created_at": meta.get("created_at"),
-        }

@@ -31,9 +31,9 @@ import numpy as np
 from semsearch.choices import FusionMethod, Mode, check_choice
 from semsearch.errors import InvalidInputError
 from semsearch.filters import compile_filter
-from semsearch.index import Hit, SearchIndex
 from semsearch.lexical import top_k
 from semsearch.score_norm import normalize
+from semsearch.search_index import Hit, SearchIndex
 
 if TYPE_CHECKING:
     from semsearch.rerank import Reranker

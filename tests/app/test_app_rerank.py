@@ -21,7 +21,7 @@ from fastapi.testclient import TestClient
 from app.main import create_app
 from app.runtime import Runtime
 from app.settings import Settings
-from semsearch.models import resolve_model
+from semsearch.model_source import resolve_model
 from semsearch.rerank import RERANKER_META_FILE, Reranker, fuse_logits
 from semsearch.search import search as core_search
 

@@ -152,7 +152,7 @@ def cross_encoder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     import torch
     from sentence_transformers import CrossEncoder
 
-    from semsearch.models import resolve_model
+    from semsearch.model_source import resolve_model
 
     out = tmp_path_factory.mktemp("cross-encoder") / "model"
     torch.manual_seed(0)

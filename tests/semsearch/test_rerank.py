@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from app.routes.status import reranker_info
 from semsearch import training
 from semsearch.errors import InvalidInputError, ModelLoadError
 from semsearch.onnx_backend import INT8_RECIPE
@@ -207,7 +208,7 @@ def test_training_writes_a_loadable_reranker_folder(
 
     scores = reranker.score(QUERY, TEXTS)
     assert scores.shape == (4,) and np.all((scores > 0.0) & (scores < 1.0))
-    info = reranker.info()
+    info = reranker_info(reranker)  # the service's /info view of this real trained card
     assert info["path"] == str(out.resolve())
     assert info["trained_on"]["train_scored"]["rows"] == 64
     assert info["fusion"] == {
@@ -304,7 +305,7 @@ def test_score_pairs_symmetric_and_fused(reranker: Reranker) -> None:
 
 def test_fusion_can_be_disabled_or_overridden(trained: tuple[Path, training.TrainResult]) -> None:
     plain = Reranker(trained[0], fusion=False)
-    assert plain.fusion is None and plain.info()["fusion"] is None
+    assert plain.fusion is None
     scores = plain.score(QUERY, TEXTS, [0.9, 0.1, 0.5, 0.05])  # retrieval scores ignored: sigmoid
     assert np.all((scores > 0) & (scores < 1))
     heavy = Reranker(trained[0], retrieval_weight=1.0)
@@ -313,7 +314,7 @@ def test_fusion_can_be_disabled_or_overridden(trained: tuple[Path, training.Trai
         old_name = Reranker(trained[0], fusion_weight=1.0)  # the old keyword still sets the weight
     assert old_name.fusion == heavy.fusion
     assert heavy.fusion is not None and heavy.fusion.weight == trained[1].metadata["fusion"]["weight"]
-    assert heavy.info()["fusion"]["weight"] == 1.0  # the per-query weight; score_pairs keeps the dev weight
+    assert heavy.fusion.retrieval_weight == 1.0  # the per-query weight; score_pairs keeps the dev weight
 
 
 def test_backend_hook(trained: tuple[Path, training.TrainResult], reranker: Reranker) -> None:
@@ -333,7 +334,7 @@ def test_backend_hook(trained: tuple[Path, training.TrainResult], reranker: Rera
     assert "test-features" in available_backends()
     hooked = Reranker(trained[0], backend="test-features")
     np.testing.assert_allclose(hooked.score(QUERY, TEXTS), reranker.score(QUERY, TEXTS), rtol=1e-5, atol=1e-6)
-    assert hooked.info()["backend"] == "test-features"
+    assert hooked.backend == "test-features"
 
 
 def test_onnx_backends_match_torch_and_reuse_the_cache(
@@ -349,7 +350,7 @@ def test_onnx_backends_match_torch_and_reuse_the_cache(
     quantised = int8.logits(pairs)
     assert np.max(np.abs(quantised - reference)) < 0.25 * float(np.ptp(reference))
     assert np.argmax(quantised[:4]) == np.argmax(reference[:4])
-    assert int8.info()["backend"] == "onnx-int8"
+    assert int8.backend == "onnx-int8"
     cached = sorted(p.name for p in tmp_path.glob("*-cross-encoder/*.onnx"))
     assert cached == [f"model-int8-{INT8_RECIPE}.onnx", "model.onnx"]  # the int8 recipe names the file
     mtimes = {p: p.stat().st_mtime_ns for p in tmp_path.glob("*-cross-encoder/*.onnx")}
