@@ -33,10 +33,6 @@ class RerankRunner:
         self._in_flight = 0
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="semsearch-rerank")
 
-    @property
-    def configured(self) -> bool:
-        return self.reranker is not None
-
     def require(self) -> Reranker:
         """The reranker, or a 503 that says how to configure one."""
         if self.reranker is None:

@@ -21,7 +21,6 @@ from semsearch.layout import resolve_version_dir
 from semsearch.runtime import available_cores, warn_renamed
 
 ENV_PREFIX = "SEMSEARCH_"
-LogLevel = Literal["debug", "info", "warning", "error"]
 
 # Renamed fields: old name -> new name. The old ``SEMSEARCH_OLD`` variable and ``--old`` flag (hidden in
 # --help) still set the new field, with a deprecation warning; the new variable wins over the old one.
@@ -127,7 +126,7 @@ class Settings(BaseSettings):
     reload_poll_s: float = _in_range(
         2.0, 0, 86_400, "Seconds between checks of the index's `current` version; 0 disables polling."
     )
-    log_level: LogLevel = Field("info", description="Log level of `python -m app`.")
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level of `python -m app`.")
     # --- scale out (Ray Serve; pip install 'semsearch[ray]'; docs/scale.md)
     engine: Literal["local", "ray"] = Field(
         "local",
