@@ -38,10 +38,10 @@ def _in_range(default: Any, low: float, high: float, description: str, *, above:
     The one declaration of every bounded setting: a value outside the range fails with pydantic's
     message, which :func:`explain` prefixes with the variable and the flag.
     """
-    low_bound = {"gt": low} if above else {"ge": low}
+    ge, gt = (None, low) if above else (low, None)
     if callable(default):
-        return Field(default_factory=default, le=high, description=description, **low_bound)
-    return Field(default, le=high, description=description, **low_bound)
+        return Field(default_factory=default, ge=ge, gt=gt, le=high, description=description)
+    return Field(default, ge=ge, gt=gt, le=high, description=description)
 
 
 class Settings(BaseSettings):
