@@ -174,7 +174,7 @@ def test_rerank_retrieval_weight_and_its_deprecated_flag(
         old = _eval(tiny_index, *rerank, "--rerank-weight", "0.6")
     assert old["retrieval_weight"] == 0.6 and old["metrics"] == report["metrics"]
     assert "--rerank-weight is deprecated" in caplog.text and "--retrieval-weight" in caplog.text
-    help_text = runner.invoke(app, ["eval", "beir", "--help"]).stdout
+    help_text = runner.invoke(app, ["eval", "beir", "--help"], env={"COLUMNS": "200"}).stdout  # no wrapped names
     assert "--retrieval-weight" in help_text and "--rerank-weight" not in help_text
 
 
