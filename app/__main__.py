@@ -18,8 +18,8 @@ from typing import Any, Literal, Union, get_args, get_origin
 
 import uvicorn
 
-from app.settings import ENV_PREFIX, ConfigError, Settings, load_settings
-from semsearch.runtime import setup_logging
+from app.settings import ENV_PREFIX, RENAMED_FIELDS, ConfigError, Settings, load_settings
+from semsearch.runtime import setup_logging, warn_renamed
 
 log = logging.getLogger("app")
 
@@ -33,6 +33,20 @@ def _literal_choices(annotation: Any) -> list[str] | None:
             if choices:
                 return choices
     return None
+
+
+class _RenamedFlag(argparse.Action):
+    """The old flag of a renamed setting: sets the new field, with a deprecation warning."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        warn_renamed(str(option_string), "--" + self.dest.replace("_", "-"))
+        setattr(namespace, self.dest, values)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,6 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
                 help=help_text,
                 metavar=name.upper() if choices is None else None,
             )
+    for old, new in RENAMED_FIELDS.items():  # deprecated old names: they still work, hidden in --help
+        parser.add_argument(
+            "--" + old.replace("_", "-"), dest=new, default=None, action=_RenamedFlag, help=argparse.SUPPRESS
+        )
     server = parser.add_argument_group("server process (uvicorn; flags only)")
     server.add_argument(
         "--workers",
@@ -148,7 +166,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return ray_serving.run(settings)
     from app.main import create_app
-    from app.serving import Services, version_name
+    from app.services import Services, version_name
     from semsearch.errors import SemsearchError
 
     try:

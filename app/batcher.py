@@ -36,10 +36,10 @@ import numpy as np
 
 from app.errors import ApiError, OverloadedError
 from app.metrics import Metrics
-from app.serving import IndexHolder, version_name
+from app.services import IndexHolder, version_name
 from semsearch.encoder import Encoder
-from semsearch.index import Hit
 from semsearch.search import Mode, search
+from semsearch.search_index import Hit
 
 log = logging.getLogger(__name__)
 
@@ -51,11 +51,11 @@ class SearchSpec:
     k: int
     mode: Mode = "dense"
     filter: dict[str, Any] | None = None
-    cosines: bool = False  # lexical hits get their cosine (``dense_score``) too, e.g. for reranking
+    with_dense_scores: bool = False  # lexical hits get their cosine (``dense_score``) too, e.g. for reranking
 
     @property
     def needs_vectors(self) -> bool:
-        return self.mode != "lexical" or self.cosines
+        return self.mode != "lexical" or self.with_dense_scores
 
     @property
     def group(self) -> tuple[str, str, bool]:

@@ -42,7 +42,6 @@ class OpenAIErrorResponse(BaseModel):
 
 # ----------------------------------------------------------------------------------- OpenAI embeddings
 
-TokenIds = list[int]
 # What the schema promises: text. Token-id arrays still parse, to be refused with a clear 400, but the
 # schema does not offer them (a schema-driven client or fuzzer must not expect them to work).
 _TEXTS_SCHEMA = WithJsonSchema(
@@ -66,7 +65,7 @@ class EmbeddingsRequest(_CompatRequest):
         }
     )
 
-    input: Annotated[str | list[str] | TokenIds | list[TokenIds], _TEXTS_SCHEMA] = Field(
+    input: Annotated[str | list[str] | list[int] | list[list[int]], _TEXTS_SCHEMA] = Field(
         description="A text or a list of texts (at most max_embed_texts). Token-id arrays are refused (400)."
     )
     model: str = Field(description="The served encoder: its id or an alias from GET /v1/models.")

@@ -215,10 +215,6 @@ async def _on_http_error(request: Request, exc: Exception) -> JSONResponse:
     return error_response(status, code, message, None, headers)
 
 
-async def _on_not_implemented(request: Request, exc: Exception) -> JSONResponse:
-    return error_response(501, "not_implemented", str(exc) or "not implemented")
-
-
 async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error in %s %s", request.method, request.url.path)
     return error_response(500, "internal_error", "internal server error; the details are in the server log")
@@ -230,5 +226,4 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(SemsearchError, _on_core_error)
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(StarletteHTTPException, _on_http_error)
-    app.add_exception_handler(NotImplementedError, _on_not_implemented)
     app.add_exception_handler(Exception, _on_unexpected)

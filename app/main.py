@@ -23,7 +23,7 @@ from app.routes import admin, cohere_compat, embed, openai_compat, rerank, searc
 from app.runtime import Runtime
 from app.schemas import install_openapi_limits
 from app.security import ApiKeyMiddleware, BodyLimitMiddleware
-from app.serving import Services
+from app.services import Services
 from app.settings import Settings, get_settings
 from semsearch import __version__
 

@@ -41,12 +41,12 @@ from pathlib import Path
 from typing import Any
 
 from app.errors import ApiError
-from app.serving import IndexHolder, Services, encoder_for, set_threads
+from app.services import IndexHolder, Services, encoder_for, set_threads
 from app.settings import Settings
 from semsearch.errors import CorruptIndexError, SemsearchError
-from semsearch.index import SearchIndex, SegmentPool
 from semsearch.layout import resolve_version_dir
 from semsearch.manifest import MANIFEST, Manifest
+from semsearch.search_index import SearchIndex, SegmentPool
 from semsearch.sharded import ShardedIndex, shard_call
 from semsearch.sharding import shard_count
 
@@ -205,15 +205,15 @@ def load_services(settings: Settings, handles: list[Any], partial_log: PartialLo
     """The plain service's startup (encoder, reranker, checks) with a sharded index."""
     from semsearch.rerank import Reranker
 
-    set_threads(settings.workers_threads)
+    set_threads(settings.threads)
     encoder = encoder_for(settings)
     index = open_version(settings.index, encoder, handles, settings, partial_log)
     reranker = (
         Reranker(
             settings.reranker,
             backend=settings.reranker_backend,
-            fusion_weight=settings.reranker_weight,
-            backend_options={"num_threads": settings.workers_threads, "spinning": settings.onnx_spinning},
+            retrieval_weight=settings.retrieval_weight,
+            backend_options={"num_threads": settings.threads, "spinning": settings.onnx_spinning},
         )
         if settings.reranker
         else None

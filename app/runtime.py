@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 from app.batcher import MicroBatcher
 from app.metrics import Metrics
 from app.reload import Reloader
-from app.reranking import RerankRunner
-from app.serving import Services
+from app.rerank_worker import RerankRunner
+from app.services import Services
 from app.settings import Settings
 
 

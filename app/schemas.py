@@ -281,14 +281,11 @@ class RerankHit(BaseModel):
     score: float
 
 
-Scoring = Literal["fused_pairwise", "fused_per_query", "sigmoid"]
-
-
 class RerankResponse(BaseModel):
     results: list[RerankHit]
     took_ms: float
     model: str
-    scoring: Scoring = Field(
+    scoring: Literal["fused_pairwise", "fused_per_query", "sigmoid"] = Field(
         description="fused_pairwise: fused with the cosine using the card's stored statistics (each text scored "
         "on its own); fused_per_query: fused with per-call z-scores (comparable within this call only); "
         "sigmoid: the cross-encoder alone (raw_scores, or a reranker without fusion)."

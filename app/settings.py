@@ -6,25 +6,42 @@ arguments reads the environment through :func:`get_settings` (cached); tests pas
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 from semsearch.encoder import Backend
 from semsearch.errors import SemsearchError
 from semsearch.layout import resolve_version_dir
-from semsearch.runtime import available_cores
+from semsearch.runtime import available_cores, warn_renamed
 
 ENV_PREFIX = "SEMSEARCH_"
-LogLevel = Literal["debug", "info", "warning", "error"]
+
+# Renamed fields: old name -> new name. The old ``SEMSEARCH_OLD`` variable and ``--old`` flag (hidden in
+# --help) still set the new field, with a deprecation warning; the new variable wins over the old one.
+RENAMED_FIELDS: dict[str, str] = {"reranker_weight": "retrieval_weight", "workers_threads": "threads"}
 
 
 def default_threads() -> int:
     """CPU cores this process may run on (affinity-aware)."""
     return available_cores()
+
+
+def _in_range(default: Any, low: float, high: float, description: str, *, above: bool = False) -> Any:
+    """A numeric setting valid in [low, high] ((low, high] with ``above``); ``default`` may be a factory.
+
+    The one declaration of every bounded setting: a value outside the range fails with pydantic's
+    message, which :func:`explain` prefixes with the variable and the flag.
+    """
+    ge, gt = (None, low) if above else (low, None)
+    if callable(default):
+        return Field(default_factory=default, ge=ge, gt=gt, le=high, description=description)
+    return Field(default, ge=ge, gt=gt, le=high, description=description)
 
 
 class Settings(BaseSettings):
@@ -45,11 +62,11 @@ class Settings(BaseSettings):
     reranker: str | None = Field(
         None, description="Cross-encoder reranker: a local folder (e.g. from `make reranker`) or a hub name."
     )
-    reranker_weight: float | None = Field(
+    retrieval_weight: float | None = _in_range(
         None,
-        ge=0.0,
-        le=1.0,
-        description="Weight of the retrieval score (the cosine; the hybrid score in hybrid mode) when reranking "
+        0.0,
+        1.0,
+        "Weight of the retrieval score (the cosine; the hybrid score in hybrid mode) when reranking "
         "a query's candidates: (1 - w) * z(cross-encoder) + w * z(retrieval). "
         "Default: the reranker folder's own (semsearch_reranker.json).",
     )
@@ -60,7 +77,7 @@ class Settings(BaseSettings):
     )
     # --- network
     host: str = Field("127.0.0.1", description="Interface to bind.")
-    port: int = Field(8000, ge=0, le=65535, description="TCP port (0 picks a free one).")
+    port: int = _in_range(8000, 0, 65535, "TCP port (0 picks a free one).")
     api_key: SecretStr | None = Field(
         None,
         description="If set, every route except /health, the web page and the API docs needs "
@@ -71,36 +88,30 @@ class Settings(BaseSettings):
         description="Comma-separated origins allowed by CORS (`*` for any). Empty: CORS off.",
     )
     # --- limits
-    max_query_chars: int = Field(1000, ge=1, le=100_000, description="Longest accepted query (characters).")
-    max_k: int = Field(100, ge=1, le=10_000, description="Largest accepted `k`.")
-    max_batch_queries: int = Field(64, ge=1, le=10_000, description="Most queries in one /search/batch request.")
-    max_embed_texts: int = Field(64, ge=1, le=10_000, description="Most texts in one /embed request.")
-    max_text_chars: int = Field(4000, ge=1, le=1_000_000, description="Longest text accepted by /embed and /rerank.")
-    max_rerank_texts: int = Field(200, ge=1, le=10_000, description="Most texts in one /rerank request.")
-    max_body_bytes: int = Field(
-        2_000_000,
-        ge=1024,
-        le=1_000_000_000,
-        description="Largest accepted request body (bytes); larger is 413.",
+    max_query_chars: int = _in_range(1000, 1, 100_000, "Longest accepted query (characters).")
+    max_k: int = _in_range(100, 1, 10_000, "Largest accepted `k`.")
+    max_batch_queries: int = _in_range(64, 1, 10_000, "Most queries in one /search/batch request.")
+    max_embed_texts: int = _in_range(64, 1, 10_000, "Most texts in one /embed request.")
+    max_text_chars: int = _in_range(4000, 1, 1_000_000, "Longest text accepted by /embed and /rerank.")
+    max_rerank_texts: int = _in_range(200, 1, 10_000, "Most texts in one /rerank request.")
+    max_body_bytes: int = _in_range(
+        2_000_000, 1024, 1_000_000_000, "Largest accepted request body (bytes); larger is 413."
     )
-    max_candidates: int = Field(
-        200,
-        ge=1,
-        le=10_000,
-        description="Largest `candidates` (bi-encoder hits rescored) for /search with rerank.",
+    max_candidates: int = _in_range(
+        200, 1, 10_000, "Largest `candidates` (bi-encoder hits rescored) for /search with rerank."
     )
     # --- concurrency
-    workers_threads: int = Field(
-        default_factory=default_threads,
-        ge=1,
-        le=1024,
-        description="Threads for torch and FAISS (intra-op). Default: the cores this process may use.",
+    threads: int = _in_range(
+        default_threads,
+        1,
+        1024,
+        "Intra-op threads of torch, ONNX and FAISS in each server process. Default: the cores this process may use.",
     )
-    batch_window_ms: float = Field(
+    batch_window_ms: float = _in_range(
         0.0,
-        ge=0,
-        le=1000,
-        description="How long the micro-batcher waits for more requests after the first one. 0: no wait; "
+        0,
+        1000,
+        "How long the micro-batcher waits for more requests after the first one. 0: no wait; "
         "requests that arrive while a batch is being encoded still form the next batch.",
     )
     onnx_spinning: bool = Field(
@@ -108,27 +119,14 @@ class Settings(BaseSettings):
         description="Let ONNX intra-op threads spin-wait between operators: ~1 ms less per lone query, but "
         "they then hold the cores that the event loop and other requests need (docs/benchmarks.md).",
     )
-    max_batch: int = Field(
-        32,
-        ge=1,
-        le=4096,
-        description="Most texts encoded in one micro-batch; 1 disables batching (baseline).",
-    )
-    max_queue: int = Field(
-        256,
-        ge=1,
-        le=1_000_000,
-        description="Requests waiting for the encoder (and for the reranker) before 429.",
-    )
-    retry_after_s: int = Field(1, ge=1, le=3600, description="`Retry-After` seconds sent with 429.")
+    max_batch: int = _in_range(32, 1, 4096, "Most texts encoded in one micro-batch; 1 disables batching (baseline).")
+    max_queue: int = _in_range(256, 1, 1_000_000, "Requests waiting for the encoder (and for the reranker) before 429.")
+    retry_after_s: int = _in_range(1, 1, 3600, "`Retry-After` seconds sent with 429.")
     # --- operations
-    reload_poll_s: float = Field(
-        2.0,
-        ge=0,
-        le=86_400,
-        description="Seconds between checks of the index's `current` version; 0 disables polling.",
+    reload_poll_s: float = _in_range(
+        2.0, 0, 86_400, "Seconds between checks of the index's `current` version; 0 disables polling."
     )
-    log_level: LogLevel = Field("info", description="Log level of `python -m app`.")
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level of `python -m app`.")
     # --- scale out (Ray Serve; pip install 'semsearch[ray]'; docs/scale.md)
     engine: Literal["local", "ray"] = Field(
         "local",
@@ -138,15 +136,10 @@ class Settings(BaseSettings):
     ray_address: str | None = Field(
         None, description="engine ray: the Ray cluster to join. Default: RAY_ADDRESS, else a local Ray."
     )
-    shard_replicas: int = Field(1, ge=1, le=1024, description="engine ray: replicas of each shard deployment.")
-    replica_cpus: float = Field(
-        1.0, ge=0.0, le=1024, description="engine ray: CPUs reserved by each shard replica and the ingress."
-    )
-    shard_timeout_s: float = Field(
-        10.0,
-        gt=0,
-        le=3600,
-        description="engine ray: how long one search waits for a shard before it counts as unavailable.",
+    shard_replicas: int = _in_range(1, 1, 1024, "engine ray: replicas of each shard deployment.")
+    replica_cpus: float = _in_range(1.0, 0.0, 1024, "engine ray: CPUs reserved by each shard replica and the ingress.")
+    shard_timeout_s: float = _in_range(
+        10.0, 0, 3600, "engine ray: how long one search waits for a shard before it counts as unavailable.", above=True
     )
     shard_partial: bool = Field(
         False,
@@ -154,6 +147,18 @@ class Settings(BaseSettings):
         '`"partial": true` and the shards that answered, instead of 503.',
     )
     access_log: bool = Field(True, description="Log one line per HTTP request (uvicorn access log).")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """The usual sources, plus the renamed fields' old variables just below the environment."""
+        return init_settings, env_settings, RenamedEnvSource(settings_cls), dotenv_settings, file_secret_settings
 
     @field_validator("index")
     @classmethod
@@ -205,6 +210,22 @@ class Settings(BaseSettings):
 
     def api_key_bytes(self) -> bytes | None:
         return self.api_key.get_secret_value().encode() if self.api_key is not None else None
+
+
+class RenamedEnvSource(PydanticBaseSettingsSource):
+    """The old ``SEMSEARCH_*`` variable of each renamed field (:data:`RENAMED_FIELDS`), with a warning."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # everything is done in __call__
+
+    def __call__(self) -> dict[str, Any]:
+        values: dict[str, Any] = {}
+        for old, new in RENAMED_FIELDS.items():
+            value = os.environ.get(ENV_PREFIX + old.upper())
+            if value is not None:
+                warn_renamed(ENV_PREFIX + old.upper(), ENV_PREFIX + new.upper())
+                values[new] = value
+        return values
 
 
 class ConfigError(ValueError):

@@ -52,7 +52,7 @@ class Runner:
         if name == "sentence-transformers":
             from sentence_transformers import SentenceTransformer
 
-            from semsearch.models import resolve_model
+            from semsearch.model_source import resolve_model
 
             self.st = SentenceTransformer(str(resolve_model(None).path), device="cpu")
             self.batch_size = 32  # its default

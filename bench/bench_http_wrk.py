@@ -43,8 +43,8 @@ import http_bench as hb
 SERVERS: dict[str, tuple[list[str], dict[str, str]]] = {
     "h11-asyncio": (["--http", "h11", "--loop", "asyncio"], {}),  # uvicorn without its [standard] extras
     "default": ([], {}),  # httptools + uvloop (uvicorn[standard]), one process
-    "workers2": (["--workers", "2"], {"SEMSEARCH_WORKERS_THREADS": "1"}),  # 2 processes x 1 thread
-    "threads1": ([], {"SEMSEARCH_WORKERS_THREADS": "1"}),  # 1 process x 1 thread (workers2's per-process share)
+    "workers2": (["--workers", "2"], {"SEMSEARCH_THREADS": "1"}),  # 2 processes x 1 thread
+    "threads1": ([], {"SEMSEARCH_THREADS": "1"}),  # 1 process x 1 thread (workers2's per-process share)
 }
 
 # txtai (the peer): GET /search?query=...&limit=k, one pre-encoded path per line

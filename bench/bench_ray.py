@@ -71,7 +71,7 @@ def _service(args: list[str]):
     import httpx
 
     port = _free_port()
-    cmd = [sys.executable, "-m", "app", *args, "--port", str(port), "--workers-threads", "1", "--no-access-log"]
+    cmd = [sys.executable, "-m", "app", *args, "--port", str(port), "--threads", "1", "--no-access-log"]
     proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     started = time.perf_counter()

@@ -34,7 +34,7 @@ def model_folder(tmp: Path) -> tuple[Path, str]:
         return trained, "models/reranker (trained)"
     from sentence_transformers import CrossEncoder
 
-    from semsearch.models import resolve_model
+    from semsearch.model_source import resolve_model
 
     ce = CrossEncoder(str(resolve_model(None).path), num_labels=1, device="cpu")
     ce.save(str(tmp / "ce"))

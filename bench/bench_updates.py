@@ -92,7 +92,7 @@ def reload_probe(code: Path, index: Path, delete_id: str, port: int) -> dict[str
     import httpx
 
     env = {**os.environ, "PYTHONPATH": str(code), "SEMSEARCH_RELOAD_POLL_S": "0.05"}
-    cmd = [sys.executable, "-m", "app", "--index", str(index), "--port", str(port), "--workers-threads", "1"]
+    cmd = [sys.executable, "-m", "app", "--index", str(index), "--port", str(port), "--threads", "1"]
     proc = subprocess.Popen(cmd, cwd=code, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -144,8 +144,8 @@ def segment_latency(
     import faiss
 
     from indexer.pipeline import run_compact
-    from semsearch.index import SearchIndex
     from semsearch.layout import IndexRoot
+    from semsearch.search_index import SearchIndex
     from semsearch.store import Record
     from semsearch.writer import IndexWriter
 

@@ -28,9 +28,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as c
 
-from semsearch.index import SearchIndex, verify
 from semsearch.layout import IndexRoot
 from semsearch.manifest import Manifest
+from semsearch.search_index import SearchIndex, verify
 
 OPS = ("build", "add", "delete", "compact")
 

@@ -46,7 +46,7 @@ SERVERS: dict[str, dict[str, str]] = {
     "unbatched": {"SEMSEARCH_MAX_BATCH": "1"},  # baseline: each request encoded alone
     "window2ms": {"SEMSEARCH_BATCH_WINDOW_MS": "2"},  # wait up to 2 ms for company
     "spinning": {"SEMSEARCH_ONNX_SPINNING": "true"},  # ONNX intra-op threads spin-wait
-    "threads1": {"SEMSEARCH_WORKERS_THREADS": "1"},  # one intra-op thread
+    "threads1": {"SEMSEARCH_THREADS": "1"},  # one intra-op thread
 }
 
 
@@ -68,7 +68,7 @@ def load_queries(n: int, lo: int = 26, hi: int = 34, seed: int = 0) -> list[str]
     """Real sentences of lo..hi tokens (the model's own tokenizer, special tokens included)."""
     from transformers import AutoTokenizer
 
-    from semsearch.models import resolve_model
+    from semsearch.model_source import resolve_model
 
     tokenizer = AutoTokenizer.from_pretrained(str(resolve_model(None).path))
     with gzip.open(SAMPLE, "rt", encoding="utf-8") as fh:

@@ -41,10 +41,10 @@ from semsearch.evaluation import (  # noqa: E402
     load_beir,
     read_sts,
 )
-from semsearch.index import SearchIndex  # noqa: E402
+from semsearch.faiss_index import VectorIndex  # noqa: E402
 from semsearch.lexical import top_k  # noqa: E402
-from semsearch.search import DEFAULT_HYBRID, Candidate, HybridParams, fuse, search  # noqa: E402
-from semsearch.vector_index import VectorIndex  # noqa: E402
+from semsearch.search import DEFAULT_HYBRID, Candidate, HybridParams, fuse_candidates, search  # noqa: E402
+from semsearch.search_index import SearchIndex  # noqa: E402
 
 log = logging.getLogger("bench.quality")
 
@@ -286,7 +286,7 @@ def cmd_tune_fusion(args: argparse.Namespace) -> None:
         for method, w in itertools.product(("minmax", "zscore"), np.round(np.arange(0.1, 0.95, 0.1), 2)):
             grid.append(HybridParams(method, depth=depth, weight=float(w)))  # type: ignore[arg-type]
     for p in grid:
-        ranked = [[c.iid for c in fuse(_at_depth(cs, p.depth), p)[:100]] for cs in cands]
+        ranked = [[c.iid for c in fuse_candidates(_at_depth(cs, p.depth), p)[:100]] for cs in cands]
         results.append({"params": asdict(p), **_score(ds, qids, ranked, ext)})
     results.sort(key=lambda r: -r["ndcg@10"])
     best = results[0]

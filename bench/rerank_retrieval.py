@@ -78,8 +78,8 @@ def main() -> int:
 
     from semsearch.encoder import Encoder
     from semsearch.evaluation import load_beir
-    from semsearch.index import SearchIndex
-    from semsearch.rerank import Reranker, fuse
+    from semsearch.rerank import Reranker, fuse_logits
+    from semsearch.search_index import SearchIndex
 
     info = c.machine()
     dataset = load_beir(args.data, args.split)
@@ -142,12 +142,12 @@ def main() -> int:
                 order = {}
                 for q, h in hs[part].items():
                     retrieval = [x.score for x in h]  # the mode's own score, as semsearch.search.rerank fuses
-                    order[q] = ranked(h, fuse(lg[part][q], retrieval, w) if w > 0 else lg[part][q])
+                    order[q] = ranked(h, fuse_logits(lg[part][q], retrieval, w) if w > 0 else lg[part][q])
                 return ndcg10(order, splits[part][1])
 
             weights: dict[str, float] = {"ce only": 0.0}
             if rr.fusion is not None:
-                weights["model weight"] = rr.fusion.list_weight
+                weights["model weight"] = rr.fusion.retrieval_weight
             for w in args.weight:
                 weights[f"w={w}"] = w
             curve = None

@@ -318,8 +318,8 @@ def search(
 ) -> None:
     """Quick look from the terminal: the k best sentences for QUERY (the service's search, same modes and filters)."""
     from semsearch.encoder import Encoder
-    from semsearch.index import SearchIndex
     from semsearch.search import search as run_search
+    from semsearch.search_index import SearchIndex
     from semsearch.text import text_problem
 
     problem = text_problem(query)  # the service refuses the same queries (422)
@@ -372,7 +372,7 @@ def verify(
     quick: Annotated[bool, typer.Option("--quick", help="Skip file checksums.")] = False,
 ) -> None:
     """Check an index version's integrity; exit 1 with a precise message per problem."""
-    from semsearch.index import verify as run_verify
+    from semsearch.search_index import verify as run_verify
 
     problems = run_verify(index, full=not quick)
     if problems:

@@ -22,11 +22,12 @@ import typer
 from indexer.options import parse_params
 from semsearch.choices import FusionMethod, Mode
 from semsearch.encoder import Backend, Pooling
+from semsearch.runtime import warn_renamed
 
 if TYPE_CHECKING:
     from semsearch.evaluation import BeirDataset, RetrievalReport
-    from semsearch.index import SearchIndex
     from semsearch.search import HybridParams
+    from semsearch.search_index import SearchIndex
 
 log = logging.getLogger(__name__)
 
@@ -115,9 +116,13 @@ def beir(
     ] = None,
     reranker: Annotated[Path | None, typer.Option(help="Cross-encoder folder: rerank the top --candidates.")] = None,
     reranker_backend: Annotated[Backend, typer.Option(help="Reranker inference backend.")] = "torch",
-    rerank_weight: Annotated[
+    retrieval_weight: Annotated[
         float | None,
         typer.Option(min=0.0, max=1.0, help="Retrieval-score weight in the rerank fusion (default: the model's)."),
+    ] = None,
+    rerank_weight: Annotated[
+        float | None,
+        typer.Option("--rerank-weight", min=0.0, max=1.0, hidden=True, help="Deprecated: --retrieval-weight."),
     ] = None,
     candidates: Annotated[int, typer.Option(min=1, max=10_000, help="Candidates reranked per query.")] = 100,
     k: Annotated[
@@ -136,8 +141,8 @@ def beir(
 
     from semsearch.encoder import Encoder
     from semsearch.evaluation import evaluate_retrieval
-    from semsearch.index import SearchIndex
     from semsearch.layout import IndexRoot
+    from semsearch.search_index import SearchIndex
 
     has_version = IndexRoot(index).current_version() is not None or (index / "manifest.json").is_file()
     if rebuild or (build and not has_version):
@@ -155,6 +160,9 @@ def beir(
         log.info("built %s %s", index, version)
     elif build:
         log.info("--build: %s already has a version; evaluating it (pass --rebuild to build anew)", index)
+    if rerank_weight is not None:
+        warn_renamed("--rerank-weight", "--retrieval-weight")
+        retrieval_weight = rerank_weight if retrieval_weight is None else retrieval_weight
     params = _hybrid_params(fusion, rrf_k, depth, weight)
     idx = SearchIndex.load(index)
     try:
@@ -164,7 +172,7 @@ def beir(
         if reranker is not None:
             from semsearch.rerank import Reranker
 
-            rr = Reranker(reranker, backend=reranker_backend, fusion_weight=rerank_weight)
+            rr = Reranker(reranker, backend=reranker_backend, retrieval_weight=retrieval_weight)
         report = evaluate_retrieval(
             idx,
             dataset,

@@ -28,7 +28,7 @@ def read_relevance_pairs(path: Path, query_field: str, positive_field: str) -> l
 def index_miner(index_dir: Path) -> Callable[[list[str], int], list[list[str]]]:
     """A ``mine_negatives(queries, k)`` callable: top-k texts from an index built with our bi-encoder."""
     from semsearch.encoder import Encoder
-    from semsearch.index import SearchIndex
+    from semsearch.search_index import SearchIndex
 
     index = SearchIndex.load(index_dir)
     encoder = Encoder.from_manifest(index.manifest)
@@ -89,7 +89,7 @@ def train_reranker(
             min=0.0,
             max=1.0,
             help="Weight of the retrieval score when reranking a query's candidates (tune it with "
-            "`eval beir --rerank-weight` on held-out queries). Default: the STS dev weight.",
+            "`eval beir --retrieval-weight` on held-out queries). Default: the STS dev weight.",
         ),
     ] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output folder.")] = False,
@@ -131,7 +131,7 @@ def train_reranker(
         patience=patience,
         seed=seed,
         fusion=fusion,
-        retrieval_fusion_weight=retrieval_weight,
+        retrieval_weight=retrieval_weight,
         num_layers=num_layers,
         overwrite=overwrite,
     )

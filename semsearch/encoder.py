@@ -22,7 +22,7 @@ import numpy as np
 
 from semsearch.choices import check_choice
 from semsearch.errors import ModelLoadError, ModelMismatchError
-from semsearch.models import ResolvedModel, model_fingerprint, resolve_model
+from semsearch.model_source import ResolvedModel, model_fingerprint, resolve_model
 
 if TYPE_CHECKING:
     from semsearch.manifest import Manifest

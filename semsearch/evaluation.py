@@ -30,9 +30,9 @@ from semsearch.readers import ScoredPair, read_json_lines, read_scored_pairs
 
 if TYPE_CHECKING:
     from semsearch.encoder import Encoder
-    from semsearch.index import Hit, SearchIndex
     from semsearch.rerank import Reranker
     from semsearch.search import HybridParams, Mode
+    from semsearch.search_index import Hit, SearchIndex
 
 log = logging.getLogger(__name__)
 
@@ -295,7 +295,7 @@ def evaluate_retrieval(
     if reranker is not None:
         settings["reranker"] = reranker.name
         settings["reranker_backend"] = reranker.backend
-        settings["rerank_fusion_weight"] = reranker.fusion.list_weight if reranker.fusion else None
+        settings["retrieval_weight"] = reranker.fusion.retrieval_weight if reranker.fusion else None
         settings["candidates"] = candidates
     if filter:
         settings["filter"] = filter

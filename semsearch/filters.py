@@ -11,7 +11,7 @@ letters, digits and underscores. Comparisons are typed as in JSON: a number matc
 (``2020`` does not match the string ``"2020"``), a string strings (ranges on strings compare
 lexicographically), ``true``/``false`` booleans; a row without the field never matches.
 
-Every input is bounded (:data:`LIMITS`) so that no filter costs more than a small multiple of a
+Every input is bounded (the ``MAX_*`` constants below) so that no filter costs more than a small multiple of a
 one-field filter: evaluating a filter reads each row's metadata once per field, so the number of
 fields, the length of a field path, the number of values and the length of each string value are
 capped (measured in docs/reliability.md). Numbers must lie within +-2**53 (exact in JSON, bindable by SQLite).
@@ -46,13 +46,6 @@ MAX_IN_VALUES = 1000  # values of one 'in' list (SQLite looks them up in a tempo
 MAX_VALUE_CHARS = 1000  # one string value
 # numbers within +-2**53: exact as JSON numbers everywhere (RFC 8259 interoperability), bindable by SQLite
 NUMBER_LIMIT = 2**53
-LIMITS = {
-    "fields": MAX_FIELDS,
-    "field_chars": MAX_FIELD_CHARS,
-    "path_depth": MAX_PATH_DEPTH,
-    "in_values": MAX_IN_VALUES,
-    "value_chars": MAX_VALUE_CHARS,
-}
 _KEY = r"[A-Za-z_][A-Za-z0-9_]*"
 FIELD_PATTERN = rf"^{_KEY}(\.{_KEY}){{0,{MAX_PATH_DEPTH - 1}}}$"  # at most MAX_PATH_DEPTH keys
 _FIELD_RE = re.compile(FIELD_PATTERN)

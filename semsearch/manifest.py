@@ -134,9 +134,6 @@ class Manifest(_Checked):
     format: str = FORMAT
     format_version: int = FORMAT_VERSION
 
-    def to_json(self) -> str:
-        return json.dumps(self.sealed(), indent=2, sort_keys=True, ensure_ascii=False)
-
     @property
     def legacy(self) -> bool:
         """A format-1 version: its one segment's files lie in the version directory itself."""

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
-import math
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -32,6 +32,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from semsearch.errors import InvalidInputError, ModelLoadError
+from semsearch.score_norm import zscore
 
 logger = logging.getLogger(__name__)
 
@@ -62,18 +63,14 @@ class FusionConfig:
     """Fusion of the cross-encoder logit with a bi-encoder/retrieval score (``semsearch_reranker.json``).
 
     ``weight`` is the cosine weight tuned on the (STS) dev pairs, used by ``score_pairs``;
-    ``retrieval_weight``, when set, is the weight for query-candidate lists (``score``), else ``weight``.
+    ``retrieval_weight`` is the weight of the retrieval score in one query's candidate list (``score``):
+    the card's ``retrieval_weight``, or ``weight`` when the card has none (``null``).
     """
 
     weight: float
+    retrieval_weight: float
     mode: str = "zscore"
     pairwise_stats: Mapping[str, float] | None = None
-    retrieval_weight: float | None = None
-
-    @property
-    def list_weight(self) -> float:
-        """The weight ``Reranker.score`` uses for one query's candidate list."""
-        return self.weight if self.retrieval_weight is None else self.retrieval_weight
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any] | None) -> FusionConfig | None:
@@ -90,28 +87,22 @@ class FusionConfig:
             if value is not None and not 0.0 <= value <= 1.0:
                 raise ModelLoadError(f"fusion weights must be in [0, 1], got {value}")
         stats = data.get("pairwise_stats")
-        return cls(weight, mode, dict(stats) if stats else None, retrieval)
+        return cls(
+            weight,
+            weight if retrieval is None else retrieval,
+            mode=mode,
+            pairwise_stats=dict(stats) if stats else None,
+        )
 
 
-def zscore(values: Sequence[float] | np.ndarray, mean: float | None = None, std: float | None = None) -> np.ndarray:
-    """``(x - mean) / std`` (statistics of ``values`` unless given); zeros when ``std`` is 0 or undefined."""
-    arr = np.asarray(values, dtype=np.float64)
-    if not arr.size:
-        return arr
-    mu = float(arr.mean()) if mean is None else float(mean)
-    sigma = float(arr.std()) if std is None else float(std)
-    if sigma <= 0.0 or not math.isfinite(sigma):
-        return np.zeros_like(arr)
-    return (arr - mu) / sigma
-
-
-def fuse(
+def fuse_logits(
     ce_logits: Sequence[float] | np.ndarray,
     other: Sequence[float] | np.ndarray,
     weight: float,
     stats: Mapping[str, float] | None = None,
 ) -> np.ndarray:
-    """``(1 - weight) * z(ce_logits) + weight * z(other)``.
+    """Reranker fusion of cross-encoder logits with another score (retrieval or cosine):
+    ``(1 - weight) * z(ce_logits) + weight * z(other)``.
 
     Without ``stats`` the z-statistics are those of the given lists (per query); with ``stats``
     (``ce_mean``, ``ce_std``, ``cos_mean``, ``cos_std``) they are fixed (pairwise STS scoring).
@@ -240,8 +231,9 @@ class Reranker:
 
     ``name_or_path`` is a local CrossEncoder folder (e.g. one written by ``train_cross_encoder``) or a
     Hugging Face hub name (needs the network or a warm cache). ``fusion=False`` ignores a configured
-    fusion; ``fusion_weight`` sets the weight used by :meth:`score` (per-query lists), overriding the
-    folder's ``retrieval_weight``/``weight``, and enables per-query fusion for folders without one.
+    fusion; ``retrieval_weight`` sets the weight of the retrieval score used by :meth:`score` (per-query
+    lists), overriding the folder's ``retrieval_weight``/``weight``, and enables per-query fusion for
+    folders without one (``fusion_weight`` is its deprecated old name).
     """
 
     def __init__(
@@ -252,10 +244,18 @@ class Reranker:
         device: str = "cpu",
         max_length: int | None = None,
         fusion: bool = True,
-        fusion_weight: float | None = None,
+        retrieval_weight: float | None = None,
         backend_options: Mapping[str, Any] | None = None,
+        fusion_weight: float | None = None,
     ) -> None:
         from sentence_transformers import CrossEncoder
+
+        if fusion_weight is not None:
+            warnings.warn(
+                "Reranker(fusion_weight=...) is deprecated; use retrieval_weight=...", DeprecationWarning, stacklevel=2
+            )
+            if retrieval_weight is None:
+                retrieval_weight = fusion_weight
 
         self.name = str(name_or_path)
         local = Path(name_or_path).expanduser()
@@ -280,18 +280,23 @@ class Reranker:
             )
         self.metadata: dict[str, Any] = (read_reranker_metadata(self.path) if self.path else None) or {}
         config = FusionConfig.from_json(self.metadata.get("fusion")) if fusion else None
-        if fusion and fusion_weight is not None:
-            if not 0.0 <= fusion_weight <= 1.0:
-                raise InvalidInputError(f"fusion_weight must be in [0, 1], got {fusion_weight}")
+        if fusion and retrieval_weight is not None:
+            if not 0.0 <= retrieval_weight <= 1.0:
+                raise InvalidInputError(f"retrieval_weight must be in [0, 1], got {retrieval_weight}")
             if config is None:  # e.g. a hub cross-encoder: per-query fusion only
-                config = FusionConfig(fusion_weight, retrieval_weight=fusion_weight)
+                config = FusionConfig(retrieval_weight, retrieval_weight)
             else:
-                config = replace(config, retrieval_weight=fusion_weight)
+                config = replace(config, retrieval_weight=retrieval_weight)
         self.fusion: FusionConfig | None = config
         self.symmetric_default = bool((self.metadata.get("hyperparameters") or {}).get("symmetric", True))
         context = BackendContext(self.name, self.path, dict(backend_options or {}))
         self._backend: LogitsBackend = _BACKENDS[backend](self.cross_encoder, context)
         logger.info("reranker %s loaded (backend %s, fusion %s)", self.name, backend, self.fusion)
+
+    @property
+    def max_length(self) -> int:
+        """Tokens the cross-encoder reads per (query, text) pair; longer pairs are truncated."""
+        return int(self.cross_encoder.max_seq_length)
 
     # ------------------------------------------------------------------ scoring
 
@@ -330,7 +335,7 @@ class Reranker:
             return np.zeros(0, dtype=np.float64)
         logits = self.logits([(query, t) for t in texts], batch_size)
         if self.fusion is not None and retrieval_scores is not None:
-            return fuse(logits, retrieval_scores, self.fusion.list_weight)
+            return fuse_logits(logits, retrieval_scores, self.fusion.retrieval_weight)
         return self.activate(logits).astype(np.float64)
 
     def rank(
@@ -369,7 +374,7 @@ class Reranker:
         if fusion is not None and cosine_scores is not None:
             if fusion.pairwise_stats is None:
                 raise InvalidInputError("this reranker stores no pairwise fusion statistics")
-            return fuse(logits, cosine_scores, fusion.weight, fusion.pairwise_stats)
+            return fuse_logits(logits, cosine_scores, fusion.weight, fusion.pairwise_stats)
         return self.activate(logits.astype(np.float32)).astype(np.float64)
 
     def score_texts(
@@ -412,51 +417,3 @@ class Reranker:
             verbose=False,
         )
         return sum(len(ids) for ids in enc["input_ids"])
-
-    # ------------------------------------------------------------------ description
-
-    def info(self) -> dict[str, Any]:
-        """A JSON-ready summary for the service's ``/info`` and the CLI."""
-        meta = self.metadata
-        data = meta.get("data") or {}
-
-        def summary(keys: tuple[str, ...]) -> dict[str, Any] | None:
-            fields = ("source", "rows", "sha256", "queries")
-            out = {
-                key: {k: data[key][k] for k in fields if k in data[key]}
-                for key in keys
-                if isinstance(data.get(key), dict)
-            }
-            return out or None
-
-        fusion = self.fusion
-        return {
-            "name": self.name,
-            "path": str(self.path) if self.path else None,
-            "backend": self.backend,
-            "kind": "cross-encoder",
-            "max_length": self.cross_encoder.max_seq_length,
-            "base_model": meta.get("base_model_name") or meta.get("base_model"),
-            "trained_on": summary(("train_scored", "train_relevance")),
-            "evaluated_on": summary(("dev", "test")),
-            "best_epoch": meta.get("best_epoch"),
-            "dev_metric": meta.get("dev_metric"),
-            "dev_metrics": meta.get("dev_metrics"),
-            "test_metrics": meta.get("test_metrics"),
-            "fusion": (
-                {
-                    "mode": fusion.mode,
-                    "weight": fusion.list_weight,
-                    "scope": "per_query",
-                    "pairwise_weight": fusion.weight,
-                }
-                if fusion is not None
-                else None
-            ),
-            "score": (
-                "zscore fusion with retrieval scores when given, else sigmoid(logit)"
-                if fusion is not None
-                else "sigmoid(logit)"
-            ),
-            "created_at": meta.get("created_at"),
-        }

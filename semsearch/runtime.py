@@ -30,3 +30,17 @@ def setup_logging(level: int | str) -> None:
     )
     for noisy in NOISY_LOGGERS:
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+_warned_renames: set[str] = set()
+
+
+def warn_renamed(old: str, new: str) -> None:
+    """Log once per process that ``old`` (a flag, environment variable or argument) is a deprecated name of ``new``.
+
+    Old names of renamed knobs keep working through this: the value is used, the operator is told the new name.
+    """
+    if old in _warned_renames:
+        return
+    _warned_renames.add(old)
+    logging.getLogger("semsearch").warning("%s is deprecated and will be removed; use %s", old, new)

@@ -31,8 +31,9 @@ import numpy as np
 from semsearch.choices import FusionMethod, Mode, check_choice
 from semsearch.errors import InvalidInputError
 from semsearch.filters import compile_filter
-from semsearch.index import Hit, SearchIndex
 from semsearch.lexical import top_k
+from semsearch.score_norm import normalize
+from semsearch.search_index import Hit, SearchIndex
 
 if TYPE_CHECKING:
     from semsearch.rerank import Reranker
@@ -187,15 +188,16 @@ def _hybrid(
     if params.method != "rrf":  # score fusion needs both scores of every candidate
         _fill_dense(index, query_vectors, rows)
         _fill_lexical(lexical, rows)
-    ranked = [fuse(row, params)[:k] for row in rows]
+    ranked = [fuse_candidates(row, params)[:k] for row in rows]
     if params.method == "rrf":  # only the returned hits need their missing component
         _fill_dense(index, query_vectors, ranked)
         _fill_lexical(lexical, ranked)
     return _to_hits(index, ranked)
 
 
-def fuse(cands: list[Candidate], params: HybridParams) -> list[Candidate]:
-    """Set ``fused`` on each candidate and sort best first (ties: higher cosine, then lower iid)."""
+def fuse_candidates(cands: list[Candidate], params: HybridParams) -> list[Candidate]:
+    """Hybrid fusion of the dense and lexical evidence: set ``fused`` on each candidate (RRF, or
+    ``w·norm(cosine) + (1-w)·norm(bm25)``) and sort best first (ties: higher cosine, then lower iid)."""
     w = params.weight
     if params.method == "rrf":
         for c in cands:
@@ -203,19 +205,11 @@ def fuse(cands: list[Candidate], params: HybridParams) -> list[Candidate]:
                 (1.0 - w) / (params.rrf_k + c.lexical_rank) if c.lexical_rank else 0.0
             )
     elif cands:
-        dense = _normalize(np.array([c.dense if c.dense is not None else -1.0 for c in cands]), params.method)
-        lex = _normalize(np.array([c.lexical or 0.0 for c in cands]), params.method)
+        dense = normalize(np.array([c.dense if c.dense is not None else -1.0 for c in cands]), params.method)
+        lex = normalize(np.array([c.lexical or 0.0 for c in cands]), params.method)
         for c, d, lx in zip(cands, dense, lex, strict=True):
             c.fused = float(w * d + (1.0 - w) * lx)
     return sorted(cands, key=lambda c: (-c.fused, -(c.dense if c.dense is not None else -np.inf), c.iid))
-
-
-def _normalize(x: np.ndarray, method: str) -> np.ndarray:
-    if method == "minmax":
-        span = float(x.max() - x.min())
-        return (x - x.min()) / span if span > 0 else np.zeros_like(x)
-    std = float(x.std())
-    return (x - x.mean()) / std if std > 0 else np.zeros_like(x)
 
 
 def _fill_dense(index: SearchIndex, query_vectors: np.ndarray, rows: list[list[Candidate]]) -> None:

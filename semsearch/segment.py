@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from semsearch.errors import CorruptIndexError, InvalidInputError
+from semsearch.faiss_index import PARAM_TYPES, VectorIndex, auto_index_type
 from semsearch.format import (
     DOCS_DB,
     IDS_FILE,
@@ -33,7 +34,6 @@ from semsearch.format import (
 from semsearch.lexical import VOCAB_SCHEMA, ensure_vocab, total_tokens
 from semsearch.manifest import Manifest, SegmentManifest
 from semsearch.store import FTS_SCHEMA, DocStore, connect
-from semsearch.vector_index import PARAM_TYPES, VectorIndex, auto_index_type
 
 log = logging.getLogger(__name__)
 

@@ -33,9 +33,9 @@ import numpy as np
 
 from semsearch.errors import SemsearchError
 from semsearch.filters import CompiledFilter
-from semsearch.index import Hit, SearchIndex, join_hits
 from semsearch.lexical import CollectionStats
 from semsearch.manifest import LoadedVersion, Manifest
+from semsearch.search_index import Hit, SearchIndex, join_hits
 from semsearch.store import Doc
 
 
@@ -201,8 +201,8 @@ def merge_top_k(
 
 def load_local(path: str | Path, mmap: bool = True) -> ShardedIndex:
     """Every shard of a version loaded in this process, searched as one (tests and tools)."""
-    from semsearch.index import SegmentPool
     from semsearch.layout import resolve_version_dir
+    from semsearch.search_index import SegmentPool
     from semsearch.sharding import shard_count
 
     directory = resolve_version_dir(path)

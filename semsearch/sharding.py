@@ -15,7 +15,6 @@ Nothing here imports FAISS, SQLite or Ray.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
 from typing import Any
 
 from semsearch.errors import InvalidInputError
@@ -53,11 +52,3 @@ def shard_count(spec: dict[str, Any] | None) -> int:
 def segment_shard(entry: dict[str, Any]) -> int:
     """The shard of one entry of a version's ``segments`` list (0 when unsharded)."""
     return int(entry.get("shard", 0))
-
-
-def by_shard(entries: Iterable[dict[str, Any]], count: int) -> list[list[dict[str, Any]]]:
-    """A version's segment entries grouped by shard (index = shard; empty shards give empty lists)."""
-    out: list[list[dict[str, Any]]] = [[] for _ in range(max(1, count))]
-    for e in entries:
-        out[segment_shard(e)].append(e)
-    return out

@@ -37,6 +37,7 @@ from typing import Any, Literal
 import numpy as np
 
 from semsearch.errors import DiskFullError, DuplicateIdError, InvalidInputError, SemsearchError
+from semsearch.faiss_index import auto_index_type, resolve_params
 from semsearch.format import (
     DOCS_DB,
     TOMBSTONES_FILE,
@@ -51,7 +52,6 @@ from semsearch.manifest import Manifest, SegmentManifest
 from semsearch.segment import link_legacy_segment, write_segment
 from semsearch.sharding import segment_shard, shard_count, shard_of, shard_spec
 from semsearch.store import COLUMNS, STAGING_SCHEMA, Record, connect
-from semsearch.vector_index import auto_index_type, resolve_params
 
 log = logging.getLogger(__name__)
 

@@ -31,8 +31,8 @@ from app.schemas import (
     check_text,
     not_blank,
 )
-from semsearch.index import Hit
 from semsearch.search import Mode
+from semsearch.search_index import Hit
 
 router = APIRouter(tags=["search"])
 
@@ -62,7 +62,7 @@ async def run_search(rt: Runtime, queries: Sequence[str], opts: SearchOptions) -
     if opts.rerank:
         rt.reranking.require()  # 503 before any work: rerank is never silently skipped
     fetch = max(opts.k, opts.candidates) if opts.rerank else opts.k
-    spec = SearchSpec(fetch, opts.mode, opts.filter, cosines=opts.rerank)
+    spec = SearchSpec(fetch, opts.mode, opts.filter, with_dense_scores=opts.rerank)
     outcome = await rt.batcher.search(queries, spec)
     rows = await rt.reranking.rerank(queries, outcome.hits, opts.k) if opts.rerank else outcome.hits
     return [[_hit(h, opts.rerank) for h in row] for row in rows], outcome.index_version

@@ -9,9 +9,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app.deps import RuntimeDep
 from app.metrics import Metrics
+from app.rerank_worker import NO_RERANKER
 from app.schemas import ErrorResponse, Status
-from app.serving import version_name
+from app.services import version_name
 from semsearch import __version__
+from semsearch.rerank import Reranker
 
 router = APIRouter(tags=["status"])
 
@@ -47,7 +49,7 @@ async def info(rt: RuntimeDep) -> dict[str, Any]:
             "dimension": encoder.dim,
             "max_seq_length": encoder.max_seq_length,
         },
-        "reranker": rt.reranking.info(),
+        "reranker": reranker_info(rt.reranking.reranker),
         "limits": {
             "max_k": s.max_k,
             "max_query_chars": s.max_query_chars,
@@ -63,12 +65,61 @@ async def info(rt: RuntimeDep) -> dict[str, Any]:
             "max_batch": s.max_batch,
             "max_queue": s.max_queue,
             "queue_depth": rt.batcher.depth,
-            "threads": s.workers_threads,
+            "threads": s.threads,
         },
         "reload_poll_s": s.reload_poll_s if rt.reloader.root is not None else None,
         "last_reload": rt.reloader.last_reload,
         "last_reload_error": rt.reloader.last_error,
         "api_key_required": s.api_key is not None,
+    }
+
+
+def reranker_info(reranker: Reranker | None) -> dict[str, Any]:
+    """The ``reranker`` block of ``/info``: what is loaded and what its card says it was trained and tested on."""
+    if reranker is None:
+        return {"configured": False, "status": "not configured", "help": NO_RERANKER}
+    meta = reranker.metadata
+    data = meta.get("data") or {}
+
+    def summary(keys: tuple[str, ...]) -> dict[str, Any] | None:
+        fields = ("source", "rows", "sha256", "queries")
+        out = {
+            key: {k: data[key][k] for k in fields if k in data[key]} for key in keys if isinstance(data.get(key), dict)
+        }
+        return out or None
+
+    fusion = reranker.fusion
+    return {
+        "configured": True,
+        "status": "loaded",
+        "name": reranker.name,
+        "path": str(reranker.path) if reranker.path else None,
+        "backend": reranker.backend,
+        "kind": "cross-encoder",
+        "max_length": reranker.max_length,
+        "base_model": meta.get("base_model_name") or meta.get("base_model"),
+        "trained_on": summary(("train_scored", "train_relevance")),
+        "evaluated_on": summary(("dev", "test")),
+        "best_epoch": meta.get("best_epoch"),
+        "dev_metric": meta.get("dev_metric"),
+        "dev_metrics": meta.get("dev_metrics"),
+        "test_metrics": meta.get("test_metrics"),
+        "fusion": (
+            {
+                "mode": fusion.mode,
+                "weight": fusion.retrieval_weight,
+                "scope": "per_query",
+                "pairwise_weight": fusion.weight,
+            }
+            if fusion is not None
+            else None
+        ),
+        "score": (
+            "zscore fusion with retrieval scores when given, else sigmoid(logit)"
+            if fusion is not None
+            else "sigmoid(logit)"
+        ),
+        "created_at": meta.get("created_at"),
     }
 
 

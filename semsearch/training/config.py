@@ -34,7 +34,7 @@ class TrainConfig:
     when given. ``symmetric`` marks scored pairs as order-free (order randomised in training, both orders
     averaged in evaluation). The dev metric (Spearman on ``dev``, else MRR on ``dev_relevance``) drives early
     stopping and the kept checkpoint; the fusion weight is tuned on ``dev`` only; ``test`` is only reported.
-    ``retrieval_fusion_weight`` (tuned by the caller on a retrieval dev set) is stored as the weight that
+    ``retrieval_weight`` (tuned by the caller on a retrieval dev set) is stored as the weight that
     ``Reranker.score`` uses for query-candidate lists; without it that weight is the STS dev weight.
     ``num_layers`` keeps only the first N transformer layers of the base model (a faster reranker).
     """
@@ -72,7 +72,7 @@ class TrainConfig:
     # fusion
     fusion: bool = True
     fusion_grid: Sequence[float] = DEFAULT_FUSION_GRID
-    retrieval_fusion_weight: float | None = None
+    retrieval_weight: float | None = None
     # run
     show_progress: bool = True
     overwrite: bool = False
@@ -80,8 +80,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.learning_rate <= 0 or self.score_max <= 0:
             raise InvalidInputError("epochs, batch_size, learning_rate and score_max must be positive")
-        if self.retrieval_fusion_weight is not None and not 0.0 <= self.retrieval_fusion_weight <= 1.0:
-            raise InvalidInputError("retrieval_fusion_weight must be in [0, 1]")
+        if self.retrieval_weight is not None and not 0.0 <= self.retrieval_weight <= 1.0:
+            raise InvalidInputError("retrieval_weight must be in [0, 1]")
         if self.eval_every_steps is not None and self.eval_every_steps < 1:
             raise InvalidInputError("eval_every_steps must be >= 1")
 

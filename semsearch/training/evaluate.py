@@ -15,7 +15,7 @@ import numpy as np
 
 from semsearch.evaluation import pearson, spearman
 from semsearch.readers import ScoredPair
-from semsearch.rerank import fuse
+from semsearch.rerank import fuse_logits
 from semsearch.training.config import DEFAULT_FUSION_GRID, RelevanceExample, TrainConfig
 from semsearch.training.data import TrainingData
 from semsearch.training.model import default_base_model, load_bi_encoder, predict_logits
@@ -66,7 +66,7 @@ def tune_fusion_weight(
 
     Returns ``(best_weight, best_spearman, {weight: spearman})``; ties go to the smaller weight.
     """
-    curve = {f"{w:.2f}": spearman(fuse(ce, cos, w), gold) for w in grid}
+    curve = {f"{w:.2f}": spearman(fuse_logits(ce, cos, w), gold) for w in grid}
     best_w, best = grid[0], -math.inf
     for w in grid:
         value = curve[f"{w:.2f}"]
@@ -88,7 +88,7 @@ def _sts_fusion(
         "cross_encoder_input": "logit" + (" (mean of both pair orders)" if config.symmetric else ""),
         "bi_encoder": _bi_encoder_name(config),
         "retrieval_scope": "per_query",
-        "retrieval_weight": config.retrieval_fusion_weight,
+        "retrieval_weight": config.retrieval_weight,
         "pairwise_stats": {
             "ce_mean": float(arrays["both_orders"].mean()),
             "ce_std": float(arrays["both_orders"].std()),
@@ -183,7 +183,7 @@ def final_evaluation(model: Any, config: TrainConfig, data: TrainingData, best_d
     """Evaluate the kept model on dev (tuning the fusion there) and test (reported only, never tuned on).
 
     The test split gets a fused score only when the fusion stores dev statistics (an STS dev fusion): a
-    per-query-only fusion (``retrieval_fusion_weight`` without it) has none to fuse independent pairs with.
+    per-query-only fusion (``retrieval_weight`` without it) has none to fuse independent pairs with.
     """
     scorer = _PairScorer(model, config) if data.dev_scored or data.test_scored else None
     dev_metrics: dict[str, float] = {}
@@ -195,12 +195,12 @@ def final_evaluation(model: Any, config: TrainConfig, data: TrainingData, best_d
             fusion, dev_metrics["fusion_spearman"] = _sts_fusion(arrays, gold, config, source)
     elif data.dev_relevance and data.dev_metric_name == "mrr" and best_dev is not None:
         dev_metrics = {"mrr": best_dev}
-    if fusion is None and config.retrieval_fusion_weight is not None:
-        fusion = _retrieval_fusion(config.retrieval_fusion_weight)
+    if fusion is None and config.retrieval_weight is not None:
+        fusion = _retrieval_fusion(config.retrieval_weight)
     test_metrics: dict[str, float] | None = None
     if scorer is not None and data.test_scored:
         test_metrics, arrays, gold = scorer.metrics(data.test_scored)
         if fusion is not None and "pairwise_stats" in fusion:
-            fused = fuse(arrays["both_orders"], arrays["cosine"], fusion["weight"], fusion["pairwise_stats"])
+            fused = fuse_logits(arrays["both_orders"], arrays["cosine"], fusion["weight"], fusion["pairwise_stats"])
             test_metrics["fusion_spearman"] = spearman(fused, gold)
     return FinalMetrics(dev_metrics, test_metrics, fusion)

@@ -79,7 +79,7 @@ def app_settings(app_index: Path, app_clean_env: None) -> Callable[..., Settings
     """Settings for an in-process app over the small index (no reload polling unless asked)."""
 
     def make(**overrides: Any) -> Settings:
-        values: dict[str, Any] = {"index": app_index, "reload_poll_s": 0, "workers_threads": 2}
+        values: dict[str, Any] = {"index": app_index, "reload_poll_s": 0, "threads": 2}
         values.update(overrides)
         return Settings(**values)
 

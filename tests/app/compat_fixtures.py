@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from semsearch.models import resolve_model
+from semsearch.model_source import resolve_model
 from semsearch.rerank import RERANKER_META_FILE
 
 PAIRWISE_FUSION = {

@@ -18,7 +18,7 @@ from fastapi.testclient import TestClient
 from app.main import create_app
 from app.runtime import Runtime
 from app.settings import Settings
-from semsearch.rerank import Reranker, fuse
+from semsearch.rerank import Reranker, fuse_logits
 
 pytest_plugins = ["app_fixtures", "compat_fixtures"]
 
@@ -150,7 +150,7 @@ def test_rerank_serves_the_cards_pairwise_fusion(cclient: TestClient, runtime: R
     # the same number from the primitives: mean logit of both orders, fixed z-statistics, weight 0.4
     logits = (reranker.logits(pairs).astype(np.float64) + reranker.logits([(t, QUERY) for t in TEXTS])) / 2
     assert reranker.fusion is not None and reranker.fusion.pairwise_stats is not None
-    np.testing.assert_allclose(expected, fuse(logits, cosines, 0.4, reranker.fusion.pairwise_stats), atol=1e-6)
+    np.testing.assert_allclose(expected, fuse_logits(logits, cosines, 0.4, reranker.fusion.pairwise_stats), atol=1e-6)
     order = np.argsort(-expected, kind="stable")
     assert [r["index"] for r in body["results"]] == order.tolist()
     np.testing.assert_allclose([r["score"] for r in body["results"]], expected[order], atol=1e-4)

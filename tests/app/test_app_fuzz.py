@@ -31,7 +31,7 @@ def fuzz_reranker(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real (untrained-head) cross-encoder, so rerank requests are served rather than 503."""
     from sentence_transformers import CrossEncoder
 
-    from semsearch.models import resolve_model
+    from semsearch.model_source import resolve_model
 
     out = tmp_path_factory.mktemp("fuzz-reranker") / "model"
     CrossEncoder(str(resolve_model(None).path), num_labels=1).save(str(out))

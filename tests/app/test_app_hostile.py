@@ -34,7 +34,7 @@ JSON = {"content-type": "application/json"}
 def reranker_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from sentence_transformers import CrossEncoder
 
-    from semsearch.models import resolve_model
+    from semsearch.model_source import resolve_model
 
     out = tmp_path_factory.mktemp("reranker") / "model"
     CrossEncoder(str(resolve_model(None).path), num_labels=1).save(str(out))

@@ -21,8 +21,8 @@ from fastapi.testclient import TestClient
 from app.main import create_app
 from app.runtime import Runtime
 from app.settings import Settings
-from semsearch.models import resolve_model
-from semsearch.rerank import RERANKER_META_FILE, Reranker, fuse
+from semsearch.model_source import resolve_model
+from semsearch.rerank import RERANKER_META_FILE, Reranker, fuse_logits
 from semsearch.search import search as core_search
 
 pytest_plugins = ["app_fixtures"]
@@ -192,13 +192,13 @@ def test_rerank_limits_are_422(rclient: TestClient, check_error: Check, path: st
     check_error(rclient.post(path, json=body), 422, "invalid_input")
 
 
-def test_reranker_weight_and_onnx_backend_settings(
+def test_retrieval_weight_and_onnx_backend_settings(
     app_settings: Callable[..., Settings], reranker_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """SEMSEARCH_RERANKER_WEIGHT / _BACKEND reach the served reranker: /info says so and /search's
+    """SEMSEARCH_RETRIEVAL_WEIGHT / SEMSEARCH_RERANKER_BACKEND reach the served reranker: /info says so and /search's
     scores are the ONNX logits fused with that weight."""
     monkeypatch.setenv("SEMSEARCH_CACHE_DIR", str(tmp_path))
-    settings = app_settings(reranker=str(reranker_dir), reranker_weight=0.9, reranker_backend="onnx")
+    settings = app_settings(reranker=str(reranker_dir), retrieval_weight=0.9, reranker_backend="onnx")
     with TestClient(create_app(settings)) as client:
         info = client.get("/info").json()["reranker"]
         assert info["backend"] == "onnx" and info["fusion"]["weight"] == 0.9
@@ -210,7 +210,7 @@ def test_reranker_weight_and_onnx_backend_settings(
             hits = core_search(index, [QUERY], vectors, 10)[0]
     reference = Reranker(reranker_dir)  # torch
     logits = reference.logits([(QUERY, h.text) for h in hits])
-    expected = fuse(logits, [h.score for h in hits], 0.9)
+    expected = fuse_logits(logits, [h.score for h in hits], 0.9)
     order = np.argsort(-expected, kind="stable")[:5]
     assert [r["id"] for r in body["results"]] == [hits[i].id for i in order]
     np.testing.assert_allclose([r["score"] for r in body["results"]], expected[order], atol=1e-3)

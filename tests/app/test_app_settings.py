@@ -11,7 +11,7 @@ import pytest
 from app.__main__ import build_parser, main, parse_settings
 from app.main import create_app
 from app.settings import ConfigError, Settings, get_settings, load_settings
-from semsearch.models import resolve_model
+from semsearch.model_source import resolve_model
 
 pytest_plugins = ["app_fixtures"]
 pytestmark = pytest.mark.usefixtures("app_clean_env")
@@ -47,8 +47,8 @@ def test_defaults(app_index: Path) -> None:
         0.0,
         2.0,
     )
-    assert s.api_key is None and s.reranker is None and s.cors_origins == [] and s.workers_threads >= 1
-    assert (s.onnx_spinning, s.reranker_backend, s.reranker_weight) == (False, "torch", None)
+    assert s.api_key is None and s.reranker is None and s.cors_origins == [] and s.threads >= 1
+    assert (s.onnx_spinning, s.reranker_backend, s.retrieval_weight) == (False, "torch", None)
     assert Settings(index=app_index, api_key="  ").api_key is None  # blank means unset
 
 
@@ -82,18 +82,67 @@ def test_an_empty_directory_is_not_an_index(tmp_path: Path) -> None:
 def test_cli_flags_map_to_settings_and_win_over_env(app_index: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SEMSEARCH_MAX_K", "9")
     monkeypatch.setenv("SEMSEARCH_PORT", "9999")
-    s = parse_settings(["--index", str(app_index), "--workers-threads", "3", "--max-k", "5", "--no-access-log"])
-    assert (s.workers_threads, s.max_k, s.port, s.access_log) == (3, 5, 9999, False)
+    s = parse_settings(["--index", str(app_index), "--threads", "3", "--max-k", "5", "--no-access-log"])
+    assert (s.threads, s.max_k, s.port, s.access_log) == (3, 5, 9999, False)
     help_text = build_parser().format_help()
     for flag in (
         "--index",
-        "--workers-threads",
+        "--threads",
         "--reranker",
         "SEMSEARCH_MAX_QUEUE",
         "--api-key",
         "--cors-origins",
     ):
         assert flag in help_text
+
+
+FORMAT1_INDEX = Path(__file__).resolve().parents[1] / "fixtures" / "format1_index"
+
+
+@pytest.fixture
+def renames_unwarned(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each deprecated name warns once per process: start these tests with none warned yet."""
+    from semsearch import runtime
+
+    monkeypatch.setattr(runtime, "_warned_renames", set())
+
+
+RENAMES = [
+    pytest.param("reranker_weight", "retrieval_weight", "0.7", 0.7, id="reranker_weight"),
+    pytest.param("workers_threads", "threads", "3", 3, id="workers_threads"),
+]
+
+
+@pytest.mark.usefixtures("renames_unwarned")
+@pytest.mark.parametrize(("old", "new", "raw", "value"), RENAMES)
+def test_deprecated_variable_still_sets_the_renamed_setting(
+    old: str, new: str, raw: str, value: object, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv(f"SEMSEARCH_{old.upper()}", raw)
+    with caplog.at_level(logging.WARNING):
+        assert getattr(Settings(index=FORMAT1_INDEX), new) == value
+    assert f"SEMSEARCH_{old.upper()} is deprecated" in caplog.text and f"SEMSEARCH_{new.upper()}" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert getattr(Settings(index=FORMAT1_INDEX), new) == value
+    assert "deprecated" not in caplog.text  # once per process
+    monkeypatch.setenv(f"SEMSEARCH_{new.upper()}", "1")
+    assert getattr(Settings(index=FORMAT1_INDEX), new) == 1  # the new name wins
+
+
+@pytest.mark.usefixtures("renames_unwarned")
+@pytest.mark.parametrize(("old", "new", "raw", "value"), RENAMES)
+def test_deprecated_flag_still_sets_the_renamed_setting(
+    old: str, new: str, raw: str, value: object, caplog: pytest.LogCaptureFixture
+) -> None:
+    old_flag, new_flag = "--" + old.replace("_", "-"), "--" + new.replace("_", "-")
+    with caplog.at_level(logging.WARNING):
+        s = parse_settings(["--index", str(FORMAT1_INDEX), old_flag, raw])
+    assert getattr(s, new) == value
+    assert f"{old_flag} is deprecated" in caplog.text and new_flag in caplog.text
+    assert getattr(parse_settings(["--index", str(FORMAT1_INDEX), new_flag, raw]), new) == value
+    help_text = build_parser().format_help()
+    assert new_flag in help_text and old_flag not in help_text
 
 
 def test_cli_bad_arguments_exit_2(app_index: Path, capsys: pytest.CaptureFixture[str]) -> None:

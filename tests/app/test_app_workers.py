@@ -49,7 +49,7 @@ def test_two_worker_processes_share_the_port(app_index: Path, app_clean_env: Non
         # each worker logs its own start (its logging is set up like the parent's)
         pids = set(re.findall(r"Started server process \[(\d+)\]", server.log))
         assert len(pids) == 2, server.log
-        assert server.log.count("app.serving: serving index") == 3, server.log  # the parent's check + 2 workers
+        assert server.log.count("app.services: serving index") == 3, server.log  # the parent's check + 2 workers
     finally:
         status = server.stop()
     assert status in (0, -15), server.log

@@ -23,10 +23,10 @@ pytest.importorskip("ray")
 
 from app.errors import ApiError
 from app.ray_serving import PartialLog, PartialMiddleware, ServeFanout
-from semsearch.index import SearchIndex
 from semsearch.layout import IndexRoot
 from semsearch.manifest import Manifest
 from semsearch.search import search
+from semsearch.search_index import SearchIndex
 from semsearch.sharded import ShardedIndex, shard_call
 from semsearch.sharding import shard_of
 from semsearch.writer import IndexWriter

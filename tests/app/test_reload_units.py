@@ -18,10 +18,10 @@ import pytest
 from app.errors import ApiError
 from app.metrics import Metrics
 from app.reload import Reloader
-from app.serving import IndexHolder, Services, load_index
+from app.services import IndexHolder, Services, load_index
 from semsearch.errors import InvalidInputError, ModelMismatchError
-from semsearch.index import SegmentPool
 from semsearch.layout import IndexRoot
+from semsearch.search_index import SegmentPool
 from semsearch.store import Record
 from semsearch.writer import BaseVersion, IndexWriter
 

@@ -37,8 +37,8 @@ def test_search_prints_ranked_results(small_index):
 
 def test_search_uses_the_services_modes_and_filters(small_index):
     """`indexer search` goes through semsearch.search.search: the same results as the core call."""
-    from semsearch.index import SearchIndex
     from semsearch.search import search
+    from semsearch.search_index import SearchIndex
 
     spec = {"lexname": "noun.act"}
     res = run("search", "the act of making", "--index", str(small_index), "-k", "5", "--mode", "lexical",

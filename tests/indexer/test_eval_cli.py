@@ -146,6 +146,38 @@ def test_usage_and_data_errors_exit_nonzero(
     assert exc.value.code == 1 and "--filter is not valid JSON" in capsys.readouterr().err
 
 
+@pytest.fixture(scope="module")
+def cross_encoder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An (untrained) one-output cross-encoder folder over the packaged MiniLM: enough to rerank."""
+    import torch
+    from sentence_transformers import CrossEncoder
+
+    from semsearch.model_source import resolve_model
+
+    out = tmp_path_factory.mktemp("cross-encoder") / "model"
+    torch.manual_seed(0)
+    CrossEncoder(str(resolve_model(None).path), num_labels=1).save(str(out))
+    return out
+
+
+def test_rerank_retrieval_weight_and_its_deprecated_flag(
+    tiny_index: Path, cross_encoder_dir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """--retrieval-weight sets the rerank fusion weight; the old --rerank-weight still does, with a warning."""
+    from semsearch import runtime
+
+    rerank = ("--mode", "lexical", "--reranker", str(cross_encoder_dir), "--candidates", "5")
+    report = _eval(tiny_index, *rerank, "--retrieval-weight", "0.6")
+    assert report["retrieval_weight"] == 0.6 and report["reranker"] == str(cross_encoder_dir)
+    monkeypatch.setattr(runtime, "_warned_renames", set())
+    with caplog.at_level("WARNING"):
+        old = _eval(tiny_index, *rerank, "--rerank-weight", "0.6")
+    assert old["retrieval_weight"] == 0.6 and old["metrics"] == report["metrics"]
+    assert "--rerank-weight is deprecated" in caplog.text and "--retrieval-weight" in caplog.text
+    help_text = runner.invoke(app, ["eval", "beir", "--help"], env={"COLUMNS": "200"}).stdout  # no wrapped names
+    assert "--retrieval-weight" in help_text and "--rerank-weight" not in help_text
+
+
 def test_sts_correlations_of_the_cosine(tmp_path: Path, encoder) -> None:
     pairs = [
         ("A man is playing a guitar.", "A man plays the guitar.", 4.8),

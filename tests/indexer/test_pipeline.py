@@ -20,8 +20,8 @@ from conftest import REPO, sample_rows, write_jsonl
 from indexer.pipeline import BuildOptions, run_build, run_delete
 from semsearch.encoder import Encoder
 from semsearch.errors import DuplicateIdError, InvalidInputError, TooManyRejectsError
-from semsearch.index import SearchIndex, verify
 from semsearch.layout import IndexRoot
+from semsearch.search_index import SearchIndex, verify
 
 
 def _build(inputs, out, **kw):

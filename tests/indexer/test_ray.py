@@ -110,10 +110,10 @@ def builds(cluster, corpus, tmp_path_factory):
 
 
 def test_ray_build_equals_local_build(builds, encoder):
-    from semsearch.index import SearchIndex, verify
     from semsearch.layout import IndexRoot
     from semsearch.manifest import Manifest
     from semsearch.search import search
+    from semsearch.search_index import SearchIndex, verify
     from semsearch.sharded import load_local
 
     local, sharded = builds
@@ -174,7 +174,7 @@ def _free_port() -> int:
 def _service(args: list[str], ready_timeout: float = 240):
     port = _free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "app", *args, "--port", str(port), "--workers-threads", "1", "--no-access-log"],
+        [sys.executable, "-m", "app", *args, "--port", str(port), "--threads", "1", "--no-access-log"],
         env=ENV,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

@@ -199,7 +199,7 @@ def test_index_built_with_onnx_records_backend_and_serves(
     from app.main import create_app
     from app.settings import Settings
     from indexer.pipeline import BuildOptions, run_build
-    from semsearch.index import SearchIndex
+    from semsearch.search_index import SearchIndex
 
     rows = [
         "A small domesticated carnivorous mammal with soft fur, kept as a pet or for catching mice.",
@@ -220,7 +220,7 @@ def test_index_built_with_onnx_records_backend_and_serves(
         np.testing.assert_allclose(np.sort(stored @ encoders["onnx"].encode(rows).T, axis=None)[-5:], 1.0, atol=1e-4)
     finally:
         index.close()
-    app = create_app(Settings(index=root, reload_poll_s=0, workers_threads=2))
+    app = create_app(Settings(index=root, reload_poll_s=0, threads=2))
     with TestClient(app) as client:
         info = client.get("/info").json()
         assert info["encoder"]["backend"] == "onnx", info["encoder"]
@@ -274,8 +274,8 @@ def test_exact_text_query_finds_itself_first(
 ) -> None:
     """Searching an indexed sentence's exact text (encoded alone, as the service does for a lone
     query) returns that sentence first with cosine >= 0.9999, for 60 sentences of the index."""
-    from semsearch.index import SearchIndex
     from semsearch.search import search
+    from semsearch.search_index import SearchIndex
 
     index = SearchIndex.load(built_indexes[backend])
     try:
@@ -295,7 +295,7 @@ def test_exact_text_query_finds_itself_first(
 
 def test_builds_with_other_chunk_and_batch_sizes_give_the_same_vectors(built_indexes: dict[str, Path]) -> None:
     """onnx-int8 build with chunk 4096 / batch 64 (defaults) vs chunk 37 / batch 5: the same vectors."""
-    from semsearch.index import SearchIndex
+    from semsearch.search_index import SearchIndex
 
     a = SearchIndex.load(built_indexes["onnx-int8"])
     b = SearchIndex.load(built_indexes["onnx-int8-small-chunks"])

@@ -25,7 +25,7 @@ from semsearch.evaluation import (
     recall_at_k,
     spearman,
 )
-from semsearch.index import Hit
+from semsearch.search_index import Hit
 
 FIXTURE = Path(__file__).parents[1] / "fixtures" / "beir_tiny"
 L2 = math.log2

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from app.routes.status import reranker_info
 from semsearch import training
 from semsearch.errors import InvalidInputError, ModelLoadError
 from semsearch.onnx_backend import INT8_RECIPE
@@ -20,10 +21,10 @@ from semsearch.rerank import (
     FusionConfig,
     Reranker,
     available_backends,
-    fuse,
+    fuse_logits,
     register_backend,
-    zscore,
 )
+from semsearch.score_norm import zscore
 from semsearch.training import (
     EarlyStopping,
     RelevanceExample,
@@ -131,21 +132,18 @@ def test_relevance_examples_drop_known_positives() -> None:
 # ---------------------------------------------------------------------------------------------- fusion math
 
 
-def test_zscore_and_fuse_on_hand_made_numbers() -> None:
-    np.testing.assert_allclose(zscore([1.0, 2.0, 3.0]), [-1.224744871, 0.0, 1.224744871])
-    np.testing.assert_array_equal(zscore([4.0, 4.0]), [0.0, 0.0])  # constant list: no information
-    np.testing.assert_allclose(zscore([3.0], mean=1.0, std=2.0), [1.0])
+def test_fuse_logits_on_hand_made_numbers() -> None:
     # per-list: z(ce) = [-1.2247, 0, 1.2247], z(cos) = [1.2247, 0, -1.2247]
-    np.testing.assert_allclose(fuse([1.0, 2.0, 3.0], [30.0, 20.0, 10.0], 0.5), [0.0, 0.0, 0.0], atol=1e-12)
+    np.testing.assert_allclose(fuse_logits([1.0, 2.0, 3.0], [30.0, 20.0, 10.0], 0.5), [0.0, 0.0, 0.0], atol=1e-12)
     np.testing.assert_allclose(
-        fuse([1.0, 2.0, 3.0], [30.0, 20.0, 10.0], 0.25), [-0.612372436, 0.0, 0.612372436], atol=1e-9
+        fuse_logits([1.0, 2.0, 3.0], [30.0, 20.0, 10.0], 0.25), [-0.612372436, 0.0, 0.612372436], atol=1e-9
     )
-    np.testing.assert_allclose(fuse([1.0, 5.0], [0.0, 1.0], 0.0), [-1.0, 1.0])
+    np.testing.assert_allclose(fuse_logits([1.0, 5.0], [0.0, 1.0], 0.0), [-1.0, 1.0])
     # fixed (dev) statistics for independent pairs
     stats = {"ce_mean": 1.0, "ce_std": 2.0, "cos_mean": 0.5, "cos_std": 0.25}
-    np.testing.assert_allclose(fuse([3.0], [1.0], 0.4, stats), [0.6 * 1.0 + 0.4 * 2.0])
+    np.testing.assert_allclose(fuse_logits([3.0], [1.0], 0.4, stats), [0.6 * 1.0 + 0.4 * 2.0])
     with pytest.raises(InvalidInputError):
-        fuse([1.0, 2.0], [1.0], 0.5)
+        fuse_logits([1.0, 2.0], [1.0], 0.5)
 
 
 def test_tune_fusion_weight_picks_best_dev_weight() -> None:
@@ -163,10 +161,10 @@ def test_fusion_config_parsing() -> None:
     assert FusionConfig.from_json(None) is None
     assert FusionConfig.from_json({"mode": "none"}) is None
     config = FusionConfig.from_json({"mode": "zscore", "weight": 0.3})
-    assert config == FusionConfig(weight=0.3, mode="zscore", pairwise_stats=None)
-    assert config.list_weight == 0.3
+    assert config == FusionConfig(weight=0.3, retrieval_weight=0.3, mode="zscore", pairwise_stats=None)
+    assert config.retrieval_weight == 0.3
     split = FusionConfig.from_json({"mode": "zscore", "weight": 0.3, "retrieval_weight": 0.8})
-    assert split is not None and split.weight == 0.3 and split.list_weight == 0.8
+    assert split is not None and split.weight == 0.3 and split.retrieval_weight == 0.8
     with pytest.raises(ModelLoadError):
         FusionConfig.from_json({"mode": "zscore", "weight": 0.3, "retrieval_weight": -0.1})
     with pytest.raises(ModelLoadError):
@@ -210,7 +208,7 @@ def test_training_writes_a_loadable_reranker_folder(
 
     scores = reranker.score(QUERY, TEXTS)
     assert scores.shape == (4,) and np.all((scores > 0.0) & (scores < 1.0))
-    info = reranker.info()
+    info = reranker_info(reranker)  # the service's /info view of this real trained card
     assert info["path"] == str(out.resolve())
     assert info["trained_on"]["train_scored"]["rows"] == 64
     assert info["fusion"] == {
@@ -259,7 +257,7 @@ def test_same_seed_gives_identical_scores(
     assert result.metadata["fusion"] is None and again.fusion is None
     scores = again.score(QUERY, TEXTS, [0.9, 0.1, 0.5, 0.05])
     assert np.all((scores > 0) & (scores < 1))
-    fused = Reranker(result.output_dir, fusion_weight=0.3)
+    fused = Reranker(result.output_dir, retrieval_weight=0.3)
     assert fused.fusion is not None and fused.fusion.pairwise_stats is None
     expected = 0.7 * zscore(again.logits([(QUERY, t) for t in TEXTS])) + 0.3 * zscore([0.9, 0.1, 0.5, 0.05])
     np.testing.assert_allclose(fused.score(QUERY, TEXTS, [0.9, 0.1, 0.5, 0.05]), expected, rtol=1e-6)
@@ -279,7 +277,7 @@ def test_fused_scores_use_per_query_zscores(reranker: Reranker) -> None:
     assert reranker.fusion is not None
     retrieval = [0.9, 0.1, 0.5, 0.05]
     logits = reranker.logits([(QUERY, t) for t in TEXTS])
-    w = reranker.fusion.list_weight
+    w = reranker.fusion.retrieval_weight
     expected = (1 - w) * zscore(logits) + w * zscore(retrieval)
     np.testing.assert_allclose(reranker.score(QUERY, TEXTS, retrieval), expected, rtol=1e-6, atol=1e-9)
     with pytest.raises(InvalidInputError):
@@ -307,13 +305,16 @@ def test_score_pairs_symmetric_and_fused(reranker: Reranker) -> None:
 
 def test_fusion_can_be_disabled_or_overridden(trained: tuple[Path, training.TrainResult]) -> None:
     plain = Reranker(trained[0], fusion=False)
-    assert plain.fusion is None and plain.info()["fusion"] is None
+    assert plain.fusion is None
     scores = plain.score(QUERY, TEXTS, [0.9, 0.1, 0.5, 0.05])  # retrieval scores ignored: sigmoid
     assert np.all((scores > 0) & (scores < 1))
-    heavy = Reranker(trained[0], fusion_weight=1.0)
+    heavy = Reranker(trained[0], retrieval_weight=1.0)
     np.testing.assert_allclose(heavy.score(QUERY, TEXTS, [0.9, 0.1, 0.5, 0.05]), zscore([0.9, 0.1, 0.5, 0.05]))
+    with pytest.warns(DeprecationWarning, match="deprecated; use retrieval_weight"):
+        old_name = Reranker(trained[0], fusion_weight=1.0)  # the old keyword still sets the weight
+    assert old_name.fusion == heavy.fusion
     assert heavy.fusion is not None and heavy.fusion.weight == trained[1].metadata["fusion"]["weight"]
-    assert heavy.info()["fusion"]["weight"] == 1.0  # the per-query weight; score_pairs keeps the dev weight
+    assert heavy.fusion.retrieval_weight == 1.0  # the per-query weight; score_pairs keeps the dev weight
 
 
 def test_backend_hook(trained: tuple[Path, training.TrainResult], reranker: Reranker) -> None:
@@ -333,7 +334,7 @@ def test_backend_hook(trained: tuple[Path, training.TrainResult], reranker: Rera
     assert "test-features" in available_backends()
     hooked = Reranker(trained[0], backend="test-features")
     np.testing.assert_allclose(hooked.score(QUERY, TEXTS), reranker.score(QUERY, TEXTS), rtol=1e-5, atol=1e-6)
-    assert hooked.info()["backend"] == "test-features"
+    assert hooked.backend == "test-features"
 
 
 def test_onnx_backends_match_torch_and_reuse_the_cache(
@@ -349,7 +350,7 @@ def test_onnx_backends_match_torch_and_reuse_the_cache(
     quantised = int8.logits(pairs)
     assert np.max(np.abs(quantised - reference)) < 0.25 * float(np.ptp(reference))
     assert np.argmax(quantised[:4]) == np.argmax(reference[:4])
-    assert int8.info()["backend"] == "onnx-int8"
+    assert int8.backend == "onnx-int8"
     cached = sorted(p.name for p in tmp_path.glob("*-cross-encoder/*.onnx"))
     assert cached == [f"model-int8-{INT8_RECIPE}.onnx", "model.onnx"]  # the int8 recipe names the file
     mtimes = {p: p.stat().st_mtime_ns for p in tmp_path.glob("*-cross-encoder/*.onnx")}
@@ -420,9 +421,9 @@ def test_train_reranker_cli_relevance_with_mined_dev(tmp_path: Path, small_index
     assert meta["data"]["train_relevance"]["mined_negatives"] > 0
     assert meta["fusion"]["retrieval_weight"] == 0.7
     rr = Reranker(out)
-    assert rr.fusion is not None and rr.fusion.list_weight == 0.7
+    assert rr.fusion is not None and rr.fusion.retrieval_weight == 0.7
     texts = [rows[0]["text"], rows[1]["text"]]
-    expected = fuse(rr.logits([(rows[0]["query"], t) for t in texts]), [0.9, 0.1], 0.7)
+    expected = fuse_logits(rr.logits([(rows[0]["query"], t) for t in texts]), [0.9, 0.1], 0.7)
     np.testing.assert_allclose(rr.score(rows[0]["query"], texts, retrieval_scores=[0.9, 0.1]), expected)
 
 
@@ -490,4 +491,4 @@ def test_test_split_with_retrieval_weight_but_no_sts_fusion(
     }
     assert meta["data"]["test"]["rows"] == 8
     rr = Reranker(out)
-    assert rr.fusion is not None and rr.fusion.list_weight == 0.7 and rr.fusion.pairwise_stats is None
+    assert rr.fusion is not None and rr.fusion.retrieval_weight == 0.7 and rr.fusion.pairwise_stats is None

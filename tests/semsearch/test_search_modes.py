@@ -21,10 +21,10 @@ from conftest import write_jsonl
 from indexer.pipeline import BuildOptions, run_build, run_delete
 from semsearch.errors import InvalidInputError
 from semsearch.filters import compile_filter
-from semsearch.index import SearchIndex
 from semsearch.lexical import STOPWORDS, query_terms
 from semsearch.manifest import Manifest
 from semsearch.search import DEFAULT_MODE, HybridParams, search
+from semsearch.search_index import SearchIndex
 from semsearch.segment import Segment, SegmentView, write_segment
 
 # Words whose Porter stems are distinct and equal to themselves modulo a bijection, so a Python

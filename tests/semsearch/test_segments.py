@@ -28,11 +28,11 @@ from indexer.pipeline import BuildOptions, apply_merge_policy, run_build, run_co
 from semsearch.errors import CorruptIndexError
 from semsearch.filters import compile_filter
 from semsearch.format import TOMBSTONES_FILE
-from semsearch.index import SearchIndex, SegmentPool, verify
 from semsearch.layout import IndexRoot
 from semsearch.lexical import query_terms
 from semsearch.manifest import Manifest
 from semsearch.search import search
+from semsearch.search_index import SearchIndex, SegmentPool, verify
 from semsearch.store import Record
 from semsearch.writer import BaseVersion, IndexWriter, MergePolicy
 

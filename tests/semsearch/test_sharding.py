@@ -19,10 +19,10 @@ from conftest import META, VOCAB, synthetic_row
 
 from indexer.pipeline import BuildOptions, apply_merge_policy, run_build, run_compact, run_delete
 from semsearch.errors import InvalidInputError
-from semsearch.index import SearchIndex, verify
 from semsearch.layout import IndexRoot
 from semsearch.manifest import Manifest
 from semsearch.search import search
+from semsearch.search_index import SearchIndex, verify
 from semsearch.sharded import load_local
 from semsearch.sharding import SHARD_KEY, shard_of
 from semsearch.store import Record

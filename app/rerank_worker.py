@@ -12,9 +12,9 @@ import numpy as np
 
 from app.errors import ApiError, OverloadedError
 from app.metrics import Metrics
-from semsearch.index import Hit
 from semsearch.rerank import Reranker
 from semsearch.search import rerank
+from semsearch.search_index import Hit
 
 NO_RERANKER = (
     "no reranker is configured: start the service with --reranker PATH_OR_NAME (or SEMSEARCH_RERANKER), "
@@ -33,20 +33,11 @@ class RerankRunner:
         self._in_flight = 0
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="semsearch-rerank")
 
-    @property
-    def configured(self) -> bool:
-        return self.reranker is not None
-
     def require(self) -> Reranker:
         """The reranker, or a 503 that says how to configure one."""
         if self.reranker is None:
             raise ApiError(503, "no_reranker", NO_RERANKER, {"configure": "--reranker", "train": "make reranker"})
         return self.reranker
-
-    def info(self) -> dict[str, Any]:
-        if self.reranker is None:
-            return {"configured": False, "status": "not configured", "help": NO_RERANKER}
-        return {"configured": True, "status": "loaded", **self.reranker.info()}
 
     async def score(self, query: str, texts: Sequence[str]) -> np.ndarray:
         """Scores of ``texts`` for ``query`` (input order): ``Reranker.score`` without retrieval scores."""

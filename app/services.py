@@ -16,10 +16,10 @@ from pathlib import Path
 
 from app.settings import Settings
 from semsearch.encoder import Encoder
-from semsearch.index import SearchIndex, SegmentPool
 from semsearch.layout import resolve_version_dir
 from semsearch.manifest import Manifest
 from semsearch.rerank import Reranker
+from semsearch.search_index import SearchIndex, SegmentPool
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +115,7 @@ def encoder_for(settings: Settings) -> Encoder:
         pooling=m.pooling,  # type: ignore[arg-type]
         backend=settings.backend or m.backend,  # type: ignore[arg-type]
         max_seq_length=m.max_seq_length,
-        num_threads=settings.workers_threads,
+        num_threads=settings.threads,
         spinning=settings.onnx_spinning,
     )
 
@@ -147,7 +147,7 @@ class Services:
     @classmethod
     def load(cls, settings: Settings) -> Services:
         """Load everything or raise the core error that says why not (nothing half-started)."""
-        set_threads(settings.workers_threads)
+        set_threads(settings.threads)
         encoder = encoder_for(settings)
         pool = SegmentPool()
         index = load_index(settings.index, encoder, pool)
@@ -157,13 +157,13 @@ class Services:
                 Reranker(
                     settings.reranker,
                     backend=settings.reranker_backend,
-                    fusion_weight=settings.reranker_weight,
-                    backend_options={"num_threads": settings.workers_threads, "spinning": settings.onnx_spinning},
+                    retrieval_weight=settings.retrieval_weight,
+                    backend_options={"num_threads": settings.threads, "spinning": settings.onnx_spinning},
                 )
                 if settings.reranker
                 else None
             )
-            set_threads(settings.workers_threads)  # again: a torch encoder or reranker may be loaded now
+            set_threads(settings.threads)  # again: a torch encoder or reranker may be loaded now
             encoder.encode(["warm-up"])  # the first forward pass is slow; pay it before serving
             if reranker is not None:
                 reranker.score("warm-up", ["warm-up"])
@@ -180,7 +180,7 @@ class Services:
             encoder.name,
             encoder.pooling,
             encoder.backend,
-            settings.workers_threads,
+            settings.threads,
             settings.reranker or "none",
         )
         return cls(encoder, IndexHolder(index), reranker, pool)
