@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from app.errors import ApiError
-from app.services import IndexHolder, Services, encoder_for, set_threads
+from app.services import IndexHolder, Services, encoder_for, reranker_for, set_threads, warm_up
 from app.settings import Settings
 from semsearch.errors import CorruptIndexError, SemsearchError
 from semsearch.layout import resolve_version_dir
@@ -203,22 +203,11 @@ def open_version(
 
 def load_services(settings: Settings, handles: list[Any], partial_log: PartialLog) -> ShardedServices:
     """The plain service's startup (encoder, reranker, checks) with a sharded index."""
-    from semsearch.rerank import Reranker
-
     set_threads(settings.threads)
     encoder = encoder_for(settings)
     index = open_version(settings.index, encoder, handles, settings, partial_log)
-    reranker = (
-        Reranker(
-            settings.reranker,
-            backend=settings.reranker_backend,
-            retrieval_weight=settings.retrieval_weight,
-            backend_options={"num_threads": settings.threads, "spinning": settings.onnx_spinning},
-        )
-        if settings.reranker
-        else None
-    )
-    encoder.encode(["warm-up"])
+    reranker = reranker_for(settings)
+    warm_up(settings, encoder, reranker)
     holder = IndexHolder(index)  # type: ignore[arg-type]
     services = ShardedServices(encoder, holder, reranker, SegmentPool(), handles, settings, partial_log)
     log.info(

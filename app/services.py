@@ -120,6 +120,26 @@ def encoder_for(settings: Settings) -> Encoder:
     )
 
 
+def reranker_for(settings: Settings) -> Reranker | None:
+    """The configured cross-encoder (``None`` without ``--reranker``), on the service's threads."""
+    if not settings.reranker:
+        return None
+    return Reranker(
+        settings.reranker,
+        backend=settings.reranker_backend,
+        retrieval_weight=settings.retrieval_weight,
+        backend_options={"num_threads": settings.threads, "spinning": settings.onnx_spinning},
+    )
+
+
+def warm_up(settings: Settings, encoder: Encoder, reranker: Reranker | None) -> None:
+    """Thread settings again (a torch model may have been loaded now), then the slow first forward passes."""
+    set_threads(settings.threads)
+    encoder.encode(["warm-up"])
+    if reranker is not None:
+        reranker.score("warm-up", ["warm-up"])
+
+
 def load_index(path: Path, encoder: Encoder, pool: SegmentPool) -> SearchIndex:
     """Load and check an index version for ``encoder``: the one check startup and every reload apply.
 
@@ -153,20 +173,8 @@ class Services:
         index = load_index(settings.index, encoder, pool)
         m = index.manifest
         try:
-            reranker = (
-                Reranker(
-                    settings.reranker,
-                    backend=settings.reranker_backend,
-                    retrieval_weight=settings.retrieval_weight,
-                    backend_options={"num_threads": settings.threads, "spinning": settings.onnx_spinning},
-                )
-                if settings.reranker
-                else None
-            )
-            set_threads(settings.threads)  # again: a torch encoder or reranker may be loaded now
-            encoder.encode(["warm-up"])  # the first forward pass is slow; pay it before serving
-            if reranker is not None:
-                reranker.score("warm-up", ["warm-up"])
+            reranker = reranker_for(settings)
+            warm_up(settings, encoder, reranker)
         except Exception:
             index.close()
             raise

@@ -18,6 +18,7 @@ from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource
 from semsearch.encoder import Backend
 from semsearch.errors import SemsearchError
 from semsearch.layout import resolve_version_dir
+from semsearch.rerank import RerankerBackend
 from semsearch.runtime import available_cores, warn_renamed
 
 ENV_PREFIX = "SEMSEARCH_"
@@ -70,10 +71,11 @@ class Settings(BaseSettings):
         "a query's candidates: (1 - w) * z(cross-encoder) + w * z(retrieval). "
         "Default: the reranker folder's own (semsearch_reranker.json).",
     )
-    reranker_backend: Backend = Field(
-        "torch",
-        description="Reranker backend (torch, onnx, onnx-int8); the ONNX ones need a local folder and are "
-        "exported once into the semsearch cache.",
+    reranker_backend: RerankerBackend = Field(
+        "auto",
+        description="Reranker backend (auto, torch, onnx, onnx-int8); the ONNX ones need a local folder and are "
+        "exported once into the semsearch cache. auto: onnx-int8 for a local folder when its export can be "
+        "cached (2-3x faster than torch, same STS-B within 0.1), else torch with a warning saying why.",
     )
     # --- network
     host: str = Field("127.0.0.1", description="Interface to bind.")

@@ -7,9 +7,12 @@ minute. Zero failed requests, bounded RSS growth, p99 latency over time (issue 1
 The index is built from the bundled WordNet glosses (repeated with a suffix beyond 11,999 rows) with the
 real indexer; every ``--publish-every`` seconds ``python -m indexer add`` (the real CLI, a separate
 process) upserts a batch of rows as a new version, which the server hot-reloads (``--reload-poll-s 1``).
-Each client sends ``POST /search`` with real glosses as queries. Per 10-second window the table shows
-requests, failures (any non-200 or transport error), p50/p99 and the server's RSS (psutil). Results:
-``bench/results/<name>.json`` and ``.png`` (p99 and RSS over time, publications marked).
+Each client sends ``POST /search`` with real glosses as queries (``--corpus``: rows of your own, e.g. the
+corpus an ``--index`` was built from). Per 10-second window the table shows requests, failures (any
+non-200 or transport error), p50/p99 and the server's RSS split (``/proc/PID/status``) into anonymous
+memory (heap: the leak criterion) and file-backed pages (the memory-mapped index files touched so far:
+bounded by their size, shared with the page cache, reclaimable). Results: ``bench/results/<name>.json``
+and ``.png`` (p99 and RSS over time, publications marked).
 """
 
 from __future__ import annotations
@@ -28,7 +31,6 @@ from typing import Any
 
 import httpx
 import numpy as np
-import psutil
 from _common import REPO, markdown_table, save, wordnet_glosses
 from _plot import pyplot, save_figure
 from http_bench import Server
@@ -113,13 +115,17 @@ async def load(url: str, queries: list[str], concurrency: int, duration: float, 
     return records
 
 
-def sample_rss(pid: int, stop: threading.Event, out: list[tuple[float, int]], t0: float) -> None:
-    proc = psutil.Process(pid)
+def sample_rss(pid: int, stop: threading.Event, out: list[tuple[float, int, int, int]], t0: float) -> None:
+    """(t, RSS, anonymous, file-backed) bytes every 2 s. File-backed pages are the memory-mapped index
+    files touched so far (bounded by their size, shared and reclaimable); a leak shows as anonymous growth."""
+    status = Path(f"/proc/{pid}/status")
     while not stop.is_set():
         try:
-            out.append((time.monotonic() - t0, proc.memory_info().rss))
-        except psutil.Error:
+            fields = dict(line.split(":", 1) for line in status.read_text().splitlines() if ":" in line)
+        except OSError:
             return
+        kb = {k: int(fields[k].split()[0]) * 1024 for k in ("VmRSS", "RssAnon", "RssFile")}
+        out.append((time.monotonic() - t0, kb["VmRSS"], kb["RssAnon"], kb["RssFile"]))
         stop.wait(2.0)
 
 
@@ -168,7 +174,7 @@ def main() -> int:
             for q in queries[:20]:
                 c.post("/search", json={"query": q, "k": 10}).raise_for_status()
         t0 = time.monotonic()
-        rss: list[tuple[float, int]] = []
+        rss: list[tuple[float, int, int, int]] = []
         stop = threading.Event()
         sampler = threading.Thread(target=sample_rss, args=(server.proc.pid, stop, rss, t0), daemon=True)
         sampler.start()
@@ -188,7 +194,7 @@ def main() -> int:
         lo, hi = w * WINDOW_S, (w + 1) * WINDOW_S
         lat = np.array([r[1] for r in records if lo <= r[0] < hi and r[2] == 200]) * 1000
         failed = sum(1 for r in records if lo <= r[0] < hi and r[2] != 200)
-        in_window = [b for t, b in rss if lo <= t < hi]
+        in_window = [r for r in rss if lo <= r[0] < hi]
         windows.append(
             {
                 "t": hi,
@@ -196,22 +202,26 @@ def main() -> int:
                 "failed": failed,
                 "p50_ms": float(np.percentile(lat, 50)) if len(lat) else None,
                 "p99_ms": float(np.percentile(lat, 99)) if len(lat) else None,
-                "rss_mb": round(max(in_window) / 2**20, 1) if in_window else None,
+                "rss_mb": round(max(r[1] for r in in_window) / 2**20, 1) if in_window else None,
+                "anon_mb": round(max(r[2] for r in in_window) / 2**20, 1) if in_window else None,
+                "file_mb": round(max(r[3] for r in in_window) / 2**20, 1) if in_window else None,
                 "versions": sorted({r[3] for r in records if lo <= r[0] < hi and r[2] == 200}),
             }
         )
     total = len(records)
     failed = sum(1 for r in records if r[2] != 200)
-    after_warmup = [b for t, b in rss if t >= args.warmup] or [b for _, b in rss]
-    rss_start = after_warmup[0] if after_warmup else 0
-    rss_end = rss[-1][1] if rss else 0
-    growth = (rss_end - rss_start) / rss_start * 100 if rss_start else 0.0
+    after_warmup = [r for r in rss if r[0] >= args.warmup] or rss
+    start, end = (after_warmup[0], rss[-1]) if rss else ((0.0, 0, 0, 0),) * 2
+
+    def growth(i: int) -> float:
+        return round((end[i] - start[i]) / start[i] * 100, 1) if start[i] else 0.0
+
     versions = sorted({r[3] for r in records if r[2] == 200})
     print()
     print(markdown_table(
-        ["t (s)", "requests", "failed", "p50 ms", "p99 ms", "RSS MB", "versions"],
+        ["t (s)", "requests", "failed", "p50 ms", "p99 ms", "RSS MB", "anon MB", "file MB", "versions"],
         [[w["t"], w["requests"], w["failed"], w["p50_ms"] or 0.0, w["p99_ms"] or 0.0, w["rss_mb"] or 0.0,
-          " ".join(w["versions"])] for w in windows],
+          w["anon_mb"] or 0.0, w["file_mb"] or 0.0, " ".join(w["versions"])] for w in windows],
     ))  # fmt: skip
     ok_publications = sum(1 for e in publisher.events if e["ok"])
     summary = {
@@ -220,10 +230,16 @@ def main() -> int:
         "statuses": sorted({str(r[2]) for r in records}),
         "queries_per_s": round(total / args.duration, 1),
         "rss_first_mb": round(rss[0][1] / 2**20, 1) if rss else 0.0,
-        "rss_start_mb": round(rss_start / 2**20, 1),  # after the warm-up
-        "rss_end_mb": round(rss_end / 2**20, 1),
-        "rss_peak_mb": round(max((b for _, b in rss), default=0) / 2**20, 1),
-        "rss_growth_pct": round(growth, 1),
+        "rss_start_mb": round(start[1] / 2**20, 1),  # after the warm-up
+        "rss_end_mb": round(end[1] / 2**20, 1),
+        "rss_peak_mb": round(max((r[1] for r in rss), default=0) / 2**20, 1),
+        "rss_growth_pct": growth(1),
+        "anon_start_mb": round(start[2] / 2**20, 1),
+        "anon_end_mb": round(end[2] / 2**20, 1),
+        "anon_growth_pct": growth(2),  # the leak criterion (< 10 %)
+        "file_start_mb": round(start[3] / 2**20, 1),
+        "file_end_mb": round(end[3] / 2**20, 1),
+        "index_files_mb": round(sum(f.stat().st_size for f in root.rglob("*") if f.is_file()) / 2**20, 1),
         "publications": len(publisher.events),
         "publications_ok": ok_publications,
         "versions_served": versions,
@@ -238,7 +254,10 @@ def main() -> int:
     return 0 if failed == 0 and ok_publications == len(publisher.events) else 1
 
 
-def plot(windows: list[dict[str, Any]], events: list[dict[str, Any]], rss: list[tuple[float, int]], path: Path,
+Samples = list[tuple[float, int, int, int]]
+
+
+def plot(windows: list[dict[str, Any]], events: list[dict[str, Any]], rss: Samples, path: Path,
          args: argparse.Namespace) -> None:  # fmt: skip
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(9, 4.5))
@@ -252,7 +271,8 @@ def plot(windows: list[dict[str, Any]], events: list[dict[str, Any]], rss: list[
     ax.set_xlabel("seconds (dotted: a new version published)")
     ax.set_ylabel("ms")
     ax2 = ax.twinx()
-    ax2.plot([t for t, _ in rss], [b / 2**20 for _, b in rss], color="tab:red", alpha=0.6, label="server RSS")
+    ax2.plot([r[0] for r in rss], [r[1] / 2**20 for r in rss], color="tab:red", alpha=0.6, label="server RSS")
+    ax2.plot([r[0] for r in rss], [r[2] / 2**20 for r in rss], color="tab:purple", alpha=0.6, label="anonymous")
     ax2.set_ylabel("RSS MB")
     ax.set_title(f"soak: {args.rows} rows, concurrency {args.concurrency}, publish every {args.publish_every:.0f} s")
     lines = ax.get_legend_handles_labels()

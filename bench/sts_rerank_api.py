@@ -65,9 +65,11 @@ def main() -> None:
     parser.add_argument("--api-key", default=os.environ.get("SEMSEARCH_API_KEY"))
     parser.add_argument("--index", type=Path, help="index for the started server")
     parser.add_argument("--reranker", default="models/reranker", help="reranker for the started server")
+    parser.add_argument("--reranker-backend", help="SEMSEARCH_RERANKER_BACKEND of the started server")
     parser.add_argument("--raw", action="store_true", help="also measure raw_scores=true")
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--limit", type=int, default=None, help="first N pairs only (a smoke run)")
+    parser.add_argument("--name", default="sts_rerank_api", help="results file name")
     args = parser.parse_args()
 
     pairs = read_sts(args.data)[: args.limit]
@@ -81,6 +83,8 @@ def main() -> None:
         env = {"SEMSEARCH_RERANKER": str(args.reranker)}
         if args.api_key:
             env["SEMSEARCH_API_KEY"] = args.api_key
+        if args.reranker_backend:
+            env["SEMSEARCH_RERANKER_BACKEND"] = args.reranker_backend
         server = Server(args.index, env)
         url = server.url
     else:
@@ -110,7 +114,7 @@ def main() -> None:
         f"encoder backend {result['encoder']['backend']}; load {_common.loadavg()}"
     )
     print(_common.markdown_table(["request", "scoring", "Spearman x100", "Pearson x100", "pairs/s"], rows))
-    path = _common.save("sts_rerank_api", result)
+    path = _common.save(args.name, result)
     print(f"saved {path}", file=sys.stderr)
 
 

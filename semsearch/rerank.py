@@ -15,8 +15,10 @@ training time, so a pair's score does not depend on the other pairs in the call.
 
 Backends: ``"torch"`` (default, the CrossEncoder's own forward), ``"onnx"`` and ``"onnx-int8"`` (the same
 transformer exported/quantised once and cached by weight fingerprint, see :mod:`semsearch.onnx_backend`;
-``backend_options``: ``cache_dir``, ``num_threads``, ``spinning``). Others plug in with :func:`register_backend`; a
-backend only has to turn the CrossEncoder's tokenised features into logits (see :class:`FeatureBackend`).
+``backend_options``: ``cache_dir``, ``num_threads``, ``spinning``), and ``"auto"`` (the service's default:
+onnx-int8 where it can be built, else torch; :func:`_load_backend`). Others plug in with
+:func:`register_backend`; a backend only has to turn the CrossEncoder's tokenised features into logits
+(see :class:`FeatureBackend`).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 
@@ -202,6 +204,28 @@ _BACKENDS: dict[str, BackendFactory] = {
 }
 
 
+AUTO_BACKEND = "onnx-int8"
+
+
+RerankerBackend = Literal["auto", "torch", "onnx", "onnx-int8"]  # the built-in choices (settings, CLI)
+
+
+def _load_backend(backend: str, cross_encoder: Any, context: BackendContext) -> tuple[str, LogitsBackend]:
+    """``(name, backend)``; ``auto`` is onnx-int8 for a local folder whose export can be cached, else torch.
+
+    onnx-int8 reranks ~2-3x faster than torch within the quality guard (docs/benchmarks.md); it needs a
+    local folder and a writable ONNX cache (or the export already in it), which a read-only container or
+    a hub name lacks: then ``auto`` says why in one warning and runs torch."""
+    if backend != "auto":
+        return backend, _BACKENDS[backend](cross_encoder, context)
+    if context.model_dir is not None:
+        try:
+            return AUTO_BACKEND, _BACKENDS[AUTO_BACKEND](cross_encoder, context)
+        except (ModelLoadError, OSError) as exc:
+            logger.warning("reranker backend auto: %s; using torch", exc)
+    return "torch", _BACKENDS["torch"](cross_encoder, context)
+
+
 def register_backend(name: str, factory: BackendFactory) -> None:
     """Make ``Reranker(..., backend=name)`` use ``factory(cross_encoder, context) -> LogitsBackend``."""
     _BACKENDS[name] = factory
@@ -260,11 +284,10 @@ class Reranker:
         self.name = str(name_or_path)
         local = Path(name_or_path).expanduser()
         self.path: Path | None = local.resolve() if local.exists() else None
-        if backend not in _BACKENDS:
+        if backend != "auto" and backend not in _BACKENDS:
             raise InvalidInputError(
-                f"unknown reranker backend {backend!r} (available: {', '.join(available_backends())})"
+                f"unknown reranker backend {backend!r} (available: auto, {', '.join(available_backends())})"
             )
-        self.backend = backend
         try:
             self.cross_encoder = CrossEncoder(
                 str(self.path) if self.path else self.name,
@@ -290,8 +313,8 @@ class Reranker:
         self.fusion: FusionConfig | None = config
         self.symmetric_default = bool((self.metadata.get("hyperparameters") or {}).get("symmetric", True))
         context = BackendContext(self.name, self.path, dict(backend_options or {}))
-        self._backend: LogitsBackend = _BACKENDS[backend](self.cross_encoder, context)
-        logger.info("reranker %s loaded (backend %s, fusion %s)", self.name, backend, self.fusion)
+        self.backend, self._backend = _load_backend(backend, self.cross_encoder, context)
+        logger.info("reranker %s loaded (backend %s, fusion %s)", self.name, self.backend, self.fusion)
 
     @property
     def max_length(self) -> int:

@@ -79,7 +79,8 @@ def app_settings(app_index: Path, app_clean_env: None) -> Callable[..., Settings
     """Settings for an in-process app over the small index (no reload polling unless asked)."""
 
     def make(**overrides: Any) -> Settings:
-        values: dict[str, Any] = {"index": app_index, "reload_poll_s": 0, "threads": 2}
+        # reranker_backend torch: the tests compare with torch scores (auto is tested on its own)
+        values: dict[str, Any] = {"index": app_index, "reload_poll_s": 0, "threads": 2, "reranker_backend": "torch"}
         values.update(overrides)
         return Settings(**values)
 
@@ -158,6 +159,7 @@ def launch_server() -> Iterator[Callable[..., ServerProcess]]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("SEMSEARCH_")}
         env.update({f"SEMSEARCH_{k.upper()}": str(v) for k, v in settings.items()})
         env.setdefault("SEMSEARCH_RELOAD_POLL_S", "0")
+        env.setdefault("SEMSEARCH_RERANKER_BACKEND", "torch")  # as app_settings: no ONNX export per server
         env.setdefault("SEMSEARCH_ACCESS_LOG", "false")
         server = ServerProcess(["--index", str(index), "--port", "0"], env)
         started.append(server)

@@ -192,6 +192,23 @@ def test_rerank_limits_are_422(rclient: TestClient, check_error: Check, path: st
     check_error(rclient.post(path, json=body), 422, "invalid_input")
 
 
+def test_default_reranker_backend_auto_serves_int8_when_the_cache_is_writable(
+    app_settings: Callable[..., Settings], reranker_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The service's default (``auto``) serves the int8 export of a local folder (made once in the cache):
+    /info names the backend that runs and /rerank's raw scores are that export's."""
+    monkeypatch.setenv("SEMSEARCH_CACHE_DIR", str(tmp_path))
+    with TestClient(create_app(app_settings(reranker=str(reranker_dir), reranker_backend="auto"))) as client:
+        assert client.get("/info").json()["reranker"]["backend"] == "onnx-int8"
+        body = client.post("/rerank", json={"query": QUERY, "texts": RERANK_TEXTS, "raw_scores": True}).json()
+    assert list(tmp_path.glob("onnx/*-cross-encoder/model-int8-*.onnx"))
+    int8 = Reranker(reranker_dir, backend="onnx-int8", backend_options={"cache_dir": tmp_path / "onnx"})
+    expected = int8.score(QUERY, RERANK_TEXTS)
+    assert not np.allclose(expected, Reranker(reranker_dir).score(QUERY, RERANK_TEXTS), rtol=0, atol=1e-6)
+    served = sorted(body["results"], key=lambda r: r["index"])
+    np.testing.assert_allclose([r["score"] for r in served], expected, rtol=1e-5)
+
+
 def test_retrieval_weight_and_onnx_backend_settings(
     app_settings: Callable[..., Settings], reranker_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

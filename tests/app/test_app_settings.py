@@ -48,7 +48,7 @@ def test_defaults(app_index: Path) -> None:
         2.0,
     )
     assert s.api_key is None and s.reranker is None and s.cors_origins == [] and s.threads >= 1
-    assert (s.onnx_spinning, s.reranker_backend, s.retrieval_weight) == (False, "torch", None)
+    assert (s.onnx_spinning, s.reranker_backend, s.retrieval_weight) == (False, "auto", None)
     assert Settings(index=app_index, api_key="  ").api_key is None  # blank means unset
 
 

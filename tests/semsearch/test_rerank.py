@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -356,6 +357,26 @@ def test_onnx_backends_match_torch_and_reuse_the_cache(
     mtimes = {p: p.stat().st_mtime_ns for p in tmp_path.glob("*-cross-encoder/*.onnx")}
     Reranker(trained[0], backend="onnx-int8", backend_options=options)  # second load: from the cache
     assert {p: p.stat().st_mtime_ns for p in tmp_path.glob("*-cross-encoder/*.onnx")} == mtimes
+
+
+def test_auto_backend_is_int8_where_it_can_be_cached_else_torch(
+    trained: tuple[Path, training.TrainResult], reranker: Reranker, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``auto``: onnx-int8 for a local folder with a usable cache; torch (with a warning naming the cause) when
+    the cache cannot be created, scoring exactly like the torch reranker."""
+    auto = Reranker(trained[0], backend="auto", backend_options={"cache_dir": tmp_path / "cache"})
+    assert auto.backend == "onnx-int8"
+    assert list((tmp_path / "cache").glob(f"*-cross-encoder/model-int8-{INT8_RECIPE}.onnx"))
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("a file where the cache folder would be", encoding="utf-8")
+    with caplog.at_level(logging.WARNING, logger="semsearch.rerank"):
+        fallback = Reranker(trained[0], backend="auto", backend_options={"cache_dir": blocked})
+    assert fallback.backend == "torch"
+    assert "reranker backend auto" in caplog.text and "using torch" in caplog.text and str(blocked) in caplog.text
+    pairs = [(QUERY, t) for t in TEXTS]
+    np.testing.assert_array_equal(fallback.logits(pairs), reranker.logits(pairs))
+    with pytest.raises(InvalidInputError, match="available: auto, "):
+        Reranker(trained[0], backend="no-such-backend")
 
 
 def test_missing_model_is_a_load_error(tmp_path: Path) -> None:
