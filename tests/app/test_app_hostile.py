@@ -22,6 +22,7 @@ from fastapi.testclient import TestClient
 from app.main import create_app
 from app.settings import Settings
 from semsearch import filters
+from semsearch.text import text_problem
 
 pytest_plugins = ["app_fixtures"]
 
@@ -96,7 +97,9 @@ def test_invalid_text_is_422_at_the_schema(
     r = timed(lambda: client.post(route, content=raw_with_text(route, field, is_list, literal), headers=JSON))
     error = check_error(r, 422, "invalid_input")
     assert error["detail"][0]["loc"][:2] == ["body", field], error
-    assert "surrogate" in error["message"] or "NUL" in error["message"], error
+    problem = text_problem(json.loads(literal))  # what the core says of this text: NUL, or which surrogate where
+    assert problem is not None and error["detail"][0]["msg"] == problem, error
+    assert error["message"].endswith(f": {problem}"), error
 
 
 def _deep(n: int) -> str:
