@@ -35,7 +35,7 @@ test-fast: install
 
 # The default reranker: a cross-encoder fine-tuned here from the packaged MiniLM on STS-B train
 # (dev for early stopping and fusion tuning; the test split is only reported when ../shared is there).
-# --retrieval-weight 0.8: the cosine's weight when reranking search candidates. An STS model is not a
+# --retrieval-weight 0.8: the retrieval score's weight (the search mode's own score) when reranking search candidates. An STS model is not a
 # relevance model; at its STS weight (0.5) it lowers nDCG@10, at 0.7-0.9 it is neutral to slightly
 # positive (chosen on held-out SciFact *train* claims; only the number is used; docs/reranker.md).
 STSB_TEST := ../shared/data/stsb/stsb_test.tsv

@@ -129,7 +129,7 @@ class ServerProcess:
     def log(self) -> str:
         return "".join(self.lines)
 
-    def wait_started(self, timeout: float = 180) -> None:
+    def wait_started(self, timeout: float = 300) -> None:  # several start at once on 2 shared cores
         if not self._ready.wait(timeout) or not self.url:
             self.stop()
             raise AssertionError(f"server did not start:\n{self.log}")

@@ -139,11 +139,80 @@ def test_metrics_are_prometheus_text(app_client: TestClient) -> None:
     assert f"semsearch_index_size {float(count)}" in text
 
 
-def test_openapi_docs(app_client: TestClient) -> None:
-    assert app_client.get("/docs").status_code == 200
-    paths = app_client.get("/openapi.json").json()["paths"]
-    for path in ("/search", "/search/batch", "/embed", "/rerank", "/info", "/ready", "/admin/reload"):
-        assert path in paths
+# (method, path) -> (request model or None, 200 response model or None): the routes docs/api.md lists
+OPENAPI_OPERATIONS: dict[tuple[str, str], tuple[str | None, str | None]] = {
+    ("post", "/search"): ("SearchRequest", "SearchResponse"),
+    ("get", "/search"): (None, "SearchResponse"),
+    ("post", "/search/batch"): ("BatchSearchRequest", "BatchSearchResponse"),
+    ("post", "/embed"): ("EmbedRequest", "EmbedResponse"),
+    ("post", "/rerank"): ("RerankRequest", "RerankResponse"),
+    ("get", "/health"): (None, "Status"),
+    ("get", "/ready"): (None, "Status"),
+    ("get", "/info"): (None, None),
+    ("get", "/metrics"): (None, None),
+    ("post", "/admin/reload"): (None, "ReloadResponse"),
+    ("post", "/v1/embeddings"): ("EmbeddingsRequest", "EmbeddingsResponse"),
+    ("get", "/v1/models"): (None, "ModelList"),
+    ("post", "/v1/rerank"): ("CompatRerankRequest", "CompatRerankResponse"),
+    ("post", "/v2/rerank"): ("CompatRerankRequest", "CompatRerankResponse"),
+}
+ERROR_REF = {"$ref": "#/components/schemas/ErrorResponse"}
+
+
+def _ref(node: dict[str, Any] | None) -> str | None:
+    schema = (node or {}).get("content", {}).get("application/json", {}).get("schema", {})
+    return schema["$ref"].rsplit("/", 1)[-1] if "$ref" in schema else None
+
+
+def test_openapi_describes_the_routes_models_and_limits(app_client: TestClient) -> None:
+    """/openapi.json (what /docs renders and clients are generated from) has every route with its
+    request and response models, the error shape, and the limits this service was started with."""
+    settings: Settings = app_client.app.state.settings  # type: ignore[attr-defined]
+    docs = app_client.get("/docs")
+    assert docs.status_code == 200 and "/openapi.json" in docs.text
+    doc = app_client.get("/openapi.json").json()
+    operations = {(m, p) for p, ops in doc["paths"].items() for m in ops}
+    assert set(OPENAPI_OPERATIONS) <= operations, set(OPENAPI_OPERATIONS) - operations
+    assert not any(p in doc["paths"] for p in ("/", "/favicon.ico"))  # the page is not API
+    for (method, path), (request, response) in OPENAPI_OPERATIONS.items():
+        op = doc["paths"][path][method]
+        assert _ref(op.get("requestBody")) == request, (method, path, op.get("requestBody"))
+        if response is not None:
+            assert _ref(op["responses"]["200"]) == response, (method, path, op["responses"]["200"])
+        if path not in ("/health", "/metrics") and not path.startswith("/v"):
+            assert op["responses"]["401"]["content"]["application/json"]["schema"] == ERROR_REF, (method, path)
+        if method == "post" and not path.startswith("/v"):
+            assert op["responses"]["413"]["content"]["application/json"]["schema"] == ERROR_REF, (method, path)
+    assert set(doc["paths"]["/metrics"]["get"]["responses"]["200"]["content"]) == {"text/plain"}
+    for path in ("/search", "/search/batch", "/embed", "/rerank"):
+        op = doc["paths"][path]["post"]
+        assert {"422", "429", "503"} <= set(op["responses"]), (path, sorted(op["responses"]))
+        assert _ref(op["responses"]["422"]) == "ErrorResponse", path
+
+    schemas = doc["components"]["schemas"]
+    models = ("SearchRequest", "BatchSearchRequest", "EmbedRequest", "RerankRequest", "SearchHit")
+    props = {name: schemas[name]["properties"] for name in models}
+    assert props["SearchRequest"]["query"]["maxLength"] == settings.max_query_chars
+    assert set(props["SearchRequest"]) == {"query", "k", "mode", "filter", "rerank", "candidates"}
+    for model in ("SearchRequest", "BatchSearchRequest"):
+        assert props[model]["k"]["maximum"] == settings.max_k and props[model]["k"]["default"] == 10
+        assert props[model]["candidates"]["maximum"] == settings.max_candidates
+    for model, field, items, chars in (
+        ("BatchSearchRequest", "queries", settings.max_batch_queries, settings.max_query_chars),
+        ("EmbedRequest", "texts", settings.max_embed_texts, settings.max_text_chars),
+        ("RerankRequest", "texts", settings.max_rerank_texts, settings.max_text_chars),
+    ):
+        node = props[model][field]
+        assert (node["maxItems"], node["items"]["maxLength"]) == (items, chars), (model, node)
+    assert props["RerankRequest"]["query"]["maxLength"] == settings.max_query_chars
+    assert set(props["SearchHit"]) == {"id", "text", "score", "metadata", "source", "retrieval_score"}
+    assert set(schemas["SearchResponse"]["required"]) == {"results", "took_ms", "index_version", "reranked"}
+    assert set(schemas["ErrorBody"]["properties"]) == {"code", "message", "detail"}
+    get = {p["name"]: p for p in doc["paths"]["/search"]["get"]["parameters"]}
+    assert set(get) == {"q", "k", "mode", "filter", "rerank", "candidates"}
+    assert get["q"]["schema"]["maxLength"] == settings.max_query_chars and get["q"]["required"] is True
+    assert get["k"]["schema"]["maximum"] == settings.max_k
+    assert set(get["filter"]["content"]) == {"application/json"}
 
 
 def test_web_page_is_served(app_client: TestClient) -> None:
@@ -184,8 +253,10 @@ def test_web_page_is_served(app_client: TestClient) -> None:
 )
 def test_invalid_search_input_is_422(app_client: TestClient, check_error: Check, body: Any, where: str | None) -> None:
     error = check_error(app_client.post("/search", json=body), 422, "invalid_input")
-    if where is not None:
-        assert any(where in d["loc"] for d in error["detail"]), error
+    if where is not None:  # the first problem is at that field, and the message names it
+        loc = error["detail"][0]["loc"]
+        assert loc[:2] == ["body", where], error
+        assert error["message"].startswith(".".join(loc[1:]) + ": "), error
 
 
 @pytest.mark.parametrize(
@@ -235,8 +306,10 @@ def test_unknown_route_and_method(app_client: TestClient, check_error: Check) ->
     check_error(app_client.get("/nope"), 404, "not_found")
     error_405 = app_client.delete("/search")
     check_error(error_405, 405, "method_not_allowed")
-    assert "GET" in error_405.headers["allow"] or "POST" in error_405.headers["allow"]
-    check_error(app_client.get("/embed"), 405)
+    assert error_405.headers["allow"] == "GET, HEAD, POST"  # every method of /search, sorted (docs/api.md)
+    embed_405 = app_client.get("/embed")
+    check_error(embed_405, 405, "method_not_allowed")
+    assert embed_405.headers["allow"] == "POST"
 
 
 def test_rerank_without_reranker_is_503(app_client: TestClient, check_error: Check) -> None:

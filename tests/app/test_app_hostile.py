@@ -22,6 +22,7 @@ from fastapi.testclient import TestClient
 from app.main import create_app
 from app.settings import Settings
 from semsearch import filters
+from semsearch.text import text_problem
 
 pytest_plugins = ["app_fixtures"]
 
@@ -96,7 +97,9 @@ def test_invalid_text_is_422_at_the_schema(
     r = timed(lambda: client.post(route, content=raw_with_text(route, field, is_list, literal), headers=JSON))
     error = check_error(r, 422, "invalid_input")
     assert error["detail"][0]["loc"][:2] == ["body", field], error
-    assert "surrogate" in error["message"] or "NUL" in error["message"], error
+    problem = text_problem(json.loads(literal))  # what the core says of this text: NUL, or which surrogate where
+    assert problem is not None and error["detail"][0]["msg"] == problem, error
+    assert error["message"].endswith(f": {problem}"), error
 
 
 def _deep(n: int) -> str:
@@ -399,10 +402,14 @@ def test_hostile_clients_never_fail_good_requests(server: Any) -> None:
 
 
 def test_the_api_key_is_never_logged(server: Any) -> None:
-    """Runs after the hostile traffic above (debug log level, access log on): the key appears nowhere."""
+    """Debug log level and access log on, good, refused and hostile requests (its own, so it does not
+    depend on running after the test above): the key appears nowhere in the log."""
     from app_fixtures import API_KEY
 
     with server.client() as c:
+        for route, (_, fields) in BODY_ROUTES.items():  # invalid text on every route, with the key
+            raw = raw_with_text(route, fields[0][0], fields[0][1], BAD_TEXTS["lone_high_surrogate"])
+            c.post(route, content=raw, headers={"Authorization": f"Bearer {API_KEY}", **JSON})
         c.get("/info", headers={"Authorization": f"Bearer {API_KEY}"})
         c.get("/info", headers={"Authorization": f"Bearer {API_KEY}-wrong"})
         c.get(f"/info?key={API_KEY[:4]}", headers={"Authorization": "Basic abc"})

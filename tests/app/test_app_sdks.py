@@ -217,7 +217,10 @@ def test_client_every_native_route(server: Any, http: httpx.Client) -> None:
         assert [h.score for h in found.results] == [h["score"] for h in raw["results"]]
         assert all(h.metadata["pos"] == "n" for h in found.results) and found.reranked is False
         reranked = client.search(QUERY, k=2, rerank=True, candidates=5)
-        assert reranked.reranked and all(h.retrieval_score is not None for h in reranked.results)
+        dense = {h.id: h.score for h in client.search(QUERY, k=5).results}  # the 5 candidates, their cosines
+        assert reranked.reranked and len(reranked.results) == 2
+        for hit in reranked.results:  # retrieval_score: the candidate's cosine, score: the reranker's
+            assert hit.retrieval_score == pytest.approx(dense[hit.id], abs=1e-5), (hit, dense)
 
         batch = client.search_batch([QUERY, "to run fast"], k=2)
         assert len(batch.results) == 2 and [h.id for h in batch.results[0]] == [

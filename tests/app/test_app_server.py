@@ -55,21 +55,34 @@ def _metric(text: str, name: str) -> float:
     return float(match.group(1))
 
 
-@pytest.fixture(scope="module")
-def reload_root(app_index: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A private copy of the small index: the hot-reload tests publish new versions into it."""
-    root = tmp_path_factory.mktemp("reload") / "root"
+def _private_copy(app_index: Path, tmp_path_factory: pytest.TempPathFactory, name: str) -> Path:
+    root = tmp_path_factory.mktemp(name) / "root"
     shutil.copytree(app_index, root, symlinks=True)
     return root
 
 
 @pytest.fixture(scope="module")
-def servers(launch_server: Callable[..., Any], app_index: Path, reload_root: Path) -> dict[str, Any]:
-    """The three servers of this module, launched together (their start-up overlaps)."""
+def reload_root(app_index: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A private copy of the small index: the hot-reload test publishes new versions into it."""
+    return _private_copy(app_index, tmp_path_factory, "reload")
+
+
+@pytest.fixture(scope="module")
+def refuse_root(app_index: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Another private copy: the refusal test switches its ``current`` to broken versions."""
+    return _private_copy(app_index, tmp_path_factory, "refuse")
+
+
+@pytest.fixture(scope="module")
+def servers(launch_server: Callable[..., Any], app_index: Path, reload_root: Path, refuse_root: Path) -> dict[str, Any]:
+    """The servers of this module, launched together (their start-up overlaps). Each test that changes
+    a server's state (breaks its index; the SIGTERM test's is launched by its own fixture) has a server
+    of its own, so no test depends on the order the others run in."""
     return {
         "keyed": launch_server(app_index, api_key=API_KEY, batch_window_ms=10, access_log="true"),
         "backpressure": launch_server(app_index, max_queue=2, batch_window_ms=500, max_batch=4, retry_after_s=3),
         "reloading": launch_server(reload_root, api_key=API_KEY, reload_poll_s=0.2),
+        "refusing": launch_server(refuse_root, api_key=API_KEY, reload_poll_s=0.2),
     }
 
 
@@ -95,6 +108,21 @@ def backpressure(servers: dict[str, Any]) -> Any:
 def reloading(servers: dict[str, Any]) -> Any:
     """Follows ``reload_root``'s ``current`` every 0.2 s; admin routes enabled by the key."""
     return _started(servers, "reloading")
+
+
+@pytest.fixture(scope="module")
+def refusing(servers: dict[str, Any]) -> Any:
+    """Follows ``refuse_root``'s ``current`` every 0.2 s; admin routes enabled by the key."""
+    return _started(servers, "refusing")
+
+
+@pytest.fixture
+def stopping(launch_server: Callable[..., Any], app_index: Path, servers: dict[str, Any]) -> Any:
+    """The server the SIGTERM test stops: its own, launched after the module's servers (fewer
+    start-ups at once on a small machine)."""
+    server = launch_server(app_index, access_log="true")
+    server.wait_started()
+    return server
 
 
 # --------------------------------------------------------------- API key, micro-batching, SIGTERM
@@ -146,12 +174,15 @@ def test_api_key_is_required_except_on_health(keyed: Any, check_error: Check) ->
     assert API_KEY not in keyed.log
 
 
-def test_sigterm_shuts_down_gracefully(keyed: Any) -> None:
+def test_sigterm_shuts_down_gracefully(stopping: Any) -> None:
+    with stopping.client() as client:
+        assert client.post("/search", json={"query": "a large wild cat", "k": 2}).status_code == 200
     # uvicorn finishes the shutdown (lifespan included), then re-raises SIGTERM so that the exit
     # status still tells the supervisor which signal ended the process
-    assert keyed.stop() in (0, -signal.SIGTERM)
-    assert "Shutting down" in keyed.log and "semsearch stopped" in keyed.log
-    assert "Finished server process" in keyed.log and "Traceback" not in keyed.log
+    assert stopping.stop() == -signal.SIGTERM
+    assert "Shutting down" in stopping.log and "semsearch stopped" in stopping.log
+    assert "Finished server process" in stopping.log and "Traceback" not in stopping.log
+    assert '"POST /search HTTP/1.1" 200' in stopping.log  # the request before it was served and logged
 
 
 # --------------------------------------------------------------- back-pressure
@@ -247,9 +278,9 @@ def test_hot_reload_under_load_drops_no_request(
 
 
 def test_corrupt_version_is_refused_and_the_old_one_keeps_serving(
-    reloading: Any, reload_root: Path, check_error: Check, waiter: Callable[..., bool]
+    refusing: Any, refuse_root: Path, check_error: Check, waiter: Callable[..., bool]
 ) -> None:
-    root = IndexRoot(reload_root)
+    root = IndexRoot(refuse_root)
     serving = root.current_version()
     # a new version whose segment's SQLite store is garbage (a copy of the served segment, corrupted)
     manifest = Manifest.read(root.versions_dir / str(serving))
@@ -261,11 +292,11 @@ def test_corrupt_version_is_refused_and_the_old_one_keeps_serving(
     manifest.segments = [{**manifest.segments[0], "name": bad_segment.name}, *manifest.segments[1:]]
     manifest.version = bad.name
     manifest.write(bad)
-    tmp_link = reload_root / ".current.test"
+    tmp_link = refuse_root / ".current.test"
     os.symlink(f"versions/{bad.name}", tmp_link)
-    os.replace(tmp_link, reload_root / "current")  # the atomic switch a buggy writer could make
+    os.replace(tmp_link, refuse_root / "current")  # the atomic switch a buggy writer could make
 
-    with reloading.client(headers=AUTH) as client:
+    with refusing.client(headers=AUTH) as client:
         assert waiter(lambda: client.get("/info").json()["last_reload_error"] is not None, timeout=60)
         info = client.get("/info").json()
         assert info["index_version"] == serving
@@ -285,9 +316,9 @@ def test_corrupt_version_is_refused_and_the_old_one_keeps_serving(
         data["model"] = "someone/else"
         (edited / "manifest.json").write_text(json.dumps(data))
         os.symlink(f"versions/{edited.name}", tmp_link)
-        os.replace(tmp_link, reload_root / "current")
+        os.replace(tmp_link, refuse_root / "current")
         error = check_error(client.post("/admin/reload"), 409, "reload_refused")
         assert error["detail"]["version"] == edited.name and "checksum does not match" in error["message"]
         info = client.get("/info").json()
         assert info["index_version"] == serving and info["index"]["model"] != "someone/else"
-    assert f"refused index version {bad.name}" in reloading.log
+    assert f"refused index version {bad.name}" in refusing.log

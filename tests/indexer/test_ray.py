@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -234,7 +235,9 @@ def _requests():
 
 
 def test_sharded_serving_same_contract_kill_and_reload(cluster, builds, plain_results, tmp_path):
-    _, sharded = builds
+    # a private copy: this test publishes v000002 into it, and the module's builds stay as built
+    sharded = tmp_path / "sharded"
+    shutil.copytree(builds[1], sharded, symlinks=True)
     args = ["--index", str(sharded), "--engine", "ray", "--ray-address", cluster.address]
     args += ["--replica-cpus", "0.25", "--shard-timeout-s", "3", "--reload-poll-s", "1"]
     with _service(args) as (url, proc):
