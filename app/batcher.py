@@ -9,7 +9,11 @@ single worker thread, which
 3. runs one ``semsearch.search.search`` per group of search jobs with the same ``mode`` and ``filter``
    (with the group's largest ``k``; each job keeps its own top ``k``),
 
-and the collector resolves each job's future. While the worker is busy the next batch forms in the
+and the collector resolves each job's future. A search job with a filter the current version has not
+evaluated yet first waits on a thread of its own (:meth:`MicroBatcher._match_filter`): the first
+evaluation of a filter reads every row's metadata (up to ~2 s on a big index, docs/reliability.md),
+so it runs before the job joins a batch, and only that request waits for it; in the batch the
+matching rows then come from the version's cache. While the worker is busy the next batch forms in the
 queue, so batches grow with load even with ``window_s = 0``. ``max_batch = 1`` disables batching: each
 request is encoded alone (the baseline of ``bench/http_bench.py``). A full queue raises
 :class:`~app.errors.OverloadedError` (HTTP 429) instead of growing.
@@ -38,10 +42,13 @@ from app.errors import ApiError, OverloadedError
 from app.metrics import Metrics
 from app.services import IndexHolder, version_name
 from semsearch.encoder import Encoder
+from semsearch.filters import CompiledFilter, compile_filter
 from semsearch.search import Mode, search
 from semsearch.search_index import Hit
 
 log = logging.getLogger(__name__)
+
+FILTER_WORKERS = 1  # first evaluations of filters at once, beside the encoder thread (SQLite releases the GIL)
 
 
 @dataclass(frozen=True)
@@ -96,6 +103,7 @@ class MicroBatcher:
         max_batch: int,
         max_queue: int,
         retry_after_s: int,
+        filter_workers: int = FILTER_WORKERS,
     ) -> None:
         self.encoder = encoder
         self.indexes = indexes
@@ -107,6 +115,8 @@ class MicroBatcher:
         self._pending: deque[Job] = deque()
         self._wakeup = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="semsearch-encode")
+        self._filter_executor = ThreadPoolExecutor(max_workers=filter_workers, thread_name_prefix="semsearch-filter")
+        self._filtering = 0  # requests waiting for a filter's first evaluation (bounded by max_queue)
         self._task: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ lifecycle
@@ -128,11 +138,14 @@ class MicroBatcher:
                 job.future.set_exception(ApiError(503, "shutting_down", "the service is shutting down"))
         self.metrics.queue_depth.set(0)
         await asyncio.to_thread(self._executor.shutdown, wait=True)
+        await asyncio.to_thread(self._filter_executor.shutdown, wait=True, cancel_futures=True)
 
     # ------------------------------------------------------------------ API (event loop)
 
     async def search(self, queries: Sequence[str], spec: SearchSpec) -> SearchOutcome:
         """Top-``spec.k`` hits for each query, all from one index version."""
+        if spec.filter:
+            await self._match_filter(compile_filter(spec.filter))
         outcome: SearchOutcome = await self._submit(list(queries), spec)
         return outcome
 
@@ -145,9 +158,35 @@ class MicroBatcher:
     def depth(self) -> int:
         return len(self._pending)
 
-    async def _submit(self, texts: list[str], spec: SearchSpec | None) -> Any:
+    def _check_running(self) -> None:
         if self._task is None or self._task.done():
             raise ApiError(503, "not_ready", "the encoder worker is not running")
+
+    async def _match_filter(self, compiled: CompiledFilter) -> None:
+        """Evaluate a filter the current version has not cached on the filter thread, not in a batch.
+
+        Only this request waits for it (behind at most ``filter_workers`` evaluations running and the
+        others waiting, at most ``max_queue``: then 429); its batchmates never do. The result is cached
+        for the version, so the job's search in the batch reads it from the cache. Should a reload swap
+        in a new version between the two, the worker evaluates the filter on the new segments.
+        """
+        self._check_running()
+        if not compiled or self.indexes.current.filter_cached(compiled):
+            return
+        if self._filtering >= self.max_queue:
+            raise OverloadedError("filter", self.max_queue, self.retry_after_s)
+        self._filtering += 1
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._filter_executor, self._match, compiled)
+        finally:
+            self._filtering -= 1
+
+    def _match(self, compiled: CompiledFilter) -> None:
+        with self.indexes.use() as index:
+            index.matching_iids(compiled)  # cached per segment (per version when sharded)
+
+    async def _submit(self, texts: list[str], spec: SearchSpec | None) -> Any:
+        self._check_running()
         if len(self._pending) >= self.max_queue:
             raise OverloadedError("encoder", self.max_queue, self.retry_after_s)
         job = Job(texts, spec, asyncio.get_running_loop().create_future())

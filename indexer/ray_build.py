@@ -333,6 +333,9 @@ def _ingest(ray: Any, writer: IndexWriter, opts: BuildOptions, ray_opts: RayOpti
     bar = _progress_bar(opts, resumed)
     truncated, encode_s = 0, 0.0
     nodes: set[str] = set()
+    quiet = _ReportedByTheBuild()
+    for name in _RAY_DATA_ERROR_LOGGERS:
+        logging.getLogger(name).addFilter(quiet)
     try:
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=1):
             records, vectors, rejects = _decode(batch)
@@ -348,15 +351,33 @@ def _ingest(ray: Any, writer: IndexWriter, opts: BuildOptions, ray_opts: RayOpti
     except Exception as e:  # a Ray error: actor died past its restarts, node lost, task failed
         if isinstance(e, OSError | MemoryError) or type(e).__module__.startswith("sqlite3"):
             raise
+        log.debug("the Ray build failed", exc_info=e)
         raise RayBuildError(
             f"the Ray build failed and nothing was published: {type(e).__name__}: {_first_line(e)}; "
             f"{writer.consumed} input rows were committed before it (--resume continues from there)"
         ) from e
     finally:
+        for name in _RAY_DATA_ERROR_LOGGERS:
+            logging.getLogger(name).removeFilter(quiet)
         if bar is not None:
             bar.close()
     log.info("encoded on %d node(s)", len(nodes))
     return truncated, encode_s, len(nodes)
+
+
+class _ReportedByTheBuild(logging.Filter):
+    """Keeps Ray Data's error records of the failure it is about to raise (tracebacks) off the console:
+    the build reports that error itself, as one ``error:`` line (its traceback with ``-v``). They still
+    go to Ray Data's log file (``hide`` is Ray Data's own console-only switch)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR:
+            record.hide = True
+        return True
+
+
+# where Ray Data logs a failed execution before raising it
+_RAY_DATA_ERROR_LOGGERS = ("ray.data._internal.execution.streaming_executor_state", "ray.data.exceptions")
 
 
 def _first_line(e: BaseException) -> str:

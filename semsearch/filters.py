@@ -16,7 +16,9 @@ one-field filter: evaluating a filter reads each row's metadata once per field, 
 fields, the length of a field path, the number of values and the length of each string value are
 capped (measured in docs/reliability.md). Numbers must lie within +-2**53 (exact in JSON, bindable by SQLite).
 
-The matching rows of a version are cached per (index, filter): an index version is immutable.
+The matching rows are cached per (segment, filter): a segment is immutable. The first evaluation of
+a filter can take a while on a big index (docs/reliability.md, "Filter cost"), so the service runs
+it on a thread of its own before the request joins a micro-batch (:mod:`app.batcher`).
 """
 
 from __future__ import annotations
@@ -224,21 +226,38 @@ _caches: weakref.WeakKeyDictionary[Any, _LRU] = weakref.WeakKeyDictionary()
 _caches_lock = threading.Lock()
 
 
+def _cache(cache_owner: Any) -> _LRU:
+    with _caches_lock:
+        cache = _caches.get(cache_owner)
+        if cache is None:
+            cache = _caches[cache_owner] = _LRU(CACHE_SIZE)
+        return cache
+
+
+def cached_iids(compiled: CompiledFilter, cache_owner: Any) -> np.ndarray | None:
+    """The cached matching iids of ``compiled`` for ``cache_owner`` (a segment, a sharded version), if any."""
+    with _caches_lock:
+        cache = _caches.get(cache_owner)
+    return None if cache is None else cache.get(compiled.key)
+
+
+def cache_iids(compiled: CompiledFilter, cache_owner: Any, iids: np.ndarray) -> np.ndarray:
+    """Remember ``iids`` (made read-only) as the rows of ``cache_owner`` that match ``compiled``."""
+    iids.setflags(write=False)
+    _cache(cache_owner).put(compiled.key, iids)
+    return iids
+
+
 def matching_iids(conn: Any, compiled: CompiledFilter, cache_owner: Any = None) -> np.ndarray:
-    """Ascending iids of the rows matching ``compiled`` (cached per ``cache_owner``, e.g. a SearchIndex)."""
-    cache: _LRU | None = None
+    """Ascending iids of the rows matching ``compiled`` (cached per ``cache_owner``, e.g. a segment)."""
     if cache_owner is not None:
-        with _caches_lock:
-            cache = _caches.get(cache_owner)
-            if cache is None:
-                cache = _caches[cache_owner] = _LRU(CACHE_SIZE)
-        hit = cache.get(compiled.key)
+        hit = cached_iids(compiled, cache_owner)
         if hit is not None:
             return hit
     rows = conn.execute(f"SELECT d.iid FROM docs AS d WHERE {compiled.where} ORDER BY d.iid", compiled.params)
     iids = np.fromiter((r[0] for r in rows), dtype=np.int64)
-    iids.setflags(write=False)
-    if cache is not None:
-        cache.put(compiled.key, iids)
     log.debug("filter %s matches %d rows", compiled.key, len(iids))
-    return iids
+    if cache_owner is None:
+        iids.setflags(write=False)
+        return iids
+    return cache_iids(compiled, cache_owner, iids)

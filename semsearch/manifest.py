@@ -188,7 +188,7 @@ class Manifest(_Checked):
 
 class LoadedVersion:
     """What a loaded index version answers from its manifest: its version name, its row count and
-    whether an encoder is the one it was built with (:class:`~semsearch.index.SearchIndex` and
+    whether an encoder is the one it was built with (:class:`~semsearch.search_index.SearchIndex` and
     :class:`~semsearch.sharded.ShardedIndex` both are one)."""
 
     directory: Path

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from semsearch.errors import CorruptIndexError
-from semsearch.filters import CompiledFilter, matching_iids
+from semsearch.filters import CompiledFilter, cached_iids, matching_iids
 from semsearch.format import SEGMENT_MANIFEST, SEGMENTS, TOMBSTONES_FILE, file_sha256, hex_sum, row_hash, sum_hex
 from semsearch.layout import resolve_version_dir
 from semsearch.lexical import (
@@ -270,6 +270,10 @@ class SearchIndex(LoadedVersion):
             ids = matching_iids(v.conn, compiled, v.segment)
             parts.append(ids[~v.is_dead(ids)] if len(v.dead) else ids)
         return np.sort(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
+
+    def filter_cached(self, compiled: CompiledFilter) -> bool:
+        """Whether every segment has ``compiled``'s matching rows cached (:meth:`matching_iids` is then cheap)."""
+        return all(cached_iids(compiled, v.segment) is not None for v in self.views)
 
     def lexical(
         self, text: str, stats: CollectionStats | None = None, df: np.ndarray | None = None

@@ -12,8 +12,8 @@ is one fan-out: every shard answers for its own rows and the answers are merged:
   frequency per query phrase is gathered and summed, then every shard scores its rows with the
   collection's statistics (live rows and tokens, summed once at load), so BM25 scores equal the
   unsharded index's;
-* filters: each shard matches its own rows; exact cosines and documents: each shard answers for
-  the ids it holds.
+* filters: each shard matches its own rows (the union is cached per version, as a segment caches
+  its own); exact cosines and documents: each shard answers for the ids it holds.
 
 The shards are reached through a :class:`Fanout`: :class:`LocalFanout` over loaded
 :class:`SearchIndex` shards (tests, tools), or a remote one (the Ray Serve ingress,
@@ -32,7 +32,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from semsearch.errors import SemsearchError
-from semsearch.filters import CompiledFilter
+from semsearch.filters import CompiledFilter, cache_iids, cached_iids
 from semsearch.lexical import CollectionStats
 from semsearch.manifest import LoadedVersion, Manifest
 from semsearch.search_index import Hit, SearchIndex, join_hits
@@ -157,8 +157,18 @@ class ShardedIndex(LoadedVersion):
         return out
 
     def matching_iids(self, compiled: CompiledFilter) -> np.ndarray:
+        hit = cached_iids(compiled, self)
+        if hit is not None:
+            return hit
         parts = self._call("matching_iids", compiled)
-        return np.sort(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
+        iids = np.sort(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
+        if len(parts) < self.fanout.shards:  # a partial answer is not this version's answer: not cached
+            return iids
+        return cache_iids(compiled, self, iids)
+
+    def filter_cached(self, compiled: CompiledFilter) -> bool:
+        """Whether this version has ``compiled``'s matching rows (from every shard) cached."""
+        return cached_iids(compiled, self) is not None
 
     def lexical(self, text: str) -> tuple[np.ndarray, np.ndarray]:
         dfs = self._call("lexical_df", text)

@@ -38,8 +38,13 @@ class FakeEncoder:
 class FakeIndex:
     directory = Path("/fake/versions/v000007")
 
+    def filter_cached(self, compiled: Any) -> bool:
+        return True  # nothing to evaluate first: fake_search ignores the filter
+
 
 class FakeHolder:
+    current = FakeIndex()
+
     @contextlib.contextmanager
     def use(self) -> Iterator[FakeIndex]:
         yield FakeIndex()
