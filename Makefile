@@ -38,12 +38,14 @@ test-fast: install
 # --retrieval-weight 0.8: the retrieval score's weight (the search mode's own score) when reranking search candidates. An STS model is not a
 # relevance model; at its STS weight (0.5) it lowers nDCG@10, at 0.7-0.9 it is neutral to slightly
 # positive (chosen on held-out SciFact *train* claims; only the number is used; docs/reranker.md).
+# Then its int8 export into the ONNX cache, which the service's default reranker backend (auto) uses.
 STSB_TEST := ../shared/data/stsb/stsb_test.tsv
 reranker: install
 	@start=$$(date +%s); \
 	$(BIN)/python -m indexer train-reranker --scored data/stsb/stsb_train.tsv --dev data/stsb/stsb_dev.tsv \
 	  $$(test -f $(STSB_TEST) && echo --test $(STSB_TEST)) --retrieval-weight 0.8 \
-	  --output models/reranker --overwrite; \
+	  --output models/reranker --overwrite && \
+	$(BIN)/python -c "from semsearch.rerank import Reranker; Reranker('models/reranker', backend='onnx-int8')" && \
 	echo "make reranker took $$(( ($$(date +%s) - start) / 60 )) min $$(( ($$(date +%s) - start) % 60 )) s"
 
 # The quick benchmarks (a few minutes each on 2 cores); results in bench/results/, see docs/benchmarks.md.

@@ -125,6 +125,9 @@ def settings_env_names() -> set[str]:
         for alias in (getattr(field, "alias", None), getattr(field, "validation_alias", None)):
             choices = getattr(alias, "choices", [alias])
             names.update(c.upper() for c in choices if isinstance(c, str))
+    from app.settings import RENAMED_FIELDS
+
+    names.update(canonical_env(old) for old in RENAMED_FIELDS)  # deprecated names, still read (with a warning)
     return names
 
 
