@@ -47,32 +47,22 @@ SERVERS: dict[str, tuple[list[str], dict[str, str]]] = {
     "threads1": ([], {"SEMSEARCH_THREADS": "1"}),  # 1 process x 1 thread (workers2's per-process share)
 }
 
-# txtai (the peer): GET /search?query=...&limit=k, one pre-encoded path per line
-LUA_GET = """
-local paths = {}
+# One body (POST /search) or path (txtai's GET /search?query=...) per line of the wrk script's argument.
+LUA_TEMPLATE = """
+local lines = {}
 local i = 0
 init = function(args)
-  for line in io.lines(args[1]) do paths[#paths + 1] = line end
-  i = math.random(#paths)
+  for line in io.lines(args[1]) do lines[#lines + 1] = line end
+  i = math.random(#lines)
 end
 request = function()
-  i = i % #paths + 1
-  return wrk.format("GET", paths[i])
+  i = i % #lines + 1
+  return REQUEST
 end
 """
-
-LUA = """
-local bodies = {}
-local i = 0
-init = function(args)
-  for line in io.lines(args[1]) do bodies[#bodies + 1] = line end
-  i = math.random(#bodies)
-end
-request = function()
-  i = i % #bodies + 1
-  return wrk.format("POST", "/search", {["Content-Type"] = "application/json"}, bodies[i])
-end
-"""
+POST_JSON = 'wrk.format("POST", "/search", {["Content-Type"] = "application/json"}, lines[i])'
+LUA = LUA_TEMPLATE.replace("REQUEST", POST_JSON)
+LUA_GET = LUA_TEMPLATE.replace("REQUEST", 'wrk.format("GET", lines[i])')
 
 
 class AppServer(hb.ServerProcess):
