@@ -107,6 +107,9 @@ def set_threads(n: int) -> None:
         torch.set_num_threads(n)
 
 
+ARENA_KEEP_TOKENS = 1024  # ~32 queries of 30 tokens keep onnxruntime's arena; larger batches free theirs
+
+
 def encoder_for(settings: Settings) -> Encoder:
     """The encoder the index at ``settings.index`` records (model/backend overridable by the settings)."""
     m = Manifest.read(resolve_version_dir(settings.index))
@@ -117,6 +120,7 @@ def encoder_for(settings: Settings) -> Encoder:
         max_seq_length=m.max_seq_length,
         num_threads=settings.threads,
         spinning=settings.onnx_spinning,
+        arena_keep_tokens=ARENA_KEEP_TOKENS,
     )
 
 

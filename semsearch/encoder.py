@@ -62,6 +62,9 @@ class Encoder:
     num_threads: int | None = None
     cache_dir: str | None = None
     spinning: bool = True  # ONNX backends: spin-wait between operators (throughput) or sleep (shared CPUs)
+    # ONNX backends: batches above this many tokens (batch x padded length) free onnxruntime's arena chunks
+    # after the run, so a long-running service does not keep its largest batch's memory (None: keep all)
+    arena_keep_tokens: int | None = None
     stats: EncodeStats = field(default_factory=EncodeStats, init=False)
 
     def __post_init__(self) -> None:
@@ -96,6 +99,7 @@ class Encoder:
                 cache_dir=Path(self.cache_dir) if self.cache_dir else None,
                 num_threads=self.num_threads,
                 spinning=self.spinning,
+                arena_keep_tokens=self.arena_keep_tokens,
             )
             self._onnx = onnx_model.run
             self._input_names = set(onnx_model.input_names)

@@ -262,3 +262,26 @@ def test_fingerprint_and_cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert default_cache_dir() == tmp_path / "c" / "onnx"
     monkeypatch.delenv("SEMSEARCH_CACHE_DIR")
     assert default_cache_dir() == Path.home() / ".cache" / "semsearch" / "onnx"
+
+
+def test_arena_is_shrunk_after_large_batches_only_and_outputs_do_not_change(
+    st_model: Any, model_dir: Path, cache_dir: Path, onnx_models: dict[Variant, OnnxModel]
+) -> None:
+    """``arena_keep_tokens``: a run above it passes run options that free onnxruntime's arena chunks after
+    it (the service's bound on memory); smaller runs keep the arena; the outputs are the same either way."""
+    bounded = OnnxModel(
+        st_model[0].auto_model, model_dir, model_fingerprint(model_dir), "encoder", "onnx-int8",
+        cache_dir=cache_dir, num_threads=2, arena_keep_tokens=64,
+    )  # fmt: skip
+    seen: list[Any] = []
+    real_run = bounded._session.run
+    bounded._session = type("Spy", (), {})()  # the real session's run, recording its run options
+    bounded._session.run = lambda names, feeds, options=None: seen.append(options) or real_run(names, feeds, options)
+    small = st_model.tokenizer(SENTENCES[:1], padding=True, return_tensors="np")
+    large = st_model.tokenizer(SENTENCES * 2, padding=True, truncation=True, max_length=256, return_tensors="np")
+    assert small["input_ids"].size <= 64 < large["input_ids"].size
+    for feats in (small, large):
+        features = {k: np.asarray(v, dtype=np.int64) for k, v in feats.items()}
+        np.testing.assert_array_equal(bounded.run(features), onnx_models["onnx-int8"].run(features))
+    assert seen[0] is None
+    assert seen[1] is not None and seen[1].get_run_config_entry("memory.enable_memory_arena_shrinkage") == "cpu:0"
