@@ -357,34 +357,19 @@ def _torch_export(
 ) -> None:
     import torch
 
+    common: dict[str, Any] = {"input_names": names, "output_names": [output], "dynamo": dynamo}
     if dynamo:
-        batch = torch.export.Dim("batch")
-        seq = torch.export.Dim("sequence")
-        torch.onnx.export(
-            wrapper,
-            args,
-            str(path),
-            input_names=names,
-            output_names=[output],
-            dynamic_shapes=tuple({0: batch, 1: seq} for _ in names),
-            dynamo=True,
-            external_data=False,
-            verbose=False,
-        )
-    else:
+        batch, seq = torch.export.Dim("batch"), torch.export.Dim("sequence")
+        options: dict[str, Any] = {
+            "dynamic_shapes": tuple({0: batch, 1: seq} for _ in names),
+            "external_data": False,
+            "verbose": False,
+        }
+    else:  # the TorchScript exporter
         axes = {n: {0: "batch", 1: "sequence"} for n in names}
         axes[output] = {0: "batch", 1: "sequence"} if output == "last_hidden_state" else {0: "batch"}
-        torch.onnx.export(
-            wrapper,
-            args,
-            str(path),
-            input_names=names,
-            output_names=[output],
-            dynamic_axes=axes,
-            opset_version=_LEGACY_OPSET,
-            dynamo=False,
-            do_constant_folding=True,
-        )
+        options = {"dynamic_axes": axes, "opset_version": _LEGACY_OPSET, "do_constant_folding": True}
+    torch.onnx.export(wrapper, args, str(path), **common, **options)
     if not path.is_file() or path.stat().st_size == 0:
         raise RuntimeError(f"exporter wrote no model to {path}")
 
