@@ -75,7 +75,7 @@ class Settings(BaseSettings):
         "auto",
         description="Reranker backend (auto, torch, onnx, onnx-int8); the ONNX ones need a local folder and are "
         "exported once into the semsearch cache. auto: onnx-int8 for a local folder when its export can be "
-        "cached (2-3x faster than torch, same STS-B within 0.1), else torch with a warning saying why.",
+        "cached (1.4-2.2x faster than torch, STS-B within 0.1), else torch with a warning saying why.",
     )
     # --- network
     host: str = Field("127.0.0.1", description="Interface to bind.")

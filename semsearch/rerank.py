@@ -213,7 +213,7 @@ RerankerBackend = Literal["auto", "torch", "onnx", "onnx-int8"]  # the built-in 
 def _load_backend(backend: str, cross_encoder: Any, context: BackendContext) -> tuple[str, LogitsBackend]:
     """``(name, backend)``; ``auto`` is onnx-int8 for a local folder whose export can be cached, else torch.
 
-    onnx-int8 reranks ~2-3x faster than torch within the quality guard (docs/benchmarks.md); it needs a
+    onnx-int8 reranks 1.4-2.2x faster than torch within the quality guard (docs/benchmarks.md 6.6); it needs a
     local folder and a writable ONNX cache (or the export already in it), which a read-only container or
     a hub name lacks: then ``auto`` says why in one warning and runs torch."""
     if backend != "auto":
