@@ -81,6 +81,28 @@ VOCAB = [
 ]
 
 
+def same_scores(a: list, b: list, field: str = "score") -> None:
+    """Same ``field`` of two hit lists to float32 rounding: FAISS picks its kernel (BLAS or not) by the
+    size of what a segment scans, so the last bit of a cosine may differ between differently split segments."""
+    for ra, rb in zip(a, b, strict=True):
+        va = [getattr(h, field) for h in ra]
+        vb = [getattr(h, field) for h in rb]
+        assert [v is None for v in va] == [v is None for v in vb]
+        assert np.allclose([v or 0.0 for v in va], [v or 0.0 for v in vb], rtol=0, atol=1e-6), field
+
+
+def assert_same_search(one, many, queries: list[str], vecs: np.ndarray, cases) -> None:
+    """``semsearch.search.search`` over ``many`` (e.g. shards) returns ``one``'s hits, in order, with the
+    same scores, for each ``(mode, filter)`` of ``cases``."""
+    from semsearch.search import search
+
+    for mode, flt in cases:
+        a = search(many, queries, vecs, 10, mode=mode, filter=flt)
+        b = search(one, queries, vecs, 10, mode=mode, filter=flt)
+        assert [[h.id for h in r] for r in a] == [[h.id for h in r] for r in b], (mode, flt)
+        same_scores(a, b)
+
+
 def synthetic_row(rng: np.random.Generator, ext_id: str) -> tuple[Record, np.ndarray]:
     """One seeded synthetic row: random words of VOCAB, a random unit vector of DIM, metadata g in 0..2."""
     text = " ".join(rng.choice(VOCAB, size=int(rng.integers(2, 9))))
@@ -94,7 +116,7 @@ def synthetic_row(rng: np.random.Generator, ext_id: str) -> tuple[Record, np.nda
 # Fixtures that load the real model, build a real index or start a real server: a test using any of
 # them (directly or through another fixture) is an integration test and gets the ``slow`` marker.
 HEAVY_FIXTURES = frozenset(
-    {"encoder", "small_index", "app_index", "app_client", "launch_server", "compat_reranker_dir"}
+    {"encoder", "small_index", "app_index", "app_client", "launch_server", "compat_reranker_dir", "untrained_reranker"}
 )
 # Modules whose tests run the CLI or the model without those fixtures (subprocesses, training, exports).
 SLOW_MODULES = frozenset(

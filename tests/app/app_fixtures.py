@@ -201,3 +201,16 @@ def assert_error(response: httpx.Response, status: int, code: str | None = None)
 @pytest.fixture(scope="session")
 def check_error() -> Callable[..., dict[str, Any]]:
     return assert_error
+
+
+@pytest.fixture(scope="session")
+def untrained_reranker(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real cross-encoder folder (the packaged MiniLM with an untrained one-logit head, no card), so
+    rerank requests are served rather than 503."""
+    from sentence_transformers import CrossEncoder
+
+    from semsearch.model_source import resolve_model
+
+    out = tmp_path_factory.mktemp("untrained-reranker") / "model"
+    CrossEncoder(str(resolve_model(None).path), num_labels=1).save(str(out))
+    return out

@@ -27,22 +27,10 @@ API_KEY = "fuzz-key-0123456789"
 
 
 @pytest.fixture(scope="module")
-def fuzz_reranker(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A real (untrained-head) cross-encoder, so rerank requests are served rather than 503."""
-    from sentence_transformers import CrossEncoder
-
-    from semsearch.model_source import resolve_model
-
-    out = tmp_path_factory.mktemp("fuzz-reranker") / "model"
-    CrossEncoder(str(resolve_model(None).path), num_labels=1).save(str(out))
-    return out
-
-
-@pytest.fixture(scope="module")
-def fuzz_server(launch_server: Callable[..., Any], app_index: Path, fuzz_reranker: Path) -> Any:
+def fuzz_server(launch_server: Callable[..., Any], app_index: Path, untrained_reranker: Path) -> Any:
     # small rerank limits keep each generated request cheap; the schema carries them
     server = launch_server(
-        app_index, api_key=API_KEY, reranker=fuzz_reranker, max_queue=1024, max_candidates=20, max_rerank_texts=20
+        app_index, api_key=API_KEY, reranker=untrained_reranker, max_queue=1024, max_candidates=20, max_rerank_texts=20
     )
     server.wait_started()
     return server

@@ -32,19 +32,8 @@ JSON = {"content-type": "application/json"}
 
 
 @pytest.fixture(scope="module")
-def reranker_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from sentence_transformers import CrossEncoder
-
-    from semsearch.model_source import resolve_model
-
-    out = tmp_path_factory.mktemp("reranker") / "model"
-    CrossEncoder(str(resolve_model(None).path), num_labels=1).save(str(out))
-    return out
-
-
-@pytest.fixture(scope="module")
-def client(app_settings: Callable[..., Settings], reranker_dir: Path) -> Iterator[TestClient]:
-    app = create_app(app_settings(reranker=str(reranker_dir), max_body_bytes=200_000))
+def client(app_settings: Callable[..., Settings], untrained_reranker: Path) -> Iterator[TestClient]:
+    app = create_app(app_settings(reranker=str(untrained_reranker), max_body_bytes=200_000))
     with TestClient(app, raise_server_exceptions=False) as test_client:
         yield test_client
 

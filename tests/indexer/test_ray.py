@@ -30,9 +30,8 @@ import time
 from pathlib import Path
 
 import httpx
-import numpy as np
 import pytest
-from conftest import REPO, sample_rows, write_jsonl
+from conftest import REPO, assert_same_search, sample_rows, write_jsonl
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(420)]
 # read by Ray when it is imported: keep 127.0.0.1 rather than the machine's routable address
@@ -113,7 +112,6 @@ def builds(cluster, corpus, tmp_path_factory):
 def test_ray_build_equals_local_build(builds, encoder):
     from semsearch.layout import IndexRoot
     from semsearch.manifest import Manifest
-    from semsearch.search import search
     from semsearch.search_index import SearchIndex, verify
     from semsearch.sharded import load_local
 
@@ -134,18 +132,9 @@ def test_ray_build_equals_local_build(builds, encoder):
     vecs = encoder.encode(QUERIES)
     one, many = SearchIndex.load(local), load_local(sharded)
     try:
-        for mode, flt in (
-            ("dense", None),
-            ("lexical", None),
-            ("hybrid", None),
-            ("dense", {"lexname": "noun.Tops"}),
-            ("hybrid", {"lexname": "noun.Tops"}),
-        ):
-            x = search(many, QUERIES, vecs, 10, mode=mode, filter=flt)
-            y = search(one, QUERIES, vecs, 10, mode=mode, filter=flt)
-            assert [[h.id for h in r] for r in x] == [[h.id for h in r] for r in y], mode
-            for rx, ry in zip(x, y, strict=True):
-                assert np.allclose([h.score for h in rx], [h.score for h in ry], rtol=0, atol=1e-6), mode
+        tops = {"lexname": "noun.Tops"}
+        cases = [("dense", None), ("lexical", None), ("hybrid", None), ("dense", tops), ("hybrid", tops)]
+        assert_same_search(one, many, QUERIES, vecs, cases)
     finally:
         one.close()
         many.close()

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import META, VOCAB, synthetic_row
+from conftest import META, VOCAB, assert_same_search, same_scores, synthetic_row
 
 from indexer.pipeline import BuildOptions, apply_merge_policy, run_build, run_compact, run_delete
 from semsearch.errors import InvalidInputError
@@ -51,14 +51,7 @@ def _write(root: Path, op: str, rows: list[tuple[Record, np.ndarray]], shards: i
         writer.commit({"kind": op})
 
 
-def _same_scores(a, b, field: str) -> None:
-    """Same scores to float32 rounding: FAISS picks its kernel (BLAS or not) by the size of what a
-    segment scans, so the last bit of a cosine may differ between differently split segments."""
-    for ra, rb in zip(a, b, strict=True):
-        va = [getattr(h, field) for h in ra]
-        vb = [getattr(h, field) for h in rb]
-        assert [v is None for v in va] == [v is None for v in vb]
-        assert np.allclose([v or 0.0 for v in va], [v or 0.0 for v in vb], rtol=0, atol=1e-6), field
+NOUN_TOPS = {"lexname": "noun.Tops"}
 
 
 def _compare(sharded_root: Path, fresh_root: Path, rng: np.random.Generator) -> None:
@@ -76,7 +69,7 @@ def _compare(sharded_root: Path, fresh_root: Path, rng: np.random.Generator) -> 
                 b = search(fresh, queries, vecs, 10, mode=mode, filter=flt)
                 assert [[h.id for h in r] for r in a] == [[h.id for h in r] for r in b], (mode, flt)
                 for field in ("score", "dense_score", "lexical_score"):
-                    _same_scores(a, b, field)
+                    same_scores(a, b, field)
                 # BM25 is the same arithmetic on the same numbers: bit-identical, not only close
                 assert [[h.lexical_score for h in r] for r in a] == [[h.lexical_score for h in r] for r in b]
     finally:
@@ -156,17 +149,8 @@ def test_real_sharded_build_equals_unsharded(tmp_path, small_corpus, small_index
     vecs = encoder.encode(queries)
     one, many = SearchIndex.load(small_index), load_local(root)
     try:
-        for mode, flt in (
-            ("dense", None),
-            ("lexical", None),
-            ("hybrid", None),
-            ("dense", {"lexname": "noun.Tops"}),
-            ("lexical", {"lexname": "noun.Tops"}),
-        ):
-            a = search(many, queries, vecs, 10, mode=mode, filter=flt)
-            b = search(one, queries, vecs, 10, mode=mode, filter=flt)
-            assert [[h.id for h in r] for r in a] == [[h.id for h in r] for r in b], (mode, flt)
-            _same_scores(a, b, "score")
+        cases = [(m, None) for m in ("dense", "lexical", "hybrid")]
+        assert_same_search(one, many, queries, vecs, [*cases, ("dense", NOUN_TOPS), ("lexical", NOUN_TOPS)])
     finally:
         one.close()
         many.close()
