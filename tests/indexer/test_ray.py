@@ -260,7 +260,8 @@ def test_sharded_serving_same_contract_kill_and_reload(cluster, builds, plain_re
             for _ in range(2):
                 r = httpx.post(url + "/search", json={"query": QUERIES[0], "k": 10}, timeout=60)
                 assert r.status_code == 503, r.text
-                assert r.json()["error"]["code"] == "shard_unavailable" and r.json()["error"]["detail"]["missing"] == [0]
+                error = r.json()["error"]
+                assert error["code"] == "shard_unavailable" and error["detail"]["missing"] == [0]
             assert httpx.get(url + "/health", timeout=30).status_code == 200  # the ingress itself is fine
         finally:
             os.kill(pid, signal.SIGKILL)  # now the replica dies: Serve restarts it and full results return

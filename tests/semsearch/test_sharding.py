@@ -38,13 +38,19 @@ def test_shard_of_is_stable_and_spreads():
     assert counts.min() > 900, counts
 
 
-def _write(root: Path, op: str, rows: list[tuple[Record, np.ndarray]], shards: int | None, segment_rows=10**6):
+def _write(
+    root: Path,
+    op: str,
+    rows: list[tuple[Record, np.ndarray]],
+    shards: int | None,
+    segment_rows=10**6,
+    index_spec: dict | None = None,
+):
     index_root = IndexRoot(root)
     with index_root.lock():
         base = BaseVersion.read(index_root)
-        writer = IndexWriter(
-            index_root, op, META, {"type": "flat", "params": {}}, base=base, segment_rows=segment_rows, shards=shards
-        )
+        spec = index_spec or {"type": "flat", "params": {}}
+        writer = IndexWriter(index_root, op, META, spec, base=base, segment_rows=segment_rows, shards=shards)
         for start in range(0, len(rows), 7):
             part = rows[start : start + 7]
             writer.add_chunk([r for r, _ in part], np.stack([v for _, v in part]), [], len(part), "keep-last")
@@ -136,6 +142,38 @@ def test_shard_out_of_range_is_refused(tmp_path):
         SearchIndex.load(tmp_path / "i", shard=2)
     with pytest.raises(InvalidInputError, match="--shards"):
         _write(tmp_path / "j", "build", [synthetic_row(rng, "x")], shards=0)
+
+
+def _recall_at_10(index, queries: np.ndarray, truth: list[set[str]]) -> float:
+    found = search(index, [""] * len(queries), queries, 10, mode="dense")
+    return float(np.mean([len({h.id for h in hits} & want) / 10 for hits, want in zip(found, truth, strict=True)]))
+
+
+def test_sharded_ann_recall_matches_unsharded_where_hnsw_misses(tmp_path):
+    """An ANN build split over shards keeps its recall@10 (within 0.01, or better: each shard's graph is
+    smaller and every shard returns its own top k). Small graph settings make HNSW miss here, so the
+    comparison is where it matters, not where both are exact."""
+    rng = np.random.default_rng(7)
+    rows = [synthetic_row(rng, f"r{i}") for i in range(6000)]
+    vectors = np.stack([v for _, v in rows])
+    queries = rng.standard_normal((300, vectors.shape[1])).astype(np.float32)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    top = np.argsort(-(queries @ vectors.T), axis=1)[:, :10]
+    truth = [{rows[i][0].ext_id for i in row} for row in top]
+    spec = {"type": "hnsw-sq8", "params": {"M": 16, "ef_construction": 40, "ef_search": 16, "rescore": 1}}
+    recalls = {}
+    for shards in (None, 2, 4):
+        root = tmp_path / f"shards-{shards}"
+        _write(root, "build", rows, shards=shards, index_spec=spec)
+        index = SearchIndex.load(root) if shards is None else load_local(root)
+        try:
+            shard_indexes = [index] if shards is None else index.fanout.indexes
+            assert {v.segment.meta.index_type for s in shard_indexes for v in s.views} == {"hnsw-sq8"}
+            recalls[shards] = _recall_at_10(index, queries, truth)
+        finally:
+            index.close()
+    assert recalls[None] < 0.97, recalls  # HNSW really misses at these settings
+    assert recalls[2] >= recalls[None] - 0.01 and recalls[4] >= recalls[None] - 0.01, recalls
 
 
 def test_real_sharded_build_equals_unsharded(tmp_path, small_corpus, small_index, encoder):
