@@ -206,8 +206,12 @@ def load_services(settings: Settings, handles: list[Any], partial_log: PartialLo
     set_threads(settings.threads)
     encoder = encoder_for(settings)
     index = open_version(settings.index, encoder, handles, settings, partial_log)
-    reranker = reranker_for(settings)
-    warm_up(settings, encoder, reranker)
+    try:
+        reranker = reranker_for(settings)
+        warm_up(settings, encoder, reranker)
+    except Exception:
+        index.close()
+        raise
     holder = IndexHolder(index)  # type: ignore[arg-type]
     services = ShardedServices(encoder, holder, reranker, SegmentPool(), handles, settings, partial_log)
     log.info(

@@ -31,40 +31,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import REPO, assert_same_search, sample_rows, write_jsonl
+from _ray_cluster import ENV, cluster_fixture, ray  # noqa: F401 (the fixture)
+from conftest import assert_same_search, sample_rows, write_jsonl
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(420)]
-# read by Ray when it is imported: keep 127.0.0.1 rather than the machine's routable address
-os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
-ray = pytest.importorskip("ray")
-
-ENV = {
-    **os.environ,
-    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-    "PYTHONPATH": str(REPO),
-    "RAY_USAGE_STATS_ENABLED": "0",
-}
 QUERIES = ["a large wild cat", "a musical instrument with strings", "feeling of sadness", "body of water"]
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    from ray.cluster_utils import Cluster
-
-    store = 200 << 20
-    c = Cluster(
-        initialize_head=True,
-        head_node_args={"num_cpus": 1, "object_store_memory": store, "include_dashboard": False},
-    )
-    try:
-        c.add_node(num_cpus=1, object_store_memory=store)
-        c.wait_for_nodes()
-        assert c.address.startswith("127.0.0.1:")
-        yield c
-    finally:
-        ray.shutdown()  # this process's own connection, if a test made one
-        c.shutdown()
 
 
 @pytest.fixture(scope="module")

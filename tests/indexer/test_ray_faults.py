@@ -1,6 +1,6 @@
 """``indexer build --engine ray`` when encoder actors die, and with an ANN index type (issue 12).
 
-On the same real local 2-node cluster as ``test_ray.py`` (its ``cluster`` fixture), the build runs as
+On the same real local 2-node cluster as ``test_ray.py`` (``_ray_cluster.cluster``, one per module), the build runs as
 the CLI and the test SIGKILLs the encoder actor's process from outside (what the OOM killer or a lost
 node does: no hook in the product):
 
@@ -29,12 +29,10 @@ from pathlib import Path
 import numpy as np
 import psutil
 import pytest
+from _ray_cluster import ENV, cluster_fixture  # noqa: F401 (the fixture)
 from conftest import sample_rows, write_jsonl
-from test_ray import ENV
-from test_ray import cluster as _cluster_fixture
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(1200)]
-cluster = _cluster_fixture  # test_ray.py's module-scoped 2-node cluster (a cluster of this module's own)
 
 ROWS = 600  # 275 and 325 rows in the two shards: both above MIN_TRAINED_ROWS
 K = 10
