@@ -108,6 +108,7 @@ def set_threads(n: int) -> None:
 
 
 ARENA_KEEP_TOKENS = 1024  # ~32 queries of 30 tokens keep onnxruntime's arena; larger batches free theirs
+RERANK_ARENA_KEEP_TOKENS = 4096  # reranker runs of 32 pairs of up to 128 tokens keep it; longer ones free theirs
 
 
 def encoder_for(settings: Settings) -> Encoder:
@@ -132,7 +133,11 @@ def reranker_for(settings: Settings) -> Reranker | None:
         settings.reranker,
         backend=settings.reranker_backend,
         retrieval_weight=settings.retrieval_weight,
-        backend_options={"num_threads": settings.threads, "spinning": settings.onnx_spinning},
+        backend_options={
+            "num_threads": settings.threads,
+            "spinning": settings.onnx_spinning,
+            "arena_keep_tokens": RERANK_ARENA_KEEP_TOKENS,
+        },
     )
 
 

@@ -15,8 +15,8 @@ training time, so a pair's score does not depend on the other pairs in the call.
 
 Backends: ``"torch"`` (default, the CrossEncoder's own forward), ``"onnx"`` and ``"onnx-int8"`` (the same
 transformer exported/quantised once and cached by weight fingerprint, see :mod:`semsearch.onnx_backend`;
-``backend_options``: ``cache_dir``, ``num_threads``, ``spinning``), and ``"auto"`` (the service's default:
-onnx-int8 where it can be built, else torch; :func:`_load_backend`). Others plug in with
+``backend_options``: ``cache_dir``, ``num_threads``, ``spinning``, ``arena_keep_tokens``), and ``"auto"``
+(the service's default: onnx-int8 where it can be built, else torch; :func:`_load_backend`). Others plug in with
 :func:`register_backend`; a backend only has to turn the CrossEncoder's tokenised features into logits
 (see :class:`FeatureBackend`).
 """
@@ -189,6 +189,7 @@ def _onnx_factory(variant: str) -> BackendFactory:
                 cache_dir=Path(cache_dir) if cache_dir else None,
                 num_threads=context.options.get("num_threads"),
                 spinning=bool(context.options.get("spinning", True)),
+                arena_keep_tokens=context.options.get("arena_keep_tokens"),
             )
         except RuntimeError as exc:
             raise ModelLoadError(f"cannot build the {variant} reranker for {context.name_or_path!r}: {exc}") from exc

@@ -13,7 +13,6 @@ from semsearch.store import Record
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "data" / "sample" / "wordnet_glosses.jsonl.gz"
-SHARED_DATA = REPO.parent / "shared" / "data"
 
 
 def sample_rows(n: int) -> list[dict]:

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -113,7 +114,8 @@ class ServerProcess:
             stderr=subprocess.STDOUT,
             text=True,
         )
-        threading.Thread(target=self._read, daemon=True).start()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
 
     def _read(self) -> None:
         assert self.proc.stdout is not None
@@ -137,6 +139,13 @@ class ServerProcess:
     def client(self, **kwargs: Any) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=60, **kwargs)
 
+    def sync_log(self, client: httpx.Client) -> None:
+        """Until everything the server logged so far has been read (needs its access log on): a
+        request with a unique mark, then wait for the mark's access-log line."""
+        mark = f"/health?sync={uuid.uuid4().hex}"
+        client.get(mark)
+        assert wait_until(lambda: mark in self.log, 30), self.log[-2000:]
+
     def stop(self, timeout: float = 60) -> int:
         """SIGTERM (graceful), then wait; returns the exit status."""
         if self.proc.poll() is None:
@@ -146,13 +155,15 @@ class ServerProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        self._reader.join(10)  # the pipe's last lines: every line the server wrote is in ``log``
         return self.proc.returncode
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def launch_server() -> Iterator[Callable[..., ServerProcess]]:
     """Launch real uvicorn servers (``python -m app --port 0``) without waiting for them (several start
-    in parallel); call ``wait_started()`` before use. All are stopped (SIGTERM) at the end."""
+    in parallel); call ``wait_started()`` before use. All are stopped (SIGTERM) at the end of the test
+    module, so the suite never holds more than one module's servers (each has the model loaded)."""
     started: list[ServerProcess] = []
 
     def launch(index: Path, **settings: Any) -> ServerProcess:

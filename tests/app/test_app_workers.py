@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib
 import os
 import re
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -32,9 +31,9 @@ def test_two_worker_processes_share_the_port(app_index: Path, app_clean_env: Non
     try:
         server.wait_started()
         assert "(2 worker processes;" in server.log, server.log
-        deadline = time.monotonic() + 240  # the workers load the model after the socket is bound
-        while server.log.count("Application startup complete") < 2 and time.monotonic() < deadline:
-            time.sleep(0.2)
+        wait_until = importlib.import_module("app_fixtures").wait_until
+        # the workers load the model after the socket is bound
+        assert wait_until(lambda: server.log.count("Application startup complete") == 2, 240), server.log
         with server.client() as client:
 
             def one(i: int) -> tuple[int, int]:

@@ -243,7 +243,7 @@ def test_killed_build_leaves_current_usable_and_resume_continues(tmp_path, small
     while _committed_chunks(root) < 2:
         assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
         assert time.monotonic() < deadline, "build made no progress"
-        time.sleep(0.2)
+        time.sleep(0.02)  # kill soon after the 2nd of 9 chunks: a fast machine must not finish first
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     # The previous version is untouched and still serves; the half-built one is invisible.

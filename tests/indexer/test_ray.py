@@ -34,7 +34,7 @@ import pytest
 from _ray_cluster import ENV, cluster_fixture, ray  # noqa: F401 (the fixture)
 from conftest import assert_same_search, sample_rows, write_jsonl
 
-pytestmark = [pytest.mark.ray, pytest.mark.timeout(420)]
+pytestmark = [pytest.mark.ray, pytest.mark.timeout(900)]  # the first test also pays for the cluster and builds
 QUERIES = ["a large wild cat", "a musical instrument with strings", "feeling of sadness", "body of water"]
 
 
@@ -199,7 +199,7 @@ def test_sharded_serving_same_contract_kill_and_reload(cluster, builds, plain_re
     sharded = tmp_path / "sharded"
     shutil.copytree(builds[1], sharded, symlinks=True)
     args = ["--index", str(sharded), "--engine", "ray", "--ray-address", cluster.address]
-    args += ["--replica-cpus", "0.25", "--shard-timeout-s", "3", "--reload-poll-s", "1"]
+    args += ["--replica-cpus", "0.25", "--shard-timeout-s", "8", "--reload-poll-s", "1"]
     with _service(args) as (url, proc):
         # the same HTTP contract and the same results as the single-index service
         for name, (path, body) in _requests():
@@ -259,6 +259,8 @@ def test_sharded_serving_same_contract_kill_and_reload(cluster, builds, plain_re
         while httpx.get(url + "/info", timeout=30).json()["index_version"] != "v000002":
             assert time.monotonic() < deadline, "no reload"
             time.sleep(0.5)
-        top = httpx.post(url + "/search", json={"query": "elephant playing chess", "k": 1}, timeout=60).json()
+        r = httpx.post(url + "/search", json={"query": "elephant playing chess", "k": 1}, timeout=60)
+        assert r.status_code == 200, r.text
+        top = r.json()
         assert top["results"][0]["id"] == "zz-new" and top["index_version"] == "v000002"
     assert proc.returncode == 0  # SIGTERM: the Serve application was torn down cleanly

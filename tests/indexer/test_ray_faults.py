@@ -32,7 +32,7 @@ import pytest
 from _ray_cluster import ENV, cluster_fixture  # noqa: F401 (the fixture)
 from conftest import sample_rows, write_jsonl
 
-pytestmark = [pytest.mark.ray, pytest.mark.timeout(1200)]
+pytestmark = [pytest.mark.ray, pytest.mark.timeout(2400)]  # the first test pays for the cluster and 2 builds
 
 ROWS = 600  # 275 and 325 rows in the two shards: both above MIN_TRAINED_ROWS
 K = 10

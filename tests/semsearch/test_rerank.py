@@ -357,6 +357,10 @@ def test_onnx_backends_match_torch_and_reuse_the_cache(
     mtimes = {p: p.stat().st_mtime_ns for p in tmp_path.glob("*-cross-encoder/*.onnx")}
     Reranker(trained[0], backend="onnx-int8", backend_options=options)  # second load: from the cache
     assert {p: p.stat().st_mtime_ns for p in tmp_path.glob("*-cross-encoder/*.onnx")} == mtimes
+    # the service's memory bound: runs above arena_keep_tokens free onnxruntime's arena, same logits
+    bounded = Reranker(trained[0], backend="onnx", backend_options={**options, "arena_keep_tokens": 8})
+    assert bounded._backend.run.__self__.arena_keep_tokens == 8  # type: ignore[attr-defined]
+    np.testing.assert_array_equal(bounded.logits(pairs), fp32.logits(pairs))
 
 
 def test_auto_backend_is_int8_where_it_can_be_cached_else_torch(

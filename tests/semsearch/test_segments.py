@@ -302,6 +302,31 @@ def test_format1_index_loads_and_is_upgraded_by_its_first_write(tmp_path: Path, 
     assert out.returncode == 0 and "v000003: 39 sentences" in out.stdout  # already format 2: nothing to do
 
 
+def _start_compaction(root: Path) -> subprocess.Popen:
+    """``indexer compact`` on ``root``; a killed run's leftover staging is marked stale first (the new run
+    discards it and makes its own, which :func:`_wait_for_staging` waits for)."""
+    for old in (root / "staging").glob("*"):
+        (old / ".stale").touch()
+    cmd = [sys.executable, "-m", "indexer", "compact", "--index", str(root)]
+    return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _wait_for_staging(proc: subprocess.Popen, root: Path) -> None:
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and time.monotonic() < deadline:
+        if any(not (d / ".stale").exists() for d in (root / "staging").glob("*")):
+            return
+        time.sleep(0.002)
+
+
+def _staging_to_exit_s(root: Path) -> float:
+    proc = _start_compaction(root)
+    _wait_for_staging(proc, root)
+    started = time.monotonic()
+    assert proc.wait(timeout=300) == 0
+    return time.monotonic() - started
+
+
 def test_killed_compaction_leaves_current_usable(tmp_path: Path, encoder) -> None:
     """kill -9 at random points of `indexer compact`: current always verifies and serves; a rerun completes."""
     root = tmp_path / "idx"
@@ -311,17 +336,20 @@ def test_killed_compaction_leaves_current_usable(tmp_path: Path, encoder) -> Non
     )
     run_delete(root, [r["id"] for r in rows[:50]], merge=False)
     query = encoder.encode([rows[700]["text"]])
-    cmd = [sys.executable, "-m", "indexer", "compact", "--index", str(root)]
+    # how long a compaction runs once its staging exists (a copy: the real one must stay uncompacted),
+    # so the kills land inside it on a machine of any speed
+    probe = tmp_path / "probe"
+    shutil.copytree(root, probe, symlinks=True)
+    window = _staging_to_exit_s(probe)
     rng = np.random.default_rng(5)
+    kills = 0
     for trial in range(3):
-        proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 120
-        while not (root / "staging").exists() and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.01)
-        time.sleep(float(rng.uniform(0.0, 1.5)))
+        proc = _start_compaction(root)
+        _wait_for_staging(proc, root)
+        time.sleep(float(rng.uniform(0.05, 0.8)) * window)
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
+        kills += proc.wait() == -signal.SIGKILL
         assert verify(root) == [], trial
         idx = SearchIndex.load(root)
         try:
@@ -330,6 +358,7 @@ def test_killed_compaction_leaves_current_usable(tmp_path: Path, encoder) -> Non
             idx.close()
         if Manifest.read(root / "current").build.get("kind") == "compact":
             break  # this trial finished before the kill landed
+    assert kills >= 1, f"no kill landed inside a {window:.2f} s compaction"
     res = run_compact(root)
     assert res.count == 1450 and res.segments == 1 and res.tombstones == 0
     assert verify(root) == []
