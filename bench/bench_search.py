@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import json
 import sys
 import time
 from pathlib import Path
@@ -96,7 +97,10 @@ def make_corpus(base: np.ndarray, n: int, path: Path, seed: int = 0) -> np.memma
     return np.load(path, mmap_mode="r")  # type: ignore[return-value]
 
 
-def exact_top(corpus: np.ndarray, queries: np.ndarray, k: int = 10, block: int = 200_000) -> np.ndarray:
+def exact_top(
+    corpus: np.ndarray, queries: np.ndarray, k: int = 100, block: int = 200_000
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-``k`` ids and scores per query, best first (brute force in blocks)."""
     best_s = np.full((len(queries), k), -np.inf, dtype=np.float32)
     best_i = np.zeros((len(queries), k), dtype=np.int64)
     for start in range(0, len(corpus), block):
@@ -107,7 +111,16 @@ def exact_top(corpus: np.ndarray, queries: np.ndarray, k: int = 10, block: int =
         order = np.argsort(-cand_s, axis=1)[:, :k]
         best_s = np.take_along_axis(cand_s, order, 1)
         best_i = np.take_along_axis(cand_i, order, 1)
-    return best_i
+    return best_i, best_s
+
+
+def neighbourhood(scores: np.ndarray) -> dict[str, float]:
+    """How flat the exact neighbourhood is: median cosine of the 1st, 10th and 100th neighbour, and the
+    median gap between the 10th and the 100th (a small gap: many near-ties for the last places of the
+    top 10, which approximate scoring cannot order)."""
+    med = {f"s{r}": float(np.median(scores[:, r - 1])) for r in (1, 10, 100)}
+    med["gap_10_100"] = float(np.median(scores[:, 9] - scores[:, 99]))
+    return {k: round(v, 4) for k, v in med.items()}
 
 
 def recall(found: np.ndarray, truth: np.ndarray) -> float:
@@ -203,7 +216,15 @@ def main() -> int:
     parser.add_argument("--build-threads", type=int, default=2)
     parser.add_argument("--name", default="bench_search", help="results file name (without .json)")
     parser.add_argument("--out", type=Path, default=c.RESULTS)
+    parser.add_argument(
+        "--sweep",
+        type=json.loads,
+        default={},
+        help='replace a type\'s search settings, e.g. \'{"pq": [{"nprobe": 16, "rescore": 64}]}\'',
+    )
     args = parser.parse_args()
+    for index_type, settings in args.sweep.items():
+        SWEEPS[index_type] = settings
 
     info = c.machine()
     print(f"{info['cpu']}, {info['usable_cores']} cores, load {info['loadavg_at_start']}", flush=True)
@@ -213,14 +234,18 @@ def main() -> int:
     queries = np.ascontiguousarray(real[perm[:N_QUERIES]])
     base = np.ascontiguousarray(real[perm[N_QUERIES:]])
     all_rows: list[dict[str, Any]] = []
+    neighbourhoods: dict[int, dict[str, float]] = {}
     for n in args.sizes:
         args.corpus_path = args.cache / f"corpus_{n}.npy"
         corpus = make_corpus(base, n, args.corpus_path)
         started = time.perf_counter()
-        truth = exact_top(corpus, queries)
+        top_ids, top_scores = exact_top(corpus, queries)
+        truth = top_ids[:, :10]
+        flat = neighbourhoods[n] = neighbourhood(top_scores)
         print(
-            f"N={n}: {len(base)} real + {max(0, n - len(base))} perturbed copies; exact top-10 in "
-            f"{time.perf_counter() - started:.1f}s",
+            f"N={n}: {len(base)} real + {max(0, n - len(base))} perturbed copies; exact top-100 in "
+            f"{time.perf_counter() - started:.1f}s; median cosine of neighbour 1/10/100: {flat['s1']}/"
+            f"{flat['s10']}/{flat['s100']} (10th - 100th: {flat['gap_10_100']})",
             flush=True,
         )
         for index_type in args.types:
@@ -269,6 +294,7 @@ def main() -> int:
             "build_threads": args.build_threads,
             "latency_queries": args.latency_queries,
         },
+        "exact_neighbourhood": neighbourhoods,
         "rows": all_rows,
         "table": table,
     }
