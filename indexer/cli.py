@@ -265,11 +265,23 @@ def delete(
 
 
 @app.command()
-def compact(index: IndexArg, keep: KeepOpt = None) -> None:
-    """Merge all segments into one and drop deleted rows (published atomically; ANN types are rebuilt)."""
+def compact(
+    index: IndexArg,
+    keep: KeepOpt = None,
+    max_segment_rows: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Largest merged segment (one ANN graph: recall falls with its size, docs/scale.md). "
+            "Segments are packed up to it; one segment per shard below it.",
+        ),
+    ] = 2_000_000,
+) -> None:
+    """Drop deleted rows and merge segments into as few as --max-segment-rows allows (published
+    atomically; ANN types are rebuilt)."""
     from indexer.pipeline import run_compact
 
-    _report(run_compact(index, keep=keep))
+    _report(run_compact(index, keep=keep, max_segment_rows=max_segment_rows))
 
 
 @app.command()

@@ -382,23 +382,19 @@ def _request(base: BaseVersion) -> dict[str, Any]:
     return m.index_request or {"type": m.index_type, "params": {}}
 
 
-def _merge(root: IndexRoot, names: list[str], kind: str) -> Manifest:
-    """Merge segments into one per shard (unsharded: into one), published as one version."""
+def _merge(root: IndexRoot, groups: list[list[str]], kind: str) -> Manifest:
+    """Merge each group of segments (all of one shard) into one segment, published as one version."""
     base = BaseVersion.read(root)
     assert base is not None
-    groups: dict[int, list[str]] = {}
-    shard_of_name = {e["name"]: segment_shard(e) for e in base.manifest.segments}
-    for n in names:
-        groups.setdefault(shard_of_name[n], []).append(n)
     writer = IndexWriter(root, f"merge-{time.time_ns()}", base.manifest.encoder_meta(), _request(base), base=base)
     with disk_errors(root, writer):
         try:
-            merged = [writer.merge(group) for group in groups.values()]
+            merged = [writer.merge(group) for group in groups]
         except BaseException:
             writer.abort()
             raise
         into: str | list[str] = merged[0] if len(merged) == 1 else merged
-        return writer.commit({"kind": kind, "merged": names, "into": into})
+        return writer.commit({"kind": kind, "merged": [n for g in groups for n in g], "into": into})
 
 
 def apply_merge_policy(root: IndexRoot, policy: MergePolicy | None = None, max_rounds: int = 4) -> list[str]:
@@ -409,40 +405,47 @@ def apply_merge_policy(root: IndexRoot, policy: MergePolicy | None = None, max_r
         base = BaseVersion.read(root)
         if base is None:
             break
-        dead = base.tombstones
-        shard_of_name = {e["name"]: segment_shard(e) for e in base.manifest.segments}
-        per_shard: dict[int, list[tuple[str, int, int]]] = {}
-        for r in base.segments:  # the policy applies within each shard: merges never cross shards
-            per_shard.setdefault(shard_of_name[r.name], []).append(
-                (r.name, r.meta.count, int(np.isin(dead, _ids(r)).sum()) if len(dead) else 0)
-            )
+        per_shard = _segments_per_shard(base)  # the policy applies within each shard: merges never cross shards
         base.close()
         group = next((g for g in (policy.plan(per_shard[s]) for s in sorted(per_shard)) if g), [])
         if not group:
             break
         log.info("merge policy: merging %d segment(s)", len(group))
-        published.append(_merge(root, group, "merge").version)
+        published.append(_merge(root, [group], "merge").version)
     return published
 
 
-def _ids(ref: Any) -> np.ndarray:
-    return np.load(ref.directory / "ids.npy", mmap_mode="r")
+def _segments_per_shard(base: BaseVersion) -> dict[int, list[tuple[str, int, int]]]:
+    """``(name, rows, tombstoned rows)`` of every segment, by shard, in manifest order."""
+    dead = base.tombstones
+    shard_of_name = {e["name"]: segment_shard(e) for e in base.manifest.segments}
+    per_shard: dict[int, list[tuple[str, int, int]]] = {}
+    for r in base.segments:
+        ids = np.load(r.directory / "ids.npy", mmap_mode="r")
+        per_shard.setdefault(shard_of_name[r.name], []).append(
+            (r.name, r.meta.count, int(np.isin(dead, ids).sum()) if len(dead) else 0)
+        )
+    return per_shard
 
 
-def run_compact(index: Path, keep: int | None = None) -> BuildResult:
-    """Merge every segment into one (one per shard) and drop all tombstoned rows (one published version)."""
+def run_compact(index: Path, keep: int | None = None, max_segment_rows: int | None = None) -> BuildResult:
+    """Drop all tombstoned rows and merge the segments of each shard into as few as the cap allows
+    (``MergePolicy.max_segment_rows``: one segment below it), published as one version."""
     started = time.perf_counter()
+    policy = MergePolicy() if max_segment_rows is None else MergePolicy(max_segment_rows=max_segment_rows)
+    if policy.max_segment_rows < 1:
+        raise InvalidInputError(f"max_segment_rows must be >= 1, got {policy.max_segment_rows}")
     root = IndexRoot(index)
     with root.lock(), disk_errors(root):
         base = _existing_base(root)
-        names = [r.name for r in base.segments]
         before = base.manifest
+        per_shard = _segments_per_shard(base)
         base.close()
-        one_per_shard = len({segment_shard(e) for e in before.segments}) == len(names)
-        if one_per_shard and before.tombstones == 0:
+        groups = [g for s in sorted(per_shard) for g in policy.pack(per_shard[s])]
+        if not groups:
             result = BuildResult(version=before.version, count=before.count)
         else:
-            manifest = _merge(root, names, "compact")
+            manifest = _merge(root, groups, "compact")
             result = BuildResult(version=manifest.version, count=manifest.count, deleted=before.tombstones)
         _finish(root, keep, False, result)
     result.seconds = time.perf_counter() - started

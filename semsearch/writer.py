@@ -648,28 +648,72 @@ def upgrade(root: IndexRoot) -> Manifest | None:
 
 @dataclass(frozen=True)
 class MergePolicy:
-    """When ``add``/``delete`` merge segments (``--no-merge`` skips it; ``compact`` merges all).
+    """When ``add``/``delete`` merge segments (``--no-merge`` skips it; ``compact`` packs all, :meth:`pack`).
 
     * **Tiers by size**: a segment's tier is ``floor(log10(live rows))``; when a tier holds
       ``merge_factor`` segments or more, they are merged into one (which lands a tier higher), so a
       stream of small adds costs O(log n) rewrites per row, as Lucene's tiered policy does.
     * **Deletes**: a segment whose tombstoned share exceeds ``max_deleted`` is rewritten without
       them, so tombstones never cost more than that share of the scan.
+    * **A cap**: no merge makes a segment of more than ``max_segment_rows`` live rows, and a segment of
+      half that or more takes part in tier merges no more (Lucene's ``maxMergedSegmentMB``). One
+      segment is one ANN graph, and a graph's recall falls with its size (docs/scale.md, the 10M
+      ceiling); ``compact`` packs segments up to the cap too (:meth:`pack`).
     """
 
     merge_factor: int = 8
     max_deleted: float = 0.2
+    max_segment_rows: int = 2_000_000
 
     def plan(self, segments: Sequence[tuple[str, int, int]]) -> list[str]:
-        """One group of segment names to merge now, from ``(name, rows, tombstoned rows)`` (empty: none)."""
-        tiers: dict[int, list[str]] = {}
-        heavy: list[str] = []
+        """One group of segment names to merge now, from ``(name, rows, tombstoned rows)`` (empty: none).
+
+        A full tier merges its smallest members up to the cap (with heavily deleted segments that still
+        fit); else heavily deleted segments are rewritten (together while they fit). Names keep the
+        order of ``segments``."""
+        order = {name: i for i, (name, _, _) in enumerate(segments)}
+        tiers: dict[int, list[tuple[int, str]]] = {}
+        heavy: list[tuple[int, str]] = []
         for name, rows, dead in segments:
             live = rows - dead
             if rows and dead / rows > self.max_deleted:
-                heavy.append(name)
-            tiers.setdefault(int(np.log10(max(live, 1))), []).append(name)
+                heavy.append((live, name))
+            if live < self.max_segment_rows / 2:
+                tiers.setdefault(int(np.log10(max(live, 1))), []).append((live, name))
+        group: list[tuple[int, str]] = []
         for tier in sorted(tiers):
             if len(tiers[tier]) >= self.merge_factor:
-                return list(dict.fromkeys([*tiers[tier], *heavy]))
-        return heavy
+                group = self._fill(sorted(tiers[tier]), 0)
+                if len(group) >= 2:
+                    group += self._fill([h for h in heavy if h not in group], sum(live for live, _ in group), 0)
+                    break
+                group = []
+        if not group:
+            group = self._fill(heavy, 0)
+        return sorted((name for _, name in group), key=order.__getitem__)
+
+    def _fill(self, candidates: Sequence[tuple[int, str]], used: int, first_free: int = 1) -> list[tuple[int, str]]:
+        """Candidates in order while their live rows fit under the cap with ``used`` taken; the first
+        ``first_free`` of them are taken in any case (a lone segment always fits: it can only shrink)."""
+        out: list[tuple[int, str]] = []
+        for live, name in candidates:
+            if len(out) >= first_free and used + live > self.max_segment_rows:
+                break
+            out.append((live, name))
+            used += live
+        return out
+
+    def pack(self, segments: Sequence[tuple[str, int, int]]) -> list[list[str]]:
+        """``compact``'s groups: consecutive segments packed up to the cap, each group rewritten into one
+        segment; a group of one segment without tombstones is already compact and is left out."""
+        groups: list[list[tuple[str, int, int]]] = []
+        used = 0
+        for name, rows, dead in segments:
+            live = rows - dead
+            if groups and used + live <= self.max_segment_rows:
+                groups[-1].append((name, rows, dead))
+                used += live
+            else:
+                groups.append([(name, rows, dead)])
+                used = live
+        return [[n for n, _, _ in g] for g in groups if len(g) > 1 or g[0][2] > 0]

@@ -25,7 +25,7 @@ import pytest
 from conftest import DIM, META, REPO, VOCAB, sample_rows, synthetic_row, write_jsonl
 
 from indexer.pipeline import BuildOptions, apply_merge_policy, run_build, run_compact, run_delete
-from semsearch.errors import CorruptIndexError
+from semsearch.errors import CorruptIndexError, InvalidInputError
 from semsearch.filters import compile_filter
 from semsearch.format import TOMBSTONES_FILE
 from semsearch.layout import IndexRoot
@@ -192,6 +192,46 @@ def test_merge_policy_merges_a_full_tier_and_rewrites_heavily_deleted_segments()
     assert policy.plan([("a", 500, 0), ("b", 20, 0), ("c", 30, 0), ("d", 40, 0)]) == ["b", "c", "d"]
     assert policy.plan([("a", 500, 150), ("b", 20, 0)]) == ["a"]
     assert policy.plan([("a", 500, 0), ("b", 20, 5)]) == ["b"]
+
+
+def test_merges_never_make_a_segment_above_the_cap() -> None:
+    """One segment is one ANN graph, whose recall falls with its size: merges stop at max_segment_rows."""
+    policy = MergePolicy(merge_factor=3, max_deleted=0.2, max_segment_rows=100)
+    # a full tier: its smallest members merge while they fit (40 + 45 = 85; 85 + 48 > 100)
+    assert policy.plan([("a", 48, 0), ("b", 40, 0), ("c", 45, 0)]) == ["b", "c"]
+    # segments of half the cap or more take part in tier merges no more
+    assert policy.plan([("a", 50, 0), ("b", 60, 0), ("c", 70, 0), ("d", 5, 0)]) == []
+    # heavily deleted segments are rewritten together while they fit, a lone one always
+    assert policy.plan([("a", 300, 100), ("b", 90, 30)]) == ["a"]
+    assert policy.plan([("a", 60, 20), ("b", 60, 20)]) == ["a", "b"]
+    # compact: consecutive segments packed up to the cap; a lone segment without tombstones is left
+    assert policy.pack([("a", 60, 0), ("b", 30, 0), ("c", 70, 0), ("d", 120, 0), ("e", 10, 5)]) == [["a", "b"], ["e"]]
+    assert policy.pack([("a", 60, 0), ("b", 30, 0), ("c", 70, 1), ("d", 20, 0)]) == [["a", "b"], ["c", "d"]]
+    assert MergePolicy().max_segment_rows == 2_000_000
+
+
+def test_compact_packs_segments_up_to_the_cap(tmp_path: Path, encoder) -> None:
+    root = tmp_path / "idx"
+    rows = sample_rows(500)
+    data = [write_jsonl(tmp_path / "a.jsonl", rows)]
+    opts = BuildOptions(inputs=data, output=root, chunk_size=50, segment_rows=100, progress=False)
+    run_build(opts)
+    run_delete(root, [r["id"] for r in rows[:30]], merge=False)
+    res = run_compact(root, max_segment_rows=220)
+    assert res.count == 470 and res.tombstones == 0
+    sizes = [e["count"] for e in Manifest.read(root / "current").segments]
+    assert sum(sizes) == 470 and max(sizes) <= 220 and len(sizes) == 3, sizes
+    assert verify(root) == []
+    again = run_compact(root, max_segment_rows=220)  # already packed: nothing to do
+    assert again.version == res.version
+    idx = SearchIndex.load(root)
+    try:
+        hit = idx.search(encoder.encode([rows[400]["text"]]), 1)[0][0]
+        assert hit.id == rows[400]["id"] and hit.score == pytest.approx(1.0, abs=1e-4)
+    finally:
+        idx.close()
+    with pytest.raises(InvalidInputError, match="max_segment_rows"):
+        run_compact(root, max_segment_rows=0)
 
 
 def test_add_and_delete_apply_the_merge_policy(tmp_path: Path, encoder) -> None:
