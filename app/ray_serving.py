@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from app.errors import ApiError
-from app.services import IndexHolder, Services, encoder_for, reranker_for, set_threads, warm_up
+from app.services import IndexHolder, Services, encoder_for, set_threads, start_reranker
 from app.settings import Settings
 from semsearch.errors import CorruptIndexError, SemsearchError
 from semsearch.layout import resolve_version_dir
@@ -206,12 +206,7 @@ def load_services(settings: Settings, handles: list[Any], partial_log: PartialLo
     set_threads(settings.threads)
     encoder = encoder_for(settings)
     index = open_version(settings.index, encoder, handles, settings, partial_log)
-    try:
-        reranker = reranker_for(settings)
-        warm_up(settings, encoder, reranker)
-    except Exception:
-        index.close()
-        raise
+    reranker = start_reranker(settings, encoder, index)
     holder = IndexHolder(index)  # type: ignore[arg-type]
     services = ShardedServices(encoder, holder, reranker, SegmentPool(), handles, settings, partial_log)
     log.info(

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from app.settings import Settings
 from semsearch.encoder import Encoder
@@ -149,6 +150,18 @@ def warm_up(settings: Settings, encoder: Encoder, reranker: Reranker | None) -> 
         reranker.score("warm-up", ["warm-up"])
 
 
+def start_reranker(settings: Settings, encoder: Encoder, index: Any) -> Reranker | None:
+    """The configured reranker, warmed up with the encoder; ``index`` is closed when either fails
+    (startup leaves nothing half-started)."""
+    try:
+        reranker = reranker_for(settings)
+        warm_up(settings, encoder, reranker)
+    except Exception:
+        index.close()
+        raise
+    return reranker
+
+
 def load_index(path: Path, encoder: Encoder, pool: SegmentPool) -> SearchIndex:
     """Load and check an index version for ``encoder``: the one check startup and every reload apply.
 
@@ -181,12 +194,7 @@ class Services:
         pool = SegmentPool()
         index = load_index(settings.index, encoder, pool)
         m = index.manifest
-        try:
-            reranker = reranker_for(settings)
-            warm_up(settings, encoder, reranker)
-        except Exception:
-            index.close()
-            raise
+        reranker = start_reranker(settings, encoder, index)
         log.info(
             "serving index %s (%s, %d sentences in %d segment(s)) with %s (pooling %s, backend %s), "
             "%d threads, reranker %s",
