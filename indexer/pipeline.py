@@ -428,13 +428,13 @@ def _segments_per_shard(base: BaseVersion) -> dict[int, list[tuple[str, int, int
     return per_shard
 
 
-def run_compact(index: Path, keep: int | None = None, max_segment_rows: int | None = None) -> BuildResult:
+def run_compact(
+    index: Path, keep: int | None = None, max_segment_rows: int = MergePolicy.max_segment_rows
+) -> BuildResult:
     """Drop all tombstoned rows and merge the segments of each shard into as few as the cap allows
     (``MergePolicy.max_segment_rows``: one segment below it), published as one version."""
     started = time.perf_counter()
-    policy = MergePolicy() if max_segment_rows is None else MergePolicy(max_segment_rows=max_segment_rows)
-    if policy.max_segment_rows < 1:
-        raise InvalidInputError(f"max_segment_rows must be >= 1, got {policy.max_segment_rows}")
+    policy = MergePolicy(max_segment_rows=max_segment_rows)
     root = IndexRoot(index)
     with root.lock(), disk_errors(root):
         base = _existing_base(root)

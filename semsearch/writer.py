@@ -665,6 +665,10 @@ class MergePolicy:
     max_deleted: float = 0.2
     max_segment_rows: int = 2_000_000
 
+    def __post_init__(self) -> None:
+        if self.max_segment_rows < 1:
+            raise InvalidInputError(f"max_segment_rows must be >= 1, got {self.max_segment_rows}")
+
     def plan(self, segments: Sequence[tuple[str, int, int]]) -> list[str]:
         """One group of segment names to merge now, from ``(name, rows, tombstoned rows)`` (empty: none).
 

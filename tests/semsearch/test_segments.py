@@ -194,6 +194,16 @@ def test_merge_policy_merges_a_full_tier_and_rewrites_heavily_deleted_segments()
     assert policy.plan([("a", 500, 0), ("b", 20, 5)]) == ["b"]
 
 
+def _assert_finds_itself(root: Path, encoder, row: dict) -> None:
+    """The current version's top hit for a row's own text is that row, at cosine 1."""
+    idx = SearchIndex.load(root)
+    try:
+        hit = idx.search(encoder.encode([row["text"]]), 1)[0][0]
+        assert hit.id == row["id"] and hit.score == pytest.approx(1.0, abs=1e-4)
+    finally:
+        idx.close()
+
+
 def test_merges_never_make_a_segment_above_the_cap() -> None:
     """One segment is one ANN graph, whose recall falls with its size: merges stop at max_segment_rows."""
     policy = MergePolicy(merge_factor=3, max_deleted=0.2, max_segment_rows=100)
@@ -224,12 +234,7 @@ def test_compact_packs_segments_up_to_the_cap(tmp_path: Path, encoder) -> None:
     assert verify(root) == []
     again = run_compact(root, max_segment_rows=220)  # already packed: nothing to do
     assert again.version == res.version
-    idx = SearchIndex.load(root)
-    try:
-        hit = idx.search(encoder.encode([rows[400]["text"]]), 1)[0][0]
-        assert hit.id == rows[400]["id"] and hit.score == pytest.approx(1.0, abs=1e-4)
-    finally:
-        idx.close()
+    _assert_finds_itself(root, encoder, rows[400])
     with pytest.raises(InvalidInputError, match="max_segment_rows"):
         run_compact(root, max_segment_rows=0)
 
@@ -247,12 +252,7 @@ def test_add_and_delete_apply_the_merge_policy(tmp_path: Path, encoder) -> None:
     res = run_delete(root, [rows[20]["id"]], merge=False)
     assert not res.merged and res.tombstones == 1
     assert verify(root) == []
-    idx = SearchIndex.load(root)
-    try:
-        hit = idx.search(encoder.encode([rows[45]["text"]]), 1)[0][0]
-        assert hit.id == rows[45]["id"] and hit.score == pytest.approx(1.0, abs=1e-4)
-    finally:
-        idx.close()
+    _assert_finds_itself(root, encoder, rows[45])
 
 
 def test_reload_reuses_loaded_segments(tmp_path: Path, small_index: Path) -> None:
