@@ -9,7 +9,16 @@ Grammar (all fields must match, i.e. AND)::
 ``field`` is a metadata key, or a dotted path into nested objects (``"source.year"``), made of
 letters, digits and underscores. Comparisons are typed as in JSON: a number matches numbers
 (``2020`` does not match the string ``"2020"``), a string strings (ranges on strings compare
-lexicographically), ``true``/``false`` booleans; a row without the field never matches.
+lexicographically, by code point), ``true``/``false`` booleans; a row without the field never matches.
+A field whose value is a list matches when **any element** matches the condition (equality, ``in`` or
+range; as Qdrant and Weaviate do): ``{"tags": "cat"}`` matches ``"tags": ["cat", "wild"]``. Only the
+list's own elements count (a list inside the list, or an object, never matches a scalar).
+
+Strings compare **exactly, code point for code point**: no case folding, no Unicode normalisation (NFC
+``"é"`` and NFD ``"e\u0301"`` differ), no trimming, the same rule as row ids (:mod:`semsearch.ids`).
+Lexical search is the forgiving one (FTS5's ``unicode61`` folds case and removes diacritics). String
+values must be valid Unicode text without NUL (:func:`semsearch.text.text_problem`), like every text
+the service accepts. The filter addresses metadata only: the row id is not a metadata field.
 
 Every input is bounded (the ``MAX_*`` constants below) so that no filter costs more than a small multiple of a
 one-field filter: evaluating a filter reads each row's metadata once per field, so the number of
@@ -29,13 +38,15 @@ import re
 import threading
 import weakref
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
 
 from semsearch.errors import InvalidInputError
+from semsearch.text import text_problem
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +96,9 @@ def _check_scalar(field: str, value: Any, what: str) -> Scalar:
             raise InvalidInputError(
                 f"filter field {field!r}: {what} is {len(value)} characters long; the limit is {MAX_VALUE_CHARS}"
             )
+        problem = text_problem(value, allow_blank=True)
+        if problem:  # SQLite cannot bind a lone surrogate (a 500 before); NUL is refused like in every text
+            raise InvalidInputError(f"filter field {field!r}: {what} {problem}")
         return value
     if isinstance(value, int | float):
         if value != value or value in (float("inf"), float("-inf")):
@@ -100,30 +114,44 @@ def _check_scalar(field: str, value: Any, what: str) -> Scalar:
     )
 
 
-def _typed_equal(path_param: str, values: list[Scalar]) -> tuple[str, list[Any]]:
-    """SQL for 'the JSON value at the path equals one of values', respecting JSON types."""
+def _element_equal(type_: str, value: str, values: list[Scalar]) -> tuple[str, list[Any]]:
+    """SQL for 'the JSON value (its json_type ``type_``, its SQL value ``value``) equals one of values'."""
     parts: list[str] = []
     params: list[Any] = []
     strings = [v for v in values if isinstance(v, str)]
     numbers = [v for v in values if isinstance(v, int | float) and not isinstance(v, bool)]
     bools = sorted({"true" if v else "false" for v in values if isinstance(v, bool)})
     if strings:
-        parts.append(
-            f"(json_type(d.metadata, ?) = 'text' AND json_extract(d.metadata, ?) IN ({','.join('?' * len(strings))}))"
-        )
-        params += [path_param, path_param, *strings]
+        parts.append(f"({type_} = 'text' AND {value} IN ({','.join('?' * len(strings))}))")
+        params += strings
     if numbers:
-        parts.append(
-            f"(json_type(d.metadata, ?) IN {_NUMBER_TYPES} "
-            f"AND json_extract(d.metadata, ?) IN ({','.join('?' * len(numbers))}))"
-        )
-        params += [path_param, path_param, *numbers]
+        parts.append(f"({type_} IN {_NUMBER_TYPES} AND {value} IN ({','.join('?' * len(numbers))}))")
+        params += numbers
     if bools:
-        parts.append(f"json_type(d.metadata, ?) IN ({','.join('?' * len(bools))})")
-        params += [path_param, *bools]
+        parts.append(f"{type_} IN ({','.join('?' * len(bools))})")
+        params += bools
     if not parts:
         return "0", []
     return "(" + " OR ".join(parts) + ")", params
+
+
+def _element_range(type_: str, value: str, bounds: dict[str, Scalar], numeric: bool) -> tuple[str, list[Any]]:
+    """SQL for 'the JSON value lies within bounds' (numbers compare with numbers, strings with strings)."""
+    type_test = f"{type_} IN {_NUMBER_TYPES}" if numeric else f"{type_} = 'text'"
+    tests = " AND ".join(f"{value} {RANGE_OPERATORS[op]} ?" for op in sorted(bounds))
+    return f"({type_test} AND {tests})", [bounds[op] for op in sorted(bounds)]
+
+
+def _any_element(path: str, element: Callable[[str, str], tuple[str, list[Any]]]) -> tuple[str, list[Any]]:
+    """SQL for 'the value at ``path`` matches, or it is a list and one of its elements matches': the value's
+    type and value are read once per row (a scalar subquery); ``element(type, value)`` builds the test."""
+    in_list, p_list = element("e.type", "e.value")
+    scalar, p_scalar = element("t", "v")
+    sql = (
+        f"(SELECT CASE WHEN t = 'array' THEN EXISTS (SELECT 1 FROM json_each(d.metadata, ?) AS e WHERE {in_list}) "
+        f"ELSE {scalar} END FROM (SELECT json_type(d.metadata, ?) AS t, json_extract(d.metadata, ?) AS v))"
+    )
+    return sql, [path, *p_list, *p_scalar, path, path]
 
 
 def compile_filter(spec: Mapping[str, Any] | None) -> CompiledFilter:
@@ -156,7 +184,7 @@ def compile_filter(spec: Mapping[str, Any] | None) -> CompiledFilter:
         cond = spec[field]
         if not isinstance(cond, Mapping):
             value = _check_scalar(field, cond, "the value")
-            sql, p = _typed_equal(path, [value])
+            sql, p = _any_element(path, partial(_element_equal, values=[value]))
             clauses.append(sql)
             params += p
             continue
@@ -176,7 +204,7 @@ def compile_filter(spec: Mapping[str, Any] | None) -> CompiledFilter:
             if len(values) > MAX_IN_VALUES:
                 raise InvalidInputError(f"filter field {field!r}: 'in' takes at most {MAX_IN_VALUES} values")
             checked = [_check_scalar(field, v, "each 'in' value") for v in values]
-            sql, p = _typed_equal(path, checked)
+            sql, p = _any_element(path, partial(_element_equal, values=checked))
             clauses.append(sql)
             params += p
             continue
@@ -187,15 +215,10 @@ def compile_filter(spec: Mapping[str, Any] | None) -> CompiledFilter:
                 f"filter field {field!r}: range bounds must be all numbers or all strings, "
                 f"got {_short(dict(bounds), 200)}"
             )
-        type_test = (
-            f"json_type(d.metadata, ?) IN {_NUMBER_TYPES}"
-            if kinds == {"num"}
-            else ("json_type(d.metadata, ?) = 'text'")
-        )
-        # the value is extracted once per row (a scalar subquery), however many bounds there are
-        tests = " AND ".join(f"v {RANGE_OPERATORS[op]} ?" for op in sorted(bounds))
-        clauses.append(f"({type_test} AND (SELECT {tests} FROM (SELECT json_extract(d.metadata, ?) AS v)))")
-        params += [path, *(bounds[op] for op in sorted(bounds)), path]
+        numeric = kinds == {"num"}
+        sql, p = _any_element(path, partial(_element_range, bounds=bounds, numeric=numeric))
+        clauses.append(sql)
+        params += p
     key = json.dumps(spec, sort_keys=True, separators=(",", ":"))
     return CompiledFilter(" AND ".join(clauses), tuple(params), key)
 
