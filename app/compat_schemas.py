@@ -68,12 +68,12 @@ class EmbeddingsRequest(_CompatRequest):
     input: Annotated[str | list[str] | list[int] | list[list[int]], _TEXTS_SCHEMA] = Field(
         description="A text or a list of texts (at most max_embed_texts). Token-id arrays are refused (400)."
     )
-    model: str = Field(description="The served encoder: its id or an alias from GET /v1/models.")
+    model: Text = Field(description="The served encoder: its id or an alias from GET /v1/models.")
     encoding_format: Literal["float", "base64"] = Field(
         "float", description="float: a list of numbers; base64: little-endian float32 bytes, base64-encoded."
     )
     dimensions: Int | None = Field(None, description="Only the model's own dimension is accepted.")
-    user: str | None = Field(None, description="Accepted and ignored.")
+    user: Text | None = Field(None, description="Accepted (valid text) and ignored.")
 
     def texts(self, s: Settings) -> list[str]:
         """The texts to embed, with the native limits applied (400 for token ids)."""
@@ -129,7 +129,7 @@ class ModelList(BaseModel):
 
 
 class RerankDocument(_CompatRequest):
-    text: Text
+    text: NonBlank
 
 
 class CompatRerankRequest(_CompatRequest):
@@ -139,10 +139,10 @@ class CompatRerankRequest(_CompatRequest):
         json_schema_extra={"examples": [{"query": "a large wild cat", "documents": ["a lion", "a spoon"], "top_n": 1}]}
     )
 
-    model: str | None = Field(None, description="Optional; when given, the reranker's id or alias (GET /v1/models).")
+    model: Text | None = Field(None, description="Optional; when given, the reranker's id or alias (GET /v1/models).")
     query: NonBlank
-    documents: list[Text | RerankDocument] = Field(
-        min_length=1, description='Texts or {"text": ...} objects (at most max_rerank_texts).'
+    documents: list[NonBlank | RerankDocument] = Field(
+        min_length=1, description='Texts or {"text": ...} objects (at most max_rerank_texts), not blank.'
     )
     top_n: Annotated[int, Field(ge=1), BeforeValidator(integral)] | None = Field(
         None, description="Return only the best top_n (default: all)."

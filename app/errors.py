@@ -107,12 +107,24 @@ def core_status(error: SemsearchError) -> int:
 _VALIDATED_MEMBER = re.compile(r"^function-(?:after|before|wrap|plain)\[.*, (\w+)\]$")
 
 
+MAX_LOC_CHARS = 100  # a location part is a field name the client chose (an unknown key can be 1 MB)
+
+
+def safe_loc_part(part: Any) -> str:
+    """A location part as JSON-safe text of bounded length: a lone surrogate in a key the client sent
+    (which the UTF-8 encoder of the response would refuse) is escaped, a long key cut."""
+    text = _VALIDATED_MEMBER.sub(r"\1", str(part))
+    if len(text) > MAX_LOC_CHARS:
+        text = text[: MAX_LOC_CHARS - 3] + "..."
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def validation_detail(errors: Sequence[Any]) -> list[dict[str, Any]]:
     """Pydantic/FastAPI errors reduced to JSON-safe ``{loc, msg, type}`` (no echoed input)."""
     out = []
     for e in errors:
         kind = str(e.get("type", ""))
-        loc = [_VALIDATED_MEMBER.sub(r"\1", str(p)) for p in e.get("loc", ())]
+        loc = [safe_loc_part(p) for p in e.get("loc", ())]
         msg = str(e.get("msg", "")).removeprefix("Value error, ")
         if kind == "json_invalid" and loc[:1] == [
             "body"
@@ -177,11 +189,10 @@ def _leaf_routes(routes: Sequence[Any], prefix: str = "") -> Iterator[tuple[str,
             yield prefix, route
 
 
-def allowed_methods(request: Request) -> list[str]:
-    """Every method some route accepts on this path (Starlette's 405 names only the first route's)."""
-    path = request.url.path
+def path_methods(app: Any, path: str) -> set[str]:
+    """Every method some route of ``app`` accepts on ``path`` (HEAD wherever GET is)."""
     methods: set[str] = set()
-    for prefix, route in _leaf_routes(request.app.router.routes):
+    for prefix, route in _leaf_routes(app.router.routes):
         regex, route_methods = getattr(route, "path_regex", None), getattr(route, "methods", None)
         if regex is None or not route_methods or not path.startswith(prefix):
             continue
@@ -189,7 +200,12 @@ def allowed_methods(request: Request) -> list[str]:
             methods |= set(route_methods)
     if "GET" in methods:
         methods.add("HEAD")
-    return sorted(methods)
+    return methods
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route accepts on this path (Starlette's 405 names only the first route's)."""
+    return sorted(path_methods(request.app, request.url.path))
 
 
 async def _on_http_error(request: Request, exc: Exception) -> JSONResponse:

@@ -22,7 +22,7 @@ from app.metrics import Metrics, MetricsMiddleware
 from app.routes import admin, cohere_compat, embed, openai_compat, rerank, search, status, web
 from app.runtime import Runtime
 from app.schemas import install_openapi_limits
-from app.security import ApiKeyMiddleware, BodyLimitMiddleware
+from app.security import ApiKeyMiddleware, BodyLimitMiddleware, HeadMiddleware, StrictUrlMiddleware
 from app.services import Services
 from app.settings import Settings, get_settings
 from semsearch import __version__
@@ -69,7 +69,9 @@ def create_app(
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=web.STATIC_DIR), name="static")
     install_openapi_limits(app, settings)
-    # added innermost first: metrics sees everything, CORS answers preflights before the key check
+    # added innermost first: metrics sees everything, CORS answers preflights before the key check, HEAD
+    # drops the body of every answer (the guards' too); the URL is decoded strictly after the key check
+    app.add_middleware(StrictUrlMiddleware)
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
     app.add_middleware(ApiKeyMiddleware, api_key=settings.api_key_bytes())
     app.add_middleware(CompatErrorMiddleware)  # OpenAI's error shape on /v1, /v2 (auth and size errors too)
@@ -80,5 +82,6 @@ def create_app(
             allow_methods=["GET", "POST"],
             allow_headers=["Authorization", "Content-Type"],
         )
+    app.add_middleware(HeadMiddleware)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app

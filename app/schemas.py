@@ -216,7 +216,9 @@ class RerankRequest(_Request):
     )
 
     query: NonBlank
-    texts: list[Text] = Field(min_length=1, description="Candidate texts (at most max_rerank_texts).")
+    texts: list[NonBlank] = Field(
+        min_length=1, description="Candidate texts (at most max_rerank_texts), not blank, as for /embed."
+    )
     top_k: Annotated[int, Field(ge=1), BeforeValidator(integral)] | None = Field(
         None, description="Return only the best top_k (default: all)."
     )

@@ -178,10 +178,37 @@ class Settings(BaseSettings):
             raise ValueError(e.message) from e
         return path.resolve()
 
-    @field_validator("model", "reranker", "api_key", mode="before")
+    @field_validator("model", "reranker", mode="before")
     @classmethod
     def _blank_is_unset(cls, value: Any) -> Any:
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _api_key_is_sendable(cls, value: Any) -> Any:
+        """Empty means unset (compose passes ``${SEMSEARCH_API_KEY:-}``). A blank key would start the service
+        without authentication and a key with whitespace or non-ASCII characters could not be sent (HTTP
+        headers are Latin-1, Bearer tokens are trimmed): both refused, without echoing the key."""
+        raw = value.get_secret_value() if isinstance(value, SecretStr) else value
+        if not isinstance(raw, str):
+            return value
+        if raw == "":
+            return None
+        if not raw.strip():
+            raise ValueError(
+                "is blank (only whitespace), which would serve without authentication; set a real key, or "
+                "leave it empty or unset to serve without one"
+            )
+        for position, char in enumerate(raw):
+            if not "!" <= char <= "~":
+                kind = (
+                    "whitespace" if char.isspace() else "a control character" if char < " " else "a non-ASCII character"
+                )
+                raise ValueError(
+                    f"holds {kind} at position {position}; a key must be printable ASCII without spaces "
+                    "(what every client can send in `Authorization: Bearer KEY`)"
+                )
+        return value
 
     @field_validator("reranker")
     @classmethod

@@ -27,9 +27,10 @@ from app.compat_schemas import (
     OpenAIErrorResponse,
 )
 from app.deps import RuntimeDep
-from app.errors import ApiError
+from app.errors import ApiError, invalid
 from app.runtime import Runtime
 from semsearch.encoder import Encoder
+from semsearch.text import text_problem
 
 router = APIRouter(tags=["compatible"])
 
@@ -147,6 +148,9 @@ async def models(rt: RuntimeDep) -> ModelList:
 @router.get("/v1/models/{model_id:path}", response_model=ModelCard, responses=RESPONSES)
 async def model(model_id: str, rt: RuntimeDep) -> ModelCard:
     """One served model by id or alias (OpenAI's `models.retrieve`)."""
+    problem = text_problem(model_id, allow_blank=True)
+    if problem:
+        raise invalid(["path", "model_id"], problem)
     for card in served_models(rt):
         if model_id in (card.id, *card.aliases):
             return card

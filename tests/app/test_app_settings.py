@@ -49,7 +49,7 @@ def test_defaults(app_index: Path) -> None:
     )
     assert s.api_key is None and s.reranker is None and s.cors_origins == [] and s.threads >= 1
     assert (s.onnx_spinning, s.reranker_backend, s.retrieval_weight) == (False, "auto", None)
-    assert Settings(index=app_index, api_key="  ").api_key is None  # blank means unset
+    assert Settings(index=app_index, api_key="").api_key is None  # empty means unset (compose's ${VAR:-})
 
 
 @pytest.mark.parametrize(
@@ -153,6 +153,46 @@ def test_cli_bad_arguments_exit_2(app_index: Path, capsys: pytest.CaptureFixture
     with pytest.raises(SystemExit) as info:
         parse_settings(["--index", str(app_index), "--backend", "jax"])
     assert info.value.code == 2
+
+
+@pytest.mark.parametrize(
+    ("key", "why"),
+    [
+        (" ", "is blank (only whitespace), which would serve without authentication"),
+        ("\t \n", "is blank"),
+        (" s3cret-key", "holds whitespace at position 0"),
+        ("s3cret key", "holds whitespace at position 6"),
+        ("cl\u00e9-secr\u00e8te", "holds a non-ASCII character at position 2"),
+        ("s3cret\x7f", "holds a non-ASCII character at position 6"),
+    ],
+)
+def test_a_blank_or_unsendable_api_key_refuses_to_start(app_index: Path, key: str, why: str) -> None:
+    """Before: `--api-key " "` served without authentication and without a word, and a non-ASCII key
+    started a service that no HTTP client could authenticate to. Now `python -m app` exits 2 before
+    loading anything, with one error line naming the variable, the flag and why (never the key)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SEMSEARCH_")}
+    for args, extra_env in (
+        (["--api-key", key], {}),
+        ([], {"SEMSEARCH_API_KEY": key}),
+    ):
+        done = subprocess.run(
+            [sys.executable, "-m", "app", "--index", str(app_index), "--port", "0", *args],
+            env={**env, **extra_env},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 2, (args, done.stdout, done.stderr)
+        errors = [line for line in done.stderr.splitlines() if "SEMSEARCH_API_KEY" in line]
+        assert len(errors) == 1 and errors[0].strip().startswith("SEMSEARCH_API_KEY / --api-key: " + why), done.stderr
+        assert "Traceback" not in done.stderr and "semsearch serving" not in done.stdout + done.stderr
+        if key.strip():
+            assert key.strip() not in done.stderr  # the key itself is never printed
+    assert Settings(index=app_index, api_key="s3cret-key_0123~!").api_key is not None  # printable ASCII is fine
 
 
 def test_startup_refuses_a_model_that_is_not_the_index_model(
