@@ -163,7 +163,7 @@ class StrictUrlMiddleware:
                 scope = {**scope, "query_string": canonical.encode("ascii")}
         if problem is not None:
             loc, msg = problem
-            where = ".".join(loc[1:]) or ("query string" if loc == ["query"] else "path")
+            where = ".".join(loc)  # as the routes' own errors name parameters: query.q, path
             response = error_response(
                 422, "invalid_input", f"{where}: {msg}", [{"loc": loc, "msg": msg, "type": "string_unicode"}]
             )

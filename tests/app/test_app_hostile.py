@@ -8,6 +8,7 @@ its 503); the concurrency checks run against a real ``python -m app`` server.
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -19,6 +20,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
+from app.errors import _leaf_routes
 from app.main import create_app
 from app.settings import Settings
 from semsearch import filters
@@ -429,3 +431,303 @@ def test_openapi_carries_the_limits_so_bad_bodies_are_schema_invalid(app_setting
     get = {p["name"]: p for p in doc["paths"]["/search"]["get"]["parameters"]}
     assert get["q"]["schema"]["maxLength"] == 50 and get["k"]["schema"]["maximum"] == 7
     assert "application/json" in get["filter"]["content"]
+
+
+# ------------------------------------------------- every string position of every route (issue 20, item 9)
+
+# A good request per operation; the positions are derived from the OpenAPI document below, so a new
+# route or field that carries text is poisoned automatically (and a route with no example fails the test).
+GOOD_REQUESTS: dict[tuple[str, str], dict[str, Any]] = {
+    ("POST", "/search"): {"json": {"query": "a large wild cat", "k": 2}},
+    ("GET", "/search"): {"params": {"q": "a large wild cat", "k": "2", "mode": "dense", "filter": "{}",
+                                    "rerank": "false", "candidates": "5"}},
+    ("POST", "/search/batch"): {"json": {"queries": ["a large wild cat", "a tool"], "k": 2}},
+    ("POST", "/embed"): {"json": {"texts": ["a large wild cat", "a tool"]}},
+    ("POST", "/rerank"): {"json": {"query": "a large wild cat", "texts": ["a lion", "a spoon"]}},
+    ("POST", "/v1/embeddings"): {"json": {"input": ["a large wild cat"], "model": "all-MiniLM-L6-v2"}},
+    ("POST", "/v1/rerank"): {"json": {"query": "a large wild cat", "documents": ["a lion", {"text": "a spoon"}]}},
+    ("POST", "/v2/rerank"): {"json": {"query": "a large wild cat", "documents": ["a lion", {"text": "a spoon"}]}},
+    ("GET", "/v1/models/{model_id}"): {"path": {"model_id": "all-MiniLM-L6-v2"}},
+}  # fmt: skip
+LIST, VALUE, KEY = "[]", "*", "<key>"  # wildcards of a position: a list item, an object value, an object key
+
+
+def _resolve(doc: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
+    while "$ref" in schema:
+        node: Any = doc
+        for part in schema["$ref"].removeprefix("#/").split("/"):
+            node = node[part]
+        schema = node
+    return schema
+
+
+def _strings(doc: dict[str, Any], schema: dict[str, Any], loc: tuple[str, ...], out: set[tuple[str, ...]]) -> None:
+    """Every position under ``schema`` where the client sends a string (keys it chooses included)."""
+    schema = _resolve(doc, schema)
+    for branch in (*schema.get("anyOf", ()), *schema.get("oneOf", ()), *schema.get("allOf", ())):
+        _strings(doc, branch, loc, out)
+    kind = schema.get("type")
+    if kind == "string":
+        out.add(loc)
+    if kind == "array" and isinstance(schema.get("items"), dict):
+        _strings(doc, schema["items"], (*loc, LIST), out)
+    for name, sub in schema.get("properties", {}).items():
+        _strings(doc, sub, (*loc, name), out)
+    extra = schema.get("additionalProperties")
+    if isinstance(extra, dict):
+        out.add((*loc, KEY))
+        _strings(doc, extra, (*loc, VALUE), out)
+
+
+def string_positions(doc: dict[str, Any]) -> dict[tuple[str, str], set[tuple[str, ...]]]:
+    """(METHOD, path) -> positions such as ("body", "filter", "*", "in", "[]") or ("query", "k"): every query
+    and path parameter is text in the URL whatever its type; JSON inside a parameter or body is walked."""
+    found: dict[tuple[str, str], set[tuple[str, ...]]] = {}
+    for path, item in doc["paths"].items():
+        for method, op in item.items():
+            out: set[tuple[str, ...]] = set()
+            for param in op.get("parameters", []):
+                loc = (param["in"], param["name"])
+                out.add(loc)
+                for media in param.get("content", {}).values():
+                    _strings(doc, media["schema"], loc, out)
+            for media in op.get("requestBody", {}).get("content", {}).values():
+                _strings(doc, media["schema"], ("body",), out)
+            found[(method.upper(), path)] = out
+    return found
+
+
+def _place(container: Any, rest: tuple[str, ...], bad: Any) -> Any:
+    """``container`` with ``bad`` at the position ``rest`` (last list item, a filter field ``pos``, a key)."""
+    if not rest:
+        return bad
+    head, tail = rest[0], rest[1:]
+    if head == LIST:
+        items = list(container) if isinstance(container, list) and container else [None]
+        return [*items[:-1], _place(items[-1], tail, bad)]
+    if head == KEY:
+        return {bad: 1}
+    current = container if isinstance(container, dict) else {}
+    key = "pos" if head == VALUE else head
+    value = _place(current.get(key), tail, bad)
+    if tail[:1] in (("in",),) and isinstance(value, dict):
+        value = {"in": value["in"]}
+    return {**current, key: value}
+
+
+def poisoned(op: tuple[str, str], position: tuple[str, ...], bad: str) -> dict[str, Any]:
+    """The operation's good request with the string ``bad`` at ``position`` (JSON-escaped where JSON)."""
+    good = GOOD_REQUESTS[op]
+    where, name = position[0], position[1] if len(position) > 1 else None
+    if where == "body":
+        return {"content": json.dumps(_place(good["json"], position[1:], bad)).encode(), "headers": JSON}
+    params = dict(good.get("params", {}))
+    if where == "query" and len(position) > 2:  # inside the JSON of a parameter (filter)
+        assert name is not None
+        params[name] = json.dumps(_place({}, position[2:], bad))
+        return {"params": params}
+    raise AssertionError(position)
+
+
+# JSON strings that are not text (already in BAD_TEXTS, as Python strings)
+BAD_STRINGS = {"lone_high_surrogate": "\ud800", "lone_low_surrogate": "ok \udfff ok", "nul": "a\x00b"}
+# bytes in a URL that are not UTF-8 once percent-decoded, and NUL
+BAD_URL_BYTES = {
+    "encoded_surrogate": "%ED%A0%80",
+    "overlong_slash": "%C0%AF",
+    "overlong_nul": "%C0%80",
+    "invalid_byte": "%FF",
+    "beyond_u10ffff": "%F4%90%80%80",
+    "truncated": "%E2%82",
+    "nul": "%00",
+}
+
+
+def assert_refused(r: httpx.Response, path: str, loc: list[str]) -> None:
+    """422 in the one shape (400 in OpenAI's on the compatible routes), naming the position."""
+    from app_fixtures import assert_error
+
+    if path.startswith(("/v1/", "/v2/")):
+        assert r.status_code == 400, r.text[:300]
+        error = r.json()["error"]
+        assert error["code"] == "invalid_input" and error["type"] == "invalid_request_error", error
+        param = ".".join(loc[1:])
+        assert (error["param"] or "").startswith(param) if param else True, (loc, error)
+        return
+    error = assert_error(r, 422, "invalid_input")
+    assert error["detail"][0]["loc"][: len(loc)] == loc, (loc, error)
+
+
+@pytest.fixture(scope="module")
+def positions(client: TestClient) -> dict[tuple[str, str], set[tuple[str, ...]]]:
+    return string_positions(client.app.openapi())  # type: ignore[attr-defined]
+
+
+def test_every_route_is_in_the_catalogue(client: TestClient, positions: dict[Any, set[Any]]) -> None:
+    """Every operation that takes text has a good example here (so its positions are poisoned below), and
+    every route outside the OpenAPI document takes no input (a new hidden route fails this test)."""
+    from fastapi.routing import APIRoute
+
+    missing = sorted(op for op, found in positions.items() if found and op not in GOOD_REQUESTS)
+    assert not missing, f"add a good request to GOOD_REQUESTS for {missing}"
+    assert len(positions) >= 15 and sum(len(p) for p in positions.values()) >= 40, positions
+    routes = [(prefix, r) for prefix, r in _leaf_routes(client.app.routes) if isinstance(r, APIRoute)]  # type: ignore[attr-defined]
+    hidden = {(m, prefix + r.path) for prefix, r in routes if not r.include_in_schema for m in r.methods}
+    assert hidden == {("GET", "/"), ("GET", "/favicon.ico")}, hidden  # the page and its icon: no parameters
+    for op, request in GOOD_REQUESTS.items():  # the examples themselves are good (so a 4xx below means the poison)
+        r = _send(client, op, request)
+        assert r.status_code == 200, (op, r.text[:300])
+
+
+def _send(
+    client: TestClient, op: tuple[str, str], request: dict[str, Any], raw_query: str | None = None
+) -> httpx.Response:
+    method, path = op
+    url = path.format(**request.get("path", {}))
+    kwargs = {k: v for k, v in request.items() if k != "path"}
+    if raw_query is not None:
+        kwargs.pop("params", None)
+        url += "?" + raw_query
+    return timed(lambda: client.request(method, url, **kwargs))
+
+
+def _expected_loc(position: tuple[str, ...]) -> list[str]:
+    """Where the error must point: the field or parameter (a filter's inside is reported as the filter)."""
+    return list(position[:2])
+
+
+def test_every_string_position_refuses_what_is_not_text(
+    client: TestClient, positions: dict[tuple[str, str], set[tuple[str, ...]]]
+) -> None:
+    """A lone surrogate or NUL at ANY string position of ANY route (bodies, filters at every depth, field
+    names, the JSON inside GET's filter, model names, enum fields) is a 422 (400 on /v1, /v2) naming the
+    position. Before: a lone surrogate in a filter value reached SQLite (500) and NUL matched nothing."""
+    failures: list[str] = []
+    count = 0
+    for op, found in sorted(positions.items()):
+        for position in sorted(found):
+            if position[0] != "body" and len(position) <= 2:
+                continue  # the URL's own bytes: the next test
+            for name, bad in BAD_STRINGS.items():
+                count += 1
+                r = _send(client, op, {**GOOD_REQUESTS[op], **poisoned(op, position, bad)})
+                try:
+                    assert_refused(r, op[1], _expected_loc(position))
+                except AssertionError as e:
+                    failures.append(f"{op} {position} {name}: {str(e)[:300]}")
+    assert count >= 100, count
+    assert not failures, "\n".join(failures)
+
+
+def test_every_url_parameter_is_decoded_strictly(
+    client: TestClient, positions: dict[tuple[str, str], set[tuple[str, ...]]]
+) -> None:
+    """Invalid UTF-8, overlong forms and encoded surrogates in any query or path parameter were replaced
+    with U+FFFD and answered 200 (GET /search?q=cat%ED%A0%80); now 422 naming the parameter, on every
+    route, also for a parameter the route does not read."""
+    from urllib.parse import urlencode
+
+    failures: list[str] = []
+    for op, found in sorted(positions.items()):
+        if op[1].startswith("/admin/"):  # refused (403, no key configured) before the URL is looked at
+            continue
+        request = GOOD_REQUESTS.get(op, {})
+        url_params = [p for p in sorted(found) if p[0] in ("query", "path") and len(p) == 2] + [("query", "junk")]
+        for position in url_params:
+            for name, bad in BAD_URL_BYTES.items():
+                where, param = position
+                if where == "path":
+                    r = _send(client, op, {**request, "path": {param: "x" + bad}})
+                    loc = ["path"]
+                else:
+                    others = {k: v for k, v in request.get("params", {}).items() if k != param}
+                    r = _send(
+                        client, op, request, raw_query="&".join(filter(None, [urlencode(others), f"{param}={bad}"]))
+                    )
+                    loc = ["query", param]
+                if name == "nul" and param == "junk":
+                    if r.status_code >= 500:  # NUL is valid UTF-8: a parameter nobody reads is ignored
+                        failures.append(f"{op} {position} {name}: {r.status_code}")
+                    continue
+                try:
+                    assert_refused(r, op[1], loc)
+                except AssertionError as e:
+                    failures.append(f"{op} {position} {name}: {str(e)[:300]}")
+    assert not failures, "\n".join(failures)
+
+
+def test_a_strictly_decoded_query_string_reads_as_utf8(client: TestClient) -> None:
+    """Raw (unescaped) UTF-8 bytes and %-escapes decode the same, as UTF-8 (Starlette read raw bytes as Latin-1)."""
+    from app.security import strict_query
+
+    assert strict_query(b"q=caf\xc3\xa9+au+lait&k=3&&flag") == ([("q", "café au lait"), ("k", "3"), ("flag", "")], None)
+    assert strict_query(b"q=caf%C3%A9&x=%ED%A0%80")[1] == (["query", "x"], "is not valid UTF-8 once percent-decoded "
+                                                           "(invalid continuation byte at byte 0)")  # fmt: skip
+    escaped = client.get("/search?q=caf%C3%A9+au+lait&k=3").json()
+    plain = client.get("/search", params={"q": "café au lait", "k": 3}).json()
+    assert [h["id"] for h in plain["results"]] == [h["id"] for h in escaped["results"]]
+    plus = client.get("/search?q=a+large+wild+cat&k=3").json()
+    spaces = client.get("/search", params={"q": "a large wild cat", "k": 3}).json()
+    assert [h["id"] for h in plus["results"]] == [h["id"] for h in spaces["results"]]
+
+
+def test_error_locations_are_bounded_and_json_safe(client: TestClient) -> None:
+    """An unknown field is named in the error; a 1 MB or non-text name must not be echoed as is."""
+    from app_fixtures import assert_error
+
+    r = client.post("/search", json={"query": "cat", "x" * 100_000: 1})
+    error = assert_error(r, 422, "invalid_input")
+    assert len(r.content) < 2000 and error["detail"][0]["loc"][1].endswith("..."), error
+
+
+def test_blank_rerank_texts_are_refused_like_embed_texts(client: TestClient) -> None:
+    """`/embed` refused blank texts while `/rerank` (and the compatible rerank routes) scored them."""
+    from app_fixtures import assert_error
+
+    for texts in (["a lion", ""], ["a lion", "   "], ["\u3000"]):
+        r = client.post("/rerank", json={"query": "a large wild cat", "texts": texts})
+        error = assert_error(r, 422, "invalid_input")
+        assert error["detail"][0]["loc"][:2] == ["body", "texts"], error
+        assert error["detail"][0]["msg"] == "must not be empty or only whitespace", error
+    for documents in (["a lion", " "], [{"text": ""}]):
+        for route in ("/v1/rerank", "/v2/rerank"):
+            r = client.post(route, json={"query": "a large wild cat", "documents": documents})
+            assert r.status_code == 400 and r.json()["error"]["param"].startswith("documents"), r.text[:300]
+
+
+# ------------------------------------------------------------------------------ HEAD (issue 20, item 10)
+
+
+def test_every_get_route_answers_head(client: TestClient) -> None:
+    """HEAD answered 405 on every GET route (while `Allow` listed it); now the GET's status and headers,
+    no body. Routes enumerated from the route table (the OpenAPI ones and the hidden page)."""
+    from fastapi.routing import APIRoute
+
+    routes = _leaf_routes(client.app.routes)  # type: ignore[attr-defined]
+    gets = sorted({prefix + r.path for prefix, r in routes if isinstance(r, APIRoute) and "GET" in r.methods})
+    assert {"/health", "/search", "/info", "/ready", "/metrics", "/v1/models", "/"} <= set(gets), gets
+    for path in [*gets, "/static/app.css", "/docs", "/openapi.json"]:
+        url = re.sub(r"\{[^}]*\}", "all-MiniLM-L6-v2", path) + ("?q=a+large+wild+cat" if path == "/search" else "")
+        get, head = client.get(url), client.head(url)
+        assert get.status_code == 200, (url, get.text[:200])
+        assert head.status_code == 200 and head.content == b"", (url, head.status_code, head.content[:100])
+        assert head.headers["content-type"] == get.headers["content-type"], url
+        assert int(head.headers["content-length"]) > 0, url
+    # errors keep their status, without a body; POST-only routes still refuse HEAD
+    head = client.head("/search?q=%20")
+    assert head.status_code == 422 and head.content == b""
+    head = client.head("/embed")
+    assert head.status_code == 405 and head.headers["allow"] == "POST" and head.content == b""
+    assert client.head("/nope").status_code == 404
+
+
+def test_head_through_a_real_server(server: Any) -> None:
+    from app_fixtures import API_KEY
+
+    with server.client(headers={"Authorization": f"Bearer {API_KEY}"}) as c:
+        for url in ("/health", "/search?q=cat", "/info", "/ready", "/metrics", "/v1/models", "/"):
+            r = c.head(url)
+            assert r.status_code == 200 and r.content == b"", (url, r.status_code)
+        assert c.get("/health").json() == {"status": "ok"}  # the connection is still in step after HEADs
+        r = c.get("/search?q=cat%ED%A0%80")
+        assert r.status_code == 422 and r.json()["error"]["detail"][0]["loc"] == ["query", "q"], r.text
