@@ -218,8 +218,13 @@ def test_compat_routes_are_in_the_metrics(cclient: TestClient) -> None:
     assert 'route="/v1/rerank",status="200"' in text
 
 
-def test_rerank_with_an_empty_text_still_fuses(cclient: TestClient) -> None:
-    """/rerank accepts empty texts (as before); their cosine comes from the encoder like any other."""
-    body = cclient.post("/rerank", json={"query": QUERY, "texts": ["", "a lion"]})
-    assert body.status_code == 200, body.text
-    assert body.json()["scoring"] == "fused_pairwise" and len(body.json()["results"]) == 2
+def test_rerank_refuses_a_blank_text_like_embed(cclient: TestClient) -> None:
+    """/rerank scored empty texts while /embed refused them (issue 20): now both refuse a blank text, and
+    the compatible rerank routes too (400 in OpenAI's shape); a real text beside it still fuses."""
+    r = cclient.post("/rerank", json={"query": QUERY, "texts": ["", "a lion"]})
+    assert r.status_code == 422 and r.json()["error"]["detail"][0]["loc"] == ["body", "texts", "0"], r.text
+    error = openai_error(cclient.post("/v1/rerank", json={"query": QUERY, "documents": [" ", "a lion"]}), 400,
+                         "invalid_input", "documents.0.str")  # fmt: skip
+    assert "empty or only whitespace" in error["message"]
+    body = cclient.post("/rerank", json={"query": QUERY, "texts": ["a lion"]})
+    assert body.status_code == 200 and body.json()["scoring"] == "fused_pairwise", body.text
