@@ -115,24 +115,23 @@ def _check_scalar(field: str, value: Any, what: str) -> Scalar:
 
 
 def _element_equal(type_: str, value: str, values: list[Scalar]) -> tuple[str, list[Any]]:
-    """SQL for 'the JSON value (its json_type ``type_``, its SQL value ``value``) equals one of values'."""
-    parts: list[str] = []
+    """SQL for 'the JSON value (its json_type ``type_``, its SQL value ``value``) equals one of values'
+    (one ``CASE`` on the type: the type is read once however many kinds of values there are)."""
+    branches: list[str] = []
     params: list[Any] = []
     strings = [v for v in values if isinstance(v, str)]
     numbers = [v for v in values if isinstance(v, int | float) and not isinstance(v, bool)]
     bools = sorted({"true" if v else "false" for v in values if isinstance(v, bool)})
     if strings:
-        parts.append(f"({type_} = 'text' AND {value} IN ({','.join('?' * len(strings))}))")
+        branches.append(f"WHEN 'text' THEN {value} IN ({','.join('?' * len(strings))})")
         params += strings
-    if numbers:
-        parts.append(f"({type_} IN {_NUMBER_TYPES} AND {value} IN ({','.join('?' * len(numbers))}))")
+    for number_type in ("integer", "real") if numbers else ():
+        branches.append(f"WHEN '{number_type}' THEN {value} IN ({','.join('?' * len(numbers))})")
         params += numbers
-    if bools:
-        parts.append(f"{type_} IN ({','.join('?' * len(bools))})")
-        params += bools
-    if not parts:
+    branches += [f"WHEN '{b}' THEN 1" for b in bools]
+    if not branches:
         return "0", []
-    return "(" + " OR ".join(parts) + ")", params
+    return f"(CASE {type_} {' '.join(branches)} ELSE 0 END)", params
 
 
 def _element_range(type_: str, value: str, bounds: dict[str, Scalar], numeric: bool) -> tuple[str, list[Any]]:

@@ -731,3 +731,43 @@ def test_head_through_a_real_server(server: Any) -> None:
         assert c.get("/health").json() == {"status": "ok"}  # the connection is still in step after HEADs
         r = c.get("/search?q=cat%ED%A0%80")
         assert r.status_code == 422 and r.json()["error"]["detail"][0]["loc"] == ["query", "q"], r.text
+
+
+# ------------------------------------------------------- filters on lists and exact strings, over HTTP
+
+
+def test_filters_match_list_elements_and_compare_strings_exactly_over_http(
+    tmp_path: Path, app_settings: Callable[..., Settings]
+) -> None:
+    """A filter on a list-valued field matched nothing (silently); now any element matches, on POST, batch and
+    GET alike. Strings compare exactly (NFC and NFD differ, no case folding) while lexical search folds."""
+    from indexer.pipeline import BuildOptions, run_build
+
+    rows = [
+        {"id": 1, "text": "a large wild cat", "tags": ["cat", "wild"], "years": [1999, 2005], "name": "Caf\u00e9"},
+        {"id": 2, "text": "a tool for cutting", "tags": ["tool"], "years": [2010], "name": "Cafe\u0301"},
+        {"id": 3, "text": "a cafe selling coffee", "tags": "cat", "years": 2005, "name": "cafe"},
+    ]
+    source = tmp_path / "rows.jsonl"
+    source.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    run_build(BuildOptions(inputs=[source], output=tmp_path / "idx", progress=False))
+    with TestClient(create_app(app_settings(index=tmp_path / "idx")), raise_server_exceptions=False) as c:
+
+        def ids(spec: dict[str, Any], mode: str = "dense", query: str = "cat") -> list[set[int]]:
+            post = c.post("/search", json={"query": query, "k": 10, "mode": mode, "filter": spec})
+            batch = c.post("/search/batch", json={"queries": [query], "k": 10, "mode": mode, "filter": spec})
+            get = c.get("/search", params={"q": query, "k": 10, "mode": mode, "filter": json.dumps(spec)})
+            assert post.status_code == batch.status_code == get.status_code == 200, (post.text, get.text)
+            return [
+                {h["id"] for h in post.json()["results"]},
+                {h["id"] for h in batch.json()["results"][0]},
+                {h["id"] for h in get.json()["results"]},
+            ]
+
+        assert ids({"tags": "cat"}) == [{1, 3}] * 3
+        assert ids({"tags": {"in": ["tool", "wild"]}}) == [{1, 2}] * 3
+        assert ids({"years": {"gte": 2000, "lte": 2006}}) == [{1, 3}] * 3
+        assert ids({"name": "Caf\u00e9"}) == [{1}] * 3  # NFC only
+        assert ids({"name": "Cafe\u0301"}) == [{2}] * 3  # NFD only
+        assert ids({"name": "CAFE"}) == [set()] * 3  # no case folding
+        assert ids({}, "lexical", "CAFÉ") == [{3}] * 3  # lexical search folds case and diacritics
