@@ -69,7 +69,7 @@ def _filter_schema(
 ) -> dict[str, Any]:
     """The filter grammar of ``semsearch.filters`` with its bounds, as JSON Schema."""
     number = {"type": "number", "minimum": -filters.NUMBER_LIMIT, "maximum": filters.NUMBER_LIMIT}
-    string = {"type": "string", "maxLength": value_chars}
+    string = {"type": "string", "maxLength": value_chars, "pattern": TEXT_PATTERN}
     scalar = [string, number, {"type": "boolean"}]
 
     def bounds(kind: dict[str, Any]) -> dict[str, Any]:
