@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 from conftest import DIM, META
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -149,3 +150,26 @@ def test_every_accepted_row_is_stored_returned_filtered_and_serialised(tmp_path_
                     assert [h.id for h in top] == [rec.ext_id], spec
     finally:
         index.close()
+
+
+def test_verify_flags_rows_whose_metadata_breaks_filters(tmp_path):
+    """Indexes written before the ingest limits may hold NaN/Infinity metadata: verify names them."""
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((3, DIM)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    records = [
+        Record(text="fine", ext_id="ok", metadata={"x": 1}),
+        Record(text="nan", ext_id="n", metadata={"x": float("nan")}),  # what the old readers let through
+        Record(text="inf", ext_id="i", metadata={"y": [float("inf")]}),
+    ]
+    index = _build(tmp_path / "old", records, vectors)
+    try:
+        with pytest.raises(Exception, match="malformed JSON"):  # why it matters: any filter fails
+            search(index, ["q"], vectors[:1], 1, "dense", {"x": 1})
+    finally:
+        index.close()
+    (problem,) = verify(tmp_path / "old")
+    assert "2 row(s) hold metadata that SQLite's JSON functions refuse" in problem
+    assert "'n': NaN is not a finite number" in problem and "'i': -Infinity" not in problem
+    assert "'i': Infinity is not a finite number" in problem
+    assert verify(tmp_path / "old", full=False) == []
