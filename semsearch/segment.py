@@ -187,6 +187,29 @@ def quick_problems(directory: Path, meta: SegmentManifest) -> list[str]:
     return problems
 
 
+def unsearchable_metadata(conn: sqlite3.Connection) -> list[str]:
+    """A problem naming the rows whose metadata SQLite's JSON functions refuse (``NaN``, ``Infinity``:
+    accepted before the ingest limits of :mod:`semsearch.rows`), or none. One such row, deleted or
+    not, makes every filtered search over its segment fail."""
+    from semsearch.rows import loads_row, metadata_problem
+
+    count, examples = 0, list[str]()
+    for ext_id, metadata in conn.execute("SELECT ext_id, metadata FROM docs WHERE NOT json_valid(metadata)"):
+        count += 1
+        if len(examples) < 3:
+            try:
+                why = metadata_problem(loads_row(metadata)) or "not valid JSON"
+            except ValueError as e:  # RowError, JSONDecodeError
+                why = str(e)
+            examples.append(f"{ext_id!r}: {why}")
+    if not count:
+        return []
+    return [
+        f"{count} row(s) hold metadata that SQLite's JSON functions refuse, so every filtered search over this "
+        f"segment fails ({'; '.join(examples)}); rebuild, or add them again without it and compact"
+    ]
+
+
 def verify_segment(directory: Path, meta: SegmentManifest, full: bool, legacy_checksum: str | None = None) -> list[str]:
     """Every integrity problem of one segment (``full``: file checksums and content sums too)."""
     problems = quick_problems(directory, meta)
@@ -214,6 +237,8 @@ def verify_segment(directory: Path, meta: SegmentManifest, full: bool, legacy_ch
             content_ok = sum_hex(rows_sum(conn.execute("SELECT ext_id, text, metadata FROM docs"))) == meta.corpus_sum
             if full and total_tokens(conn) != meta.tokens:
                 problems.append(f"the FTS table holds {total_tokens(conn)} tokens, manifest says {meta.tokens}")
+        if full:
+            problems += unsearchable_metadata(conn)
         conn.close()
     except sqlite3.DatabaseError as e:
         return [*problems, f"{DOCS_DB} is not a readable SQLite database: {e}"]
