@@ -56,7 +56,7 @@ def long_texts(n: int, chars: int) -> list[str]:
 def ensure_index(path: Path) -> Path:
     if (path / "current").exists():
         return path
-    rows = [json.loads(line) for line in gzip.open(SAMPLE, "rt", encoding="utf-8")][:3000]
+    rows = [{"id": i, "text": t} for i, t in enumerate(glosses()[:3000])]
     src = path.parent / "head_of_line_corpus.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
     src.write_text("".join(json.dumps({"id": r["id"], "text": r["text"]}) + "\n" for r in rows))

@@ -16,7 +16,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import pytest
 from app_fixtures import ServerProcess
 
 from semsearch.encoder import Encoder
