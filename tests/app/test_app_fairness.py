@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 import numpy as np
 from app_fixtures import ServerProcess
 
@@ -46,13 +47,13 @@ def test_a_short_search_is_answered_between_chunks_of_a_max_size_embed(
     embedded: dict[str, np.ndarray] = {}
 
     def embed() -> None:
-        with server.client(timeout=600) as client:
+        with httpx.Client(base_url=server.url, timeout=600) as client:  # seconds at a busy machine's load
             r = client.post("/embed", json={"texts": texts})
             assert r.status_code == 200, r.text
             embedded["vectors"] = np.array(r.json()["embeddings"], dtype=np.float32)
         finished.append("embed")
 
-    with server.client(timeout=600) as client:
+    with server.client() as client:
         assert client.post("/search", json={"query": "warm up", "k": 1}).status_code == 200
         thread = threading.Thread(target=embed)
         thread.start()
