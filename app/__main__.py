@@ -154,7 +154,8 @@ class _Server(uvicorn.Server):
 def _http_implementation(config: uvicorn.Config) -> str:
     """``httptools`` or ``h11``: what uvicorn's ``http="auto"`` picked (httptools when installed)."""
     protocol = getattr(config, "http_protocol_class", None)
-    name = getattr(protocol, "__module__", "") or ""
+    uvicorn_bases = [c for c in getattr(protocol, "__mro__", ()) if c.__module__.startswith("uvicorn.")]
+    name = (uvicorn_bases[0].__module__ if uvicorn_bases else getattr(protocol, "__module__", "")) or ""
     return name.rsplit(".", 1)[-1].removesuffix("_impl") or "unknown"
 
 
@@ -179,6 +180,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         index = services.indexes.current
         return version_name(index), index.count
 
+    from app import connections
+
+    cap = connections.fit_fd_limit(settings.max_connections)
+    connections.configure(connections.ConnectionLimits(cap, settings.header_timeout_s, settings.body_timeout_s))
     common: dict[str, Any] = {
         "host": settings.host,
         "port": settings.port,
@@ -187,7 +192,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "access_log": settings.access_log,
         "lifespan": "on",
         "loop": server["loop"],  # auto: uvloop and httptools when installed (uvicorn[standard], a dependency)
-        "http": server["http"],
+        # uvicorn's parser with read deadlines and a connection cap (app/connections.py)
+        "http": connections.guarded_protocol(server["http"]),
+        "timeout_keep_alive": settings.keep_alive_s,
     }
     if server["workers"] > 1:
         return _serve_processes(settings, overrides, server["workers"], common, services, describe)

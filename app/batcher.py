@@ -18,6 +18,18 @@ queue, so batches grow with load even with ``window_s = 0``. ``max_batch = 1`` d
 request is encoded alone (the baseline of ``bench/http_bench.py``). A full queue raises
 :class:`~app.errors.OverloadedError` (HTTP 429) instead of growing.
 
+**One request cannot hold the others** (``max_batch_tokens``, docs/reliability.md). Each text's cost is
+estimated without tokenising (:func:`estimate_tokens`: characters/4 + 2, at most the encoder's
+``max_seq_length``), and a batch's cost is its padded size (texts x the longest estimate). A job that
+fits what is left of the budget is taken whole (small requests, in arrival order); a job that does
+not (``/embed`` of 64 long texts, a 64-query ``/search/batch``, the texts of a ``/rerank``) is *bulk*:
+it is encoded in chunks of at most the budget, each chunk a batch of its own, and batches of small
+requests and chunks of bulk ones alternate while both wait. So a short query waits for at most one
+chunk, never for a whole bulk request, and bulk requests still progress under a stream of small ones.
+The encoder is per-row deterministic (padding and batchmates do not change a text's vector), so a
+chunked request's vectors equal those of one batch; a search job is searched once, in the batch of its
+last chunk, so it still reads one index version. A job whose client went away is dropped between chunks.
+
 A batch is an optimisation, never a shared fate: input is validated at the edge (``app.schemas``), and
 should the shared ``encode`` or a group's search still fail, the batch is retried job by job, so the
 error goes to the job that caused it alone and its batchmates get their results.
@@ -33,7 +45,7 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -77,17 +89,61 @@ class SearchOutcome:
     index_version: str
 
 
+def estimate_tokens(text: str, max_seq_length: int) -> int:
+    """A text's token count as the budget counts it, without tokenising (tokenising 64 long texts costs
+    ~0.3 s on the event loop): ~4 characters per WordPiece token in English, plus [CLS] and [SEP], at most
+    what the encoder reads. Scripts with more tokens per character (CJK) count less than they cost, but
+    never more than ``max_seq_length``, so the longest possible chunk is bounded all the same."""
+    return min(max_seq_length, len(text) // 4 + 2)
+
+
 @dataclass
 class Job:
-    """One request: texts to embed, or queries to search (``spec`` set)."""
+    """One request: texts to embed, or queries to search (``spec`` set).
+
+    ``costs`` are the texts' estimated tokens (0 for a search that encodes nothing); ``cursor`` is how
+    many texts have been handed to a batch, ``parts`` the vectors of the chunks already encoded."""
 
     texts: list[str]
     spec: SearchSpec | None
     future: asyncio.Future[Any]
+    costs: list[int] = field(default_factory=list)
+    cursor: int = 0
+    parts: list[np.ndarray] = field(default_factory=list)
 
     @property
     def needs_vectors(self) -> bool:
         return self.spec is None or self.spec.needs_vectors
+
+    def padded_cost(self, start: int, end: int) -> int:
+        """What encoding texts ``start:end`` in one padded batch costs: rows x the longest row."""
+        return (end - start) * max(self.costs[start:end], default=0)
+
+
+@dataclass(frozen=True)
+class Piece:
+    """Texts ``start:end`` of a job, encoded in one batch; ``last`` when they finish the job."""
+
+    job: Job
+    start: int
+    end: int
+
+    @property
+    def last(self) -> bool:
+        return self.end == len(self.job.texts)
+
+    @property
+    def texts(self) -> list[str]:
+        return self.job.texts[self.start : self.end]
+
+
+class _Partial:
+    """A chunk's vectors, kept on the job until its last chunk is encoded."""
+
+    __slots__ = ("vectors",)
+
+    def __init__(self, vectors: np.ndarray) -> None:
+        self.vectors = vectors
 
 
 class MicroBatcher:
@@ -103,6 +159,7 @@ class MicroBatcher:
         max_batch: int,
         max_queue: int,
         retry_after_s: int,
+        max_batch_tokens: int = 256,
         filter_workers: int = FILTER_WORKERS,
     ) -> None:
         self.encoder = encoder
@@ -112,6 +169,9 @@ class MicroBatcher:
         self.max_batch = max_batch
         self.max_queue = max_queue
         self.retry_after_s = retry_after_s
+        self.max_batch_tokens = max_batch_tokens
+        self.max_seq_length = int(getattr(encoder, "max_seq_length", None) or 512)
+        self._last_was_bulk = False  # small batches and bulk chunks alternate while both wait
         self._pending: deque[Job] = deque()
         self._wakeup = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="semsearch-encode")
@@ -190,6 +250,10 @@ class MicroBatcher:
         if len(self._pending) >= self.max_queue:
             raise OverloadedError("encoder", self.max_queue, self.retry_after_s)
         job = Job(texts, spec, asyncio.get_running_loop().create_future())
+        if job.needs_vectors:
+            job.costs = [estimate_tokens(t, self.max_seq_length) for t in texts]
+        else:
+            job.costs = [0] * len(texts)
         self._pending.append(job)
         self.metrics.queue_depth.set(len(self._pending))
         self._wakeup.set()
@@ -214,18 +278,53 @@ class MicroBatcher:
             except TimeoutError:
                 return
 
-    def _take_batch(self) -> list[Job]:
-        """Waiting jobs up to ``max_batch`` texts (at least one job; a job is never split)."""
-        batch: list[Job] = []
-        size = 0
-        while self._pending and (not batch or size + len(self._pending[0].texts) <= self.max_batch):
-            job = self._pending.popleft()
-            if job.future.done():  # the client went away
+    def _take_batch(self) -> list[Piece]:
+        """The next batch: small jobs taken whole, or one chunk of the oldest bulk job (see the module doc).
+
+        Small: the job's remaining texts fit ``max_batch`` texts and ``max_batch_tokens`` (padded) on top
+        of the jobs already taken. While both kinds wait, a batch of small jobs and a bulk chunk alternate.
+        """
+        small: list[Piece] = []
+        bulk: Job | None = None
+        texts, width = 0, 0  # the small batch so far: rows and longest estimate
+        for job in self._pending:
+            if job.future.done():  # the client went away (or an earlier chunk failed)
                 continue
-            batch.append(job)
-            size += len(job.texts)
+            n = len(job.texts) - job.cursor
+            job_width = max(job.costs[job.cursor :], default=0)
+            new_width = max(width, job_width)
+            if not job.needs_vectors or (
+                texts + n <= self.max_batch and (texts + n) * new_width <= self.max_batch_tokens
+            ):  # fits (a lexical search encodes nothing: always whole)
+                small.append(Piece(job, job.cursor, len(job.texts)))
+                if job.needs_vectors:
+                    texts, width = texts + n, new_width
+            elif bulk is None and job.cursor == 0 and n <= self.max_batch and n * job_width <= self.max_batch_tokens:
+                continue  # fits an empty batch: small, in the next one
+            elif bulk is None:
+                bulk = job
+        if bulk is not None and (not small or not self._last_was_bulk):
+            batch = [self._chunk(bulk)]
+            self._last_was_bulk = True
+        else:
+            batch = small
+            self._last_was_bulk = False
+        for piece in batch:
+            piece.job.cursor = piece.end
+        self._pending = deque(j for j in self._pending if j.cursor < len(j.texts) and not j.future.done())
         self.metrics.queue_depth.set(len(self._pending))
         return batch
+
+    def _chunk(self, job: Job) -> Piece:
+        """The longest run of the job's next texts within the budget (at least one text)."""
+        end = job.cursor + 1
+        while (
+            end < len(job.texts)
+            and end - job.cursor < self.max_batch
+            and job.padded_cost(job.cursor, end + 1) <= self.max_batch_tokens
+        ):
+            end += 1
+        return Piece(job, job.cursor, end)
 
     async def _collect(self) -> None:
         loop = asyncio.get_running_loop()
@@ -241,26 +340,31 @@ class MicroBatcher:
             try:
                 results = await loop.run_in_executor(self._executor, self._run_batch, batch)
             except asyncio.CancelledError:  # stopping: nobody will deliver this batch's results
-                for job in batch:
-                    if not job.future.done():
-                        job.future.set_exception(ApiError(503, "shutting_down", "the service is shutting down"))
+                for piece in batch:
+                    if not piece.job.future.done():
+                        piece.job.future.set_exception(ApiError(503, "shutting_down", "the service is shutting down"))
                 raise
             except Exception as e:  # the worker itself failed: every job of the batch gets the error
                 results = [e] * len(batch)
-            for job, result in zip(batch, results, strict=True):
+            for piece, result in zip(batch, results, strict=True):
+                job = piece.job
                 if job.future.done():
                     continue
-                if isinstance(result, BaseException):
+                if isinstance(result, _Partial):
+                    job.parts.append(result.vectors)
+                elif isinstance(result, BaseException):
                     job.future.set_exception(result)
                 else:
                     job.future.set_result(result)
+            if any(not piece.last for piece in batch):
+                self._wakeup.set()  # the rest of a bulk job is still waiting
 
     # ------------------------------------------------------------------ worker thread
 
-    def _run_batch(self, batch: list[Job]) -> list[Any]:
+    def _run_batch(self, batch: list[Piece]) -> list[Any]:
         started = time.perf_counter()
         results: list[Any] = [None] * len(batch)
-        to_encode = [i for i, job in enumerate(batch) if job.needs_vectors]
+        to_encode = [i for i, piece in enumerate(batch) if piece.job.needs_vectors]
         texts = [t for i in to_encode for t in batch[i].texts]
         vectors: dict[int, np.ndarray] = {}
         if texts:
@@ -279,9 +383,15 @@ class MicroBatcher:
                     vectors[i] = matrix[row : row + n]
                     row += n
         groups: dict[tuple[str, str, bool], list[int]] = {}
-        for i, job in enumerate(batch):
+        for i, piece in enumerate(batch):
             if results[i] is not None:  # its encode failed
                 continue
+            job = piece.job
+            if not piece.last:
+                results[i] = _Partial(vectors[i])
+                continue
+            if i in vectors and job.parts:  # the job's earlier chunks, then this one
+                vectors[i] = np.concatenate([*job.parts, vectors[i]])
             if job.spec is None:
                 results[i] = vectors[i]
             else:
@@ -295,19 +405,20 @@ class MicroBatcher:
         return results
 
     def _encode_one_by_one(
-        self, batch: list[Job], to_encode: list[int], vectors: dict[int, np.ndarray], results: list[Any]
+        self, batch: list[Piece], to_encode: list[int], vectors: dict[int, np.ndarray], results: list[Any]
     ) -> None:
         """The shared encode failed: encode each job alone; a job that still fails gets its own error."""
         for i in to_encode:
+            texts = batch[i].texts
             try:
-                vectors[i] = self.encoder.encode(batch[i].texts, batch_size=len(batch[i].texts))
+                vectors[i] = self.encoder.encode(texts, batch_size=len(texts))
             except Exception as e:
                 log.warning("encoding failed for one job of a micro-batch (%s: %s)", type(e).__name__, e)
                 results[i] = e
 
     @staticmethod
     def _search_group(
-        batch: list[Job],
+        batch: list[Piece],
         members: list[int],
         vectors: dict[int, np.ndarray],
         index: Any,
@@ -317,16 +428,16 @@ class MicroBatcher:
         """One search for the group; if it fails, one search per job (errors stay with their job)."""
 
         def search_together(jobs: list[int]) -> None:
-            first = batch[jobs[0]].spec
+            first = batch[jobs[0]].job.spec
             assert first is not None
-            k = max(batch[i].spec.k for i in jobs)  # type: ignore[union-attr]
-            queries = [q for i in jobs for q in batch[i].texts]
+            k = max(batch[i].job.spec.k for i in jobs)  # type: ignore[union-attr]
+            queries = [q for i in jobs for q in batch[i].job.texts]
             matrix = np.concatenate([vectors[i] for i in jobs]) if first.needs_vectors else None
             hits = search(index, queries, matrix, k, mode=first.mode, filter=first.filter)
             row = 0
             for i in jobs:
-                job_k = batch[i].spec.k  # type: ignore[union-attr]
-                n = len(batch[i].texts)
+                job_k = batch[i].job.spec.k  # type: ignore[union-attr]
+                n = len(batch[i].job.texts)
                 results[i] = SearchOutcome([h[:job_k] for h in hits[row : row + n]], version)
                 row += n
 

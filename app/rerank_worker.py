@@ -1,11 +1,25 @@
-"""Cross-encoder scoring off the event loop: one worker thread, a bounded number of waiting requests."""
+"""Cross-encoder scoring off the event loop, in chunks: a bounded number of waiting requests, and no
+request holds the cross-encoder for longer than one chunk while others wait.
+
+Each request runs on a thread of its own (up to :data:`RERANK_THREADS`; more wait for a free one). The
+reranker's backend is wrapped (:class:`ChunkedLogits`): a call's (query, text) pairs are split, in the
+backend's own order (longest first), into chunks of at most ``max_batch_tokens`` (padded, estimated as
+the batcher does), and every chunk takes a turn of the one cross-encoder (:class:`Turns`). A call of one
+chunk is *small* and goes before the chunks of bulk calls (the oldest bulk call first); while both wait,
+turns alternate, so a search's rerank of a few candidates waits for at most one chunk of a 200-text
+``/rerank``, and the bulk call still progresses. The scores are the backend's for the same pairs (each
+row is scored on its own; padding does not change it), fused afterwards as before.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import itertools
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -16,6 +30,87 @@ from semsearch.rerank import Reranker
 from semsearch.search import rerank
 from semsearch.search_index import Hit
 
+RERANK_THREADS = 16  # rerank requests in progress at once (their chunks take turns); more wait for a thread
+
+_request = threading.local()  # the arrival number of the request a rerank thread is running
+
+
+class Turns:
+    """One holder of the cross-encoder at a time; waiting chunks by kind, then request arrival.
+
+    No polling: a waiter sleeps on a condition until the holder hands over (a handful of threads)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._busy = False
+        self._last_bulk = False
+        self._waiting: set[tuple[int, int, int]] = set()  # (bulk, request, ticket)
+        self._tickets = itertools.count()
+        self.granted: list[tuple[bool, int]] = []  # (bulk, request) of recent turns, for tests (bounded)
+
+    def _next(self) -> tuple[int, int, int]:
+        small = [w for w in self._waiting if not w[0]]
+        bulk = [w for w in self._waiting if w[0]]
+        if small and bulk:
+            return min(small) if self._last_bulk else min(bulk)
+        return min(small or bulk)
+
+    @contextmanager
+    def turn(self, bulk: bool, request: int) -> Iterator[None]:
+        with self._cond:
+            entry = (int(bulk), request, next(self._tickets))
+            self._waiting.add(entry)
+            while self._busy or self._next() != entry:
+                self._cond.wait()
+            self._waiting.discard(entry)
+            self._busy = True
+            self._last_bulk = bulk
+            self.granted.append((bulk, request))
+            del self.granted[:-1000]
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._busy = False
+                self._cond.notify_all()
+
+
+def pair_tokens(a: str, b: str, max_length: int) -> int:
+    """A pair's tokens as the budget counts them (see ``app.batcher.estimate_tokens``): [CLS] a [SEP] b [SEP]."""
+    return min(max_length, (len(a) + len(b)) // 4 + 3)
+
+
+class ChunkedLogits:
+    """A reranker backend (``logits(pairs, batch_size)``) run in budgeted chunks, each in its turn."""
+
+    def __init__(self, inner: Any, turns: Turns, max_tokens: int, max_length: int) -> None:
+        self.inner = inner
+        self.turns = turns
+        self.max_tokens = max_tokens
+        self.max_length = max_length
+
+    def chunks(self, pairs: Sequence[tuple[str, str]], batch_size: int) -> list[list[int]]:
+        order = sorted(range(len(pairs)), key=lambda i: -(len(pairs[i][0]) + len(pairs[i][1])))  # stable
+        chunks: list[list[int]] = []
+        width = 0  # the current chunk's widest pair: its first (longest first)
+        for i in order:
+            if chunks and len(chunks[-1]) < batch_size and (len(chunks[-1]) + 1) * width <= self.max_tokens:
+                chunks[-1].append(i)
+            else:
+                chunks.append([i])
+                width = pair_tokens(*pairs[i], self.max_length)
+        return chunks
+
+    def logits(self, pairs: Sequence[tuple[str, str]], batch_size: int) -> np.ndarray:
+        out = np.empty(len(pairs), dtype=np.float32)
+        chunks = self.chunks(pairs, batch_size)
+        request = getattr(_request, "number", 0)
+        for idx in chunks:
+            with self.turns.turn(len(chunks) > 1, request):
+                out[idx] = self.inner.logits([pairs[i] for i in idx], len(idx))
+        return out
+
+
 NO_RERANKER = (
     "no reranker is configured: start the service with --reranker PATH_OR_NAME (or SEMSEARCH_RERANKER), "
     "e.g. a folder trained with `make reranker`"
@@ -25,13 +120,28 @@ NO_RERANKER = (
 class RerankRunner:
     """Runs :meth:`Reranker.score` in its own worker thread; 503 without a reranker, 429 when full."""
 
-    def __init__(self, reranker: Reranker | None, metrics: Metrics, *, max_queue: int, retry_after_s: int) -> None:
+    def __init__(
+        self,
+        reranker: Reranker | None,
+        metrics: Metrics,
+        *,
+        max_queue: int,
+        retry_after_s: int,
+        max_batch_tokens: int = 256,
+    ) -> None:
         self.reranker = reranker
         self.metrics = metrics
         self.max_queue = max_queue
         self.retry_after_s = retry_after_s
+        self.turns = Turns()
+        self._requests = itertools.count(1)
+        if reranker is not None:  # chunk its backend (once: a reranker may serve several app instances)
+            inner = reranker._backend
+            if isinstance(inner, ChunkedLogits):
+                inner = inner.inner
+            reranker._backend = ChunkedLogits(inner, self.turns, max_batch_tokens, reranker.max_length)
         self._in_flight = 0
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="semsearch-rerank")
+        self._executor = ThreadPoolExecutor(max_workers=RERANK_THREADS, thread_name_prefix="semsearch-rerank")
 
     def require(self) -> Reranker:
         """The reranker, or a 503 that says how to configure one."""
@@ -71,8 +181,14 @@ class RerankRunner:
         self._in_flight += 1
         self.metrics.rerank_in_flight.set(self._in_flight)
         started = time.perf_counter()
+        number = next(self._requests)
+
+        def numbered() -> Any:
+            _request.number = number  # its chunks' place among bulk calls: arrival order
+            return work()
+
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._executor, work)
+            return await asyncio.get_running_loop().run_in_executor(self._executor, numbered)
         finally:
             self._in_flight -= 1
             self.metrics.rerank_in_flight.set(self._in_flight)

@@ -37,9 +37,14 @@ class Runtime:
             max_batch=settings.max_batch,
             max_queue=settings.max_queue,
             retry_after_s=settings.retry_after_s,
+            max_batch_tokens=settings.max_batch_tokens,
         )
         reranking = RerankRunner(
-            services.reranker, metrics, max_queue=settings.max_queue, retry_after_s=settings.retry_after_s
+            services.reranker,
+            metrics,
+            max_queue=settings.max_queue,
+            retry_after_s=settings.retry_after_s,
+            max_batch_tokens=settings.max_batch_tokens,
         )
         reloader = Reloader(settings.index, services, metrics)
         batcher.start()

@@ -124,6 +124,39 @@ class Settings(BaseSettings):
     max_batch: int = _in_range(32, 1, 4096, "Most texts encoded in one micro-batch; 1 disables batching (baseline).")
     max_queue: int = _in_range(256, 1, 1_000_000, "Requests waiting for the encoder (and for the reranker) before 429.")
     retry_after_s: int = _in_range(1, 1, 3600, "`Retry-After` seconds sent with 429.")
+    # --- fairness and connections (one client must not hurt the others; docs/reliability.md)
+    max_batch_tokens: int = _in_range(
+        256,
+        1,
+        1_000_000,
+        "Most tokens (estimated: characters/4 + 2, at most the model's max_seq_length per text) encoded or "
+        "reranked in one step. A bigger request is split into chunks of this size, and other requests are "
+        "served between its chunks, short ones first; its results are the same as in one batch.",
+    )
+    max_connections: int = _in_range(
+        1000,
+        1,
+        1_000_000,
+        "Most open client connections; one more gets a 503 `too_many_connections` and is closed. Lowered at "
+        "start-up to fit the file-descriptor limit (`ulimit -n`), with a warning.",
+    )
+    header_timeout_s: float = _in_range(
+        10.0,
+        0,
+        3600,
+        "Seconds a connection may take to send a request's line and headers; then 408 and closed.",
+        above=True,
+    )
+    body_timeout_s: float = _in_range(
+        30.0,
+        0,
+        3600,
+        "Seconds a request may take to send its body once its headers are in; then 408 and closed.",
+        above=True,
+    )
+    keep_alive_s: float = _in_range(
+        5.0, 0, 3600, "Seconds an idle keep-alive connection is kept open between requests.", above=True
+    )
     # --- operations
     reload_poll_s: float = _in_range(
         2.0, 0, 86_400, "Seconds between checks of the index's `current` version; 0 disables polling."
