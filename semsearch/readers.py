@@ -274,7 +274,7 @@ def _delimited_rows(
     max_metadata_bytes: int,
 ) -> Iterator[Record | Reject]:
     src = str(path)
-    reader = csv.reader(lines, delimiter=delimiter)
+    reader = csv.reader(lines, delimiter=delimiter, strict=True)
     try:
         header = next(reader)
     except StopIteration:
@@ -307,6 +307,13 @@ def _delimited_rows(
         except csv.Error as e:
             row, error = [], f"malformed CSV: {e}"
         start, end = end + 1, lines.lineno
+        if error and "unexpected end of data" in error:
+            # A quote that is never closed makes the rest of the file one field: refuse the file
+            # instead of publishing without every row after it.
+            raise InvalidInputError(
+                f"{path}:{start}: a quoted field opened on line {start} is never closed, so lines "
+                f"{start}-{end} (the rest of the file) would be one field; close the quote"
+            )
         bad, lines.bad = lines.bad, []
         if bad:
             line, why = bad[0]

@@ -398,3 +398,22 @@ def test_split_sentence_ids_respect_the_id_limit(tmp_path):
     recs, rejects = _read(p, split=True)
     assert [r.ext_id for r in recs] == ["ok#0", "ok#1"]
     assert [(r.line, r.reason) for r in rejects] == [(1, "sentence id has 1026 characters, over the limit of 1024")]
+
+
+def test_an_unclosed_quote_refuses_the_file_instead_of_swallowing_the_rest(tmp_path: Path) -> None:
+    path = tmp_path / "c.csv"
+    path.write_text('id,text\n1,"good one"\n2,"never closed\n3,a row it would swallow\n4,and another\n')
+    with pytest.raises(InvalidInputError, match=r"c\.csv:3: a quoted field opened on line 3 is never closed"):
+        list(read_inputs([path]))
+
+
+def test_a_stray_quote_rejects_its_row_only(tmp_path: Path) -> None:
+    path = tmp_path / "c.csv"
+    path.write_text('id,text\n1,"a"b\n2,fine\n3,"multi\nline"\n')
+    rows = list(read_inputs([path]))
+    assert [(type(r).__name__, r.line if isinstance(r, Reject) else r.ext_id) for r in rows] == [
+        ("Reject", 2),
+        ("Record", "2"),
+        ("Record", "3"),
+    ]
+    assert rows[2].text == "multi\nline"
