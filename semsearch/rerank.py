@@ -172,7 +172,8 @@ def _onnx_factory(variant: str) -> BackendFactory:
     """``FeatureBackend`` over a cached ONNX export of the CrossEncoder's transformer (local folders only)."""
 
     def factory(cross_encoder: Any, context: BackendContext) -> LogitsBackend:
-        from semsearch.onnx_backend import OnnxModel, model_fingerprint
+        from semsearch.model_source import model_fingerprint
+        from semsearch.onnx_backend import OnnxModel
 
         if context.model_dir is None:
             raise ModelLoadError(
