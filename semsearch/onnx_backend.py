@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import inspect
 import json
 import logging
 import os
@@ -45,6 +44,7 @@ from typing import TYPE_CHECKING, Any, Literal, Union
 import numpy as np
 
 from semsearch.errors import ModelLoadError
+from semsearch.model_runner import OUTPUTS, Kind, forward_parameters
 from semsearch.model_source import model_fingerprint as _fingerprint
 from semsearch.runtime import available_cores
 
@@ -54,7 +54,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-Kind = Literal["encoder", "cross-encoder"]
 Variant = Literal["onnx", "onnx-int8"]
 
 KINDS: tuple[str, ...] = ("encoder", "cross-encoder")
@@ -70,7 +69,7 @@ _INT8_OPSET = 21  # blocked QuantizeLinear (one scale per row) needs opset 21
 
 _FILES: dict[str, str] = {"onnx": "model.onnx", "onnx-int8": f"model-int8-{INT8_RECIPE}.onnx"}
 ModelSource = Union["torch.nn.Module", Callable[[], "torch.nn.Module"]]
-_OUTPUT_NAMES: dict[str, str] = {"encoder": "last_hidden_state", "cross-encoder": "logits"}
+_OUTPUT_NAMES = OUTPUTS
 _MAX_SINGLE_FILE_BYTES = 1_900_000_000  # protobuf's 2 GiB limit, with margin for the graph itself
 _LEGACY_OPSET = 17  # only used by the TorchScript fallback exporter
 
@@ -263,11 +262,7 @@ class _ExportWrapper:
 
 
 def _takes_token_types(hf_model: torch.nn.Module) -> bool:
-    try:
-        params = inspect.signature(hf_model.forward).parameters
-    except (TypeError, ValueError):
-        return False
-    return "token_type_ids" in params
+    return "token_type_ids" in forward_parameters(hf_model)
 
 
 def _load(source: ModelSource) -> torch.nn.Module:
