@@ -206,12 +206,8 @@ class EncodeActor:
             max_seq_length=max_seq_length,
             num_threads=threads,
             spinning=False,
+            device=_encoder_device(gpu, backend),
         )
-        if gpu and backend == "torch":
-            import torch
-
-            if torch.cuda.is_available():
-                self.encoder._st.to("cuda")
         self.batch_size = batch_size
         import ray
 
@@ -229,6 +225,16 @@ class EncodeActor:
             stats[0] = (self.encoder.stats.truncated - truncated_before, self.encoder.stats.seconds - seconds_before)
         node = np.full(len(rows), self.node, dtype=object)
         return {"kind": batch["kind"], "item": batch["item"], "vector": vectors, "stats": stats, "node": node}
+
+
+def _encoder_device(gpu: bool, backend: str) -> str | None:
+    """``cuda`` for a torch encoder given a GPU that torch can see, else the CPU (the ONNX backends run on
+    the CPU; the Encoder feeds its inputs to wherever the model is)."""
+    if not gpu or backend != "torch":
+        return None
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else None
 
 
 # ------------------------------------------------------------------------------------ the build
