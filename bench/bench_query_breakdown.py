@@ -65,8 +65,7 @@ def main() -> int:
         ms, tokens = timed(lambda q=q: encoder._tokens.encode([q]))
         parts["tokenise"].append(ms)
         features = tokens.batch(np.arange(1), len(tokens.ids[0]))
-        feeds = {k: v for k, v in features.items() if k in encoder._input_names}
-        ms, hidden = timed(lambda feeds=feeds: encoder._onnx(feeds))  # type: ignore[misc]
+        ms, hidden = timed(lambda features=features: encoder._runner(features))  # the backend runner alone
         parts["forward"].append(ms)
         mask = features["attention_mask"]
         ms, vec = timed(lambda hidden=hidden, mask=mask: pool_and_normalize(hidden, mask, encoder.pooling))

@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import socket
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -41,6 +39,9 @@ from indexer.pipeline import (
 from semsearch.encoder import Encoder
 from semsearch.errors import SemsearchError
 from semsearch.layout import IndexRoot
+from semsearch.ray_cluster import RayUnavailableError as RayUnavailableError  # its old home: re-exported
+from semsearch.ray_cluster import connect as _connect
+from semsearch.ray_cluster import import_ray as _import_ray
 from semsearch.readers import Reject, read_inputs
 from semsearch.store import Record
 from semsearch.writer import IndexWriter, disk_errors
@@ -49,12 +50,6 @@ log = logging.getLogger(__name__)
 
 ROW, REJECT = 0, 1
 ACTOR_RESTARTS = 2  # an encoder actor that dies is restarted this many times, then the build fails
-
-
-class RayUnavailableError(SemsearchError):
-    """Ray is not installed, or the cluster cannot be reached."""
-
-    code = "ray_unavailable"
 
 
 class RayBuildError(SemsearchError):
@@ -75,50 +70,12 @@ class RayOptions:
 
 
 def import_ray() -> Any:
-    try:
-        import ray
-        import ray.data
-    except ImportError as e:
-        raise RayUnavailableError(
-            f"--engine ray needs Ray: pip install 'semsearch[ray]' (ray[data,serve]); or use --engine local ({e})"
-        ) from e
-    return ray
+    return _import_ray("ray.data", flag="--engine ray")
 
 
 def connect(ray: Any, address: str | None, object_store_mb: int = 256, num_cpus: int | None = None) -> bool:
-    """Join the cluster at ``address`` (or RAY_ADDRESS), else start a small local Ray.
-
-    Returns True when this call connected (the caller disconnects again with ``ray.shutdown()``).
-    """
-    if ray.is_initialized():
-        return False
-    address = address or os.environ.get("RAY_ADDRESS") or None
-    if address is not None:
-        probe(address)
-    kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
-    if address is None:
-        kwargs |= {"object_store_memory": object_store_mb << 20, "num_cpus": num_cpus}
-    try:
-        ray.init(address=address, **kwargs)
-    except Exception as e:  # ConnectionError, RuntimeError, ValueError (bad address), ...
-        where = f"at {address}" if address else "(local)"
-        raise RayUnavailableError(f"cannot reach the Ray cluster {where}: {type(e).__name__}: {e}") from e
-    return True
-
-
-def probe(address: str, timeout_s: float = 10.0) -> None:
-    """Fail fast on a ``host:port`` nobody listens on (``ray.init`` would retry for minutes)."""
-    if address == "auto" or "://" in address or ":" not in address:
-        return
-    host, _, port = address.rpartition(":")
-    try:
-        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
-            return
-    except (OSError, ValueError) as e:
-        raise RayUnavailableError(
-            f"cannot reach the Ray cluster at {address}: {e}; is it running (ray status), and is the address "
-            "the head's GCS address (host:6379 by default)? nothing was published"
-        ) from e
+    """Join the cluster (:func:`semsearch.ray_cluster.connect`); an unreachable one publishes nothing."""
+    return _connect(ray, address, object_store_mb, num_cpus, then="nothing was published")
 
 
 # ------------------------------------------------------------------------------------ reading
@@ -206,12 +163,8 @@ class EncodeActor:
             max_seq_length=max_seq_length,
             num_threads=threads,
             spinning=False,
+            device=_encoder_device(gpu, backend),
         )
-        if gpu and backend == "torch":
-            import torch
-
-            if torch.cuda.is_available():
-                self.encoder._st.to("cuda")
         self.batch_size = batch_size
         import ray
 
@@ -229,6 +182,16 @@ class EncodeActor:
             stats[0] = (self.encoder.stats.truncated - truncated_before, self.encoder.stats.seconds - seconds_before)
         node = np.full(len(rows), self.node, dtype=object)
         return {"kind": batch["kind"], "item": batch["item"], "vector": vectors, "stats": stats, "node": node}
+
+
+def _encoder_device(gpu: bool, backend: str) -> str | None:
+    """``cuda`` for a torch encoder given a GPU that torch can see, else the CPU (the ONNX backends run on
+    the CPU; the Encoder feeds its inputs to wherever the model is)."""
+    if not gpu or backend != "torch":
+        return None
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else None
 
 
 # ------------------------------------------------------------------------------------ the build

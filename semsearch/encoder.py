@@ -1,17 +1,19 @@
 """The bi-encoder: text -> L2-normalised sentence embeddings with an explicit pooling choice.
 
-Pooling is decided here and nowhere else. ``mean`` averages token outputs over the attention
-mask; ``cls`` takes the first ([CLS]) token output. The model is always assembled from its own
-transformer module plus our Pooling and Normalize modules, so a model shipped with mean pooling
-really uses CLS when CLS is asked for. Because embeddings are unit length, inner product equals
-cosine similarity.
+Pooling is decided here and nowhere else: the backend runner (:mod:`semsearch.model_runner`: the
+transformers model on torch, or its ONNX export) returns the token outputs (``last_hidden_state``), and
+:func:`pool_and_normalize` pools them in numpy: ``mean`` averages token outputs over the attention
+mask, ``cls`` takes the first ([CLS]) token output, then each vector is scaled to unit length. The
+model folder's own Pooling module is never run, so a model shipped with mean pooling really uses CLS
+when CLS is asked for (``model_pooling`` says what it ships with). Because embeddings are unit length,
+inner product equals cosine similarity.
 """
 
 from __future__ import annotations
 
-import inspect
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -21,7 +23,8 @@ from typing import TYPE_CHECKING, Any, Literal, cast, get_args
 import numpy as np
 
 from semsearch.choices import check_choice
-from semsearch.errors import ModelLoadError, ModelMismatchError
+from semsearch.errors import InvalidInputError, ModelLoadError, ModelMismatchError
+from semsearch.model_runner import Runner, RunnerOptions, TorchRunner, open_runner
 from semsearch.model_source import ResolvedModel, model_fingerprint, resolve_model
 
 if TYPE_CHECKING:
@@ -65,16 +68,19 @@ class Encoder:
     # ONNX backends: batches above this many tokens (batch x padded length) free onnxruntime's arena chunks
     # after the run, so a long-running service does not keep its largest batch's memory (None: keep all)
     arena_keep_tokens: int | None = None
+    # torch backend: where the model runs ("cpu", "cuda", "cuda:1", ...; None: cpu). Inputs follow the
+    # model's weights (model_runner.TorchRunner), so moving it later with to_device() is safe too.
+    device: str | None = None
     stats: EncodeStats = field(default_factory=EncodeStats, init=False)
 
     def __post_init__(self) -> None:
         check_choice(self.pooling, POOLINGS, "pooling")
         check_choice(self.backend, BACKENDS, "backend")
+        if self.device not in (None, "cpu") and self.backend != "torch":
+            raise InvalidInputError(f"device {self.device!r} needs the torch backend (got {self.backend!r})")
         self.resolved: ResolvedModel = resolve_model(self.model)
         self.fingerprint = model_fingerprint(self.resolved.path)
-        self._st: Any = None
-        self._transformer: Any = None
-        self._onnx: Callable[[dict[str, np.ndarray]], np.ndarray] | None = None
+        self._st: Any = None  # the loaded SentenceTransformer (tokenizer + transformer), when torch is used
         # The ONNX backends need only the tokenizer and the model folder's configuration: torch and
         # sentence-transformers are imported only for the torch backend, an unusual model folder, or
         # when the ONNX file has to be exported (several seconds of start-up otherwise).
@@ -87,22 +93,21 @@ class Encoder:
             if self.max_seq_length is None:
                 self.max_seq_length = layout.max_seq_length
         self._tokens = _Tokens.build(self._st, self.max_seq_length, layout)
-        if self.backend != "torch":
-            from semsearch.onnx_backend import OnnxModel
-
-            onnx_model = OnnxModel(
-                self._hf_model,
-                self.resolved.path,
-                self.fingerprint,
-                kind="encoder",
-                variant=self.backend,
+        self._runner: Runner = open_runner(
+            self.backend,
+            "encoder",
+            self._hf_model,
+            model_dir=self.resolved.path,
+            fingerprint=self.fingerprint,
+            options=RunnerOptions(
                 cache_dir=Path(self.cache_dir) if self.cache_dir else None,
                 num_threads=self.num_threads,
                 spinning=self.spinning,
                 arena_keep_tokens=self.arena_keep_tokens,
-            )
-            self._onnx = onnx_model.run
-            self._input_names = set(onnx_model.input_names)
+            ),
+        )
+        if self.device not in (None, "cpu"):
+            self.to_device(self.device)
         log.info(
             "encoder %s (%s, fingerprint %s): pooling=%s backend=%s dim=%d max_seq_length=%d",
             self.resolved.name,
@@ -114,39 +119,40 @@ class Encoder:
             self.max_seq_length or 0,
         )
 
+    def to_device(self, device: str) -> None:
+        """Run the torch backend's model on ``device`` (e.g. ``"cuda"``); its inputs follow it."""
+        if not isinstance(self._runner, TorchRunner):
+            raise InvalidInputError(f"device {device!r} needs the torch backend (got {self.backend!r})")
+        self._runner.to(device)
+        self.device = str(device)
+
     def _load_sentence_transformers(self) -> None:
         import torch
         from sentence_transformers import SentenceTransformer
-        from sentence_transformers.base.modules import Normalize
-        from sentence_transformers.sentence_transformer.modules import Pooling as PoolingModule
 
         if self.num_threads:
             torch.set_num_threads(self.num_threads)
         try:
-            base = SentenceTransformer(str(self.resolved.path), device="cpu")
+            st = SentenceTransformer(str(self.resolved.path), device="cpu")
         except Exception as e:
             raise ModelLoadError(f"could not load model {self.resolved.name!r}: {e}") from e
-        transformer: Any = base[0]
+        transformer: Any = st[0]
         if self.max_seq_length is not None:
             transformer.max_seq_length = self.max_seq_length
-        dim = base.get_embedding_dimension()
+        dim = st.get_embedding_dimension()
         if not dim:
             raise ModelLoadError(f"model {self.resolved.name!r} does not report an embedding dimension")
         self.dim = int(dim)
-        self.model_pooling = next((getattr(m, "pooling_mode", None) for m in base if hasattr(m, "pooling_mode")), None)
-        self._st = SentenceTransformer(
-            modules=[transformer, PoolingModule(self.dim, pooling_mode=self.pooling), Normalize()], device="cpu"
-        )
-        self._st.eval()
-        self._transformer = transformer
-        self.max_seq_length = int(self._st.max_seq_length or 512)
-        self._takes_token_types = "token_type_ids" in _forward_parameters(transformer.auto_model)
+        self.model_pooling = next((getattr(m, "pooling_mode", None) for m in st if hasattr(m, "pooling_mode")), None)
+        st.eval()
+        self._st = st
+        self.max_seq_length = int(transformer.max_seq_length or 512)
 
     def _hf_model(self) -> Any:
         """The transformers model (loads torch and sentence-transformers on first use: ONNX export)."""
         if self._st is None:
             self._load_sentence_transformers()
-        return self._transformer.auto_model
+        return self._st[0].auto_model
 
     @property
     def tokenizer(self) -> Any:
@@ -177,8 +183,16 @@ class Encoder:
         return self.resolved.name
 
     def token_lengths(self, texts: Sequence[str]) -> np.ndarray:
-        """Untruncated token counts (special tokens included)."""
+        """Untruncated token counts (special tokens included). Tokenizer only: never loads torch on the
+        ONNX backends, and safe to call from any thread while another encodes."""
         return self._tokens.lengths(texts)
+
+    def count_tokens(self, texts: Sequence[str]) -> int:
+        """Tokens the model reads for ``texts``: each text's count (special tokens included) capped at
+        ``max_seq_length``, summed (the ``usage`` of ``/v1/embeddings``). Same guarantees as :meth:`token_lengths`."""
+        if not texts:
+            return 0
+        return int(np.minimum(self.token_lengths(texts), int(self.max_seq_length or 1 << 30)).sum())
 
     def encode(
         self,
@@ -215,17 +229,7 @@ class Encoder:
         return out
 
     def _encode_batch(self, features: dict[str, np.ndarray]) -> np.ndarray:
-        if self._onnx is not None:
-            hidden = self._onnx({k: v for k, v in features.items() if k in self._input_names})
-            return pool_and_normalize(hidden, features["attention_mask"], self.pooling)
-        import torch
-
-        inputs = {k: torch.from_numpy(v) for k, v in features.items()}
-        if not self._takes_token_types:
-            inputs.pop("token_type_ids", None)
-        with torch.inference_mode():
-            hidden = self._transformer.auto_model(**inputs).last_hidden_state
-        return pool_and_normalize(hidden.float().numpy(), features["attention_mask"], self.pooling)
+        return pool_and_normalize(self._runner(features), features["attention_mask"], self.pooling)
 
 
 @dataclass(frozen=True)
@@ -347,13 +351,18 @@ class _Tokens:
             return cls(encode, lengths)
         hf = st.tokenizer
         pad_id = int(hf.pad_token_id or 0)
+        # a transformers fast tokenizer sets its truncation per call: one call at a time (counts may come
+        # from another thread than the encoder's)
+        lock = threading.Lock()
 
         def hf_lengths(texts: list[str]) -> np.ndarray:
-            enc = hf(texts, add_special_tokens=True, truncation=False, verbose=False)
+            with lock:
+                enc = hf(texts, add_special_tokens=True, truncation=False, verbose=False)
             return np.fromiter((len(ids) for ids in enc["input_ids"]), dtype=np.int64, count=len(texts))
 
         def hf_encode(texts: list[str]) -> _Batchable:
-            enc = hf(texts, truncation=True, max_length=max_length, return_token_type_ids=True, verbose=False)
+            with lock:
+                enc = hf(texts, truncation=True, max_length=max_length, return_token_type_ids=True, verbose=False)
             ids = [list(x) for x in enc["input_ids"]]
             truncated = int((hf_lengths(texts) > max_length).sum())  # slow tokenizers only: a second pass
             types = [list(x) for x in enc.get("token_type_ids") or [[0] * len(i) for i in ids]]
@@ -362,15 +371,9 @@ class _Tokens:
         return cls(hf_encode, hf_lengths)
 
 
-def _forward_parameters(module: Any) -> set[str]:
-    try:
-        return set(inspect.signature(module.forward).parameters)
-    except (TypeError, ValueError):
-        return set()
-
-
 def pool_and_normalize(hidden: np.ndarray, mask: np.ndarray, pooling: str) -> np.ndarray:
-    """Numpy pooling for non-torch backends; mirrors sentence-transformers' Pooling + Normalize."""
+    """Pooling + L2 normalisation of token outputs (every backend); mirrors sentence-transformers'
+    Pooling + Normalize."""
     if pooling == "cls":
         vecs = hidden[:, 0, :]
     else:

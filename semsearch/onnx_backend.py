@@ -1,5 +1,10 @@
 """ONNX inference for the bi-encoder transformer and the cross-encoder, cached by model fingerprint.
 
+The fingerprint is :func:`semsearch.model_source.model_fingerprint` for both kinds (the one recorded in
+every index manifest). Before it was, the cross-encoder's folders were keyed by a second hash of the
+top-level weight files; those ``<old>-cross-encoder`` folders are simply no longer found: the first
+load under the new key exports and quantises again (once), and the old folder can be deleted.
+
 The transformers model is exported once with ``torch.onnx.export`` (the torch.export-based
 exporter; the TorchScript exporter is the fallback) and, for ``onnx-int8``, quantised to int8 by
 :func:`quantize_rowwise`. Files live in ``<cache_dir>/<fingerprint>-<kind>/``::
@@ -25,8 +30,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
-import inspect
 import json
 import logging
 import os
@@ -40,6 +43,9 @@ from typing import TYPE_CHECKING, Any, Literal, Union
 
 import numpy as np
 
+from semsearch.errors import ModelLoadError
+from semsearch.model_runner import OUTPUTS, Kind, forward_parameters
+from semsearch.model_source import model_fingerprint as _fingerprint
 from semsearch.runtime import available_cores
 
 if TYPE_CHECKING:
@@ -48,7 +54,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-Kind = Literal["encoder", "cross-encoder"]
 Variant = Literal["onnx", "onnx-int8"]
 
 KINDS: tuple[str, ...] = ("encoder", "cross-encoder")
@@ -64,8 +69,7 @@ _INT8_OPSET = 21  # blocked QuantizeLinear (one scale per row) needs opset 21
 
 _FILES: dict[str, str] = {"onnx": "model.onnx", "onnx-int8": f"model-int8-{INT8_RECIPE}.onnx"}
 ModelSource = Union["torch.nn.Module", Callable[[], "torch.nn.Module"]]
-_OUTPUT_NAMES: dict[str, str] = {"encoder": "last_hidden_state", "cross-encoder": "logits"}
-_WEIGHT_SUFFIXES = (".safetensors", ".bin")
+_OUTPUT_NAMES = OUTPUTS
 _MAX_SINGLE_FILE_BYTES = 1_900_000_000  # protobuf's 2 GiB limit, with margin for the graph itself
 _LEGACY_OPSET = 17  # only used by the TorchScript fallback exporter
 
@@ -78,21 +82,12 @@ def default_cache_dir() -> Path:
 
 
 def model_fingerprint(model_dir: Path) -> str:
-    """Short sha256 over the weight files and ``config.json`` of a local HF model folder."""
-    model_dir = Path(model_dir)
-    files = sorted(
-        p for p in model_dir.iterdir() if p.is_file() and (p.suffix in _WEIGHT_SUFFIXES or p.name == "config.json")
-    )
-    if not any(p.suffix in _WEIGHT_SUFFIXES for p in files):
-        raise RuntimeError(f"no weight files (*.safetensors, *.bin) in model folder {model_dir}")
-    digest = hashlib.sha256()
-    for path in files:
-        digest.update(path.name.encode("utf-8") + b"\0")
-        with path.open("rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(chunk)
-        digest.update(b"\0")
-    return digest.hexdigest()[:16]
+    """Deprecated alias (one release) of :func:`semsearch.model_source.model_fingerprint`, the one
+    fingerprint; raises ``RuntimeError`` as this module's errors do."""
+    try:
+        return _fingerprint(Path(model_dir))
+    except ModelLoadError as e:
+        raise RuntimeError(e.message) from e
 
 
 class OnnxModel:
@@ -267,11 +262,7 @@ class _ExportWrapper:
 
 
 def _takes_token_types(hf_model: torch.nn.Module) -> bool:
-    try:
-        params = inspect.signature(hf_model.forward).parameters
-    except (TypeError, ValueError):
-        return False
-    return "token_type_ids" in params
+    return "token_type_ids" in forward_parameters(hf_model)
 
 
 def _load(source: ModelSource) -> torch.nn.Module:

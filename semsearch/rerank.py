@@ -13,8 +13,9 @@ Scores returned by :meth:`Reranker.score` (query vs candidate texts, retrieval r
 orders; with ``cosine_scores`` and fusion configured the z-statistics are the dev statistics stored at
 training time, so a pair's score does not depend on the other pairs in the call.
 
-Backends: ``"torch"`` (default, the CrossEncoder's own forward), ``"onnx"`` and ``"onnx-int8"`` (the same
-transformer exported/quantised once and cached by weight fingerprint, see :mod:`semsearch.onnx_backend`;
+Backends: ``"torch"`` (default, the CrossEncoder's own ``predict``: the reference), ``"onnx"`` and ``"onnx-int8"``
+(a :class:`FeatureBackend` over the runner :func:`semsearch.model_runner.open_runner` makes, the one backend
+mechanism the encoder uses too: the transformer exported/quantised once and cached by the model fingerprint;
 ``backend_options``: ``cache_dir``, ``num_threads``, ``spinning``, ``arena_keep_tokens``), and ``"auto"``
 (the service's default: onnx-int8 where it can be built, else torch; :func:`_load_backend`). Others plug in with
 :func:`register_backend`; a backend only has to turn the CrossEncoder's tokenised features into logits
@@ -172,28 +173,32 @@ def _onnx_factory(variant: str) -> BackendFactory:
     """``FeatureBackend`` over a cached ONNX export of the CrossEncoder's transformer (local folders only)."""
 
     def factory(cross_encoder: Any, context: BackendContext) -> LogitsBackend:
-        from semsearch.onnx_backend import OnnxModel, model_fingerprint
+        from semsearch.model_runner import RunnerOptions, open_runner
+        from semsearch.model_source import model_fingerprint
 
         if context.model_dir is None:
             raise ModelLoadError(
                 f"the {variant} reranker backend needs a local model folder (got {context.name_or_path!r})"
             )
         cache_dir = context.options.get("cache_dir")
+        options = RunnerOptions(
+            cache_dir=Path(cache_dir) if cache_dir else None,
+            num_threads=context.options.get("num_threads"),
+            spinning=bool(context.options.get("spinning", True)),
+            arena_keep_tokens=context.options.get("arena_keep_tokens"),
+        )
         try:
-            model = OnnxModel(
+            run = open_runner(
+                variant,
+                "cross-encoder",
                 cross_encoder.model,
-                context.model_dir,
-                model_fingerprint(context.model_dir),
-                kind="cross-encoder",
-                variant=variant,  # type: ignore[arg-type]
-                cache_dir=Path(cache_dir) if cache_dir else None,
-                num_threads=context.options.get("num_threads"),
-                spinning=bool(context.options.get("spinning", True)),
-                arena_keep_tokens=context.options.get("arena_keep_tokens"),
+                model_dir=context.model_dir,
+                fingerprint=model_fingerprint(context.model_dir),
+                options=options,
             )
         except RuntimeError as exc:
             raise ModelLoadError(f"cannot build the {variant} reranker for {context.name_or_path!r}: {exc}") from exc
-        return FeatureBackend(cross_encoder, model.run)
+        return FeatureBackend(cross_encoder, run)
 
     return factory
 

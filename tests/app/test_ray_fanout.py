@@ -22,7 +22,7 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 pytest.importorskip("ray")
 
 from app.errors import ApiError
-from app.ray_serving import PartialLog, PartialMiddleware, ServeFanout
+from app.ray import PartialLog, PartialMiddleware, ServeFanout
 from semsearch.layout import IndexRoot
 from semsearch.manifest import Manifest
 from semsearch.search import search
@@ -151,3 +151,25 @@ def test_partial_middleware_marks_the_responses_in_flight(two_shards):
     whole, part = asyncio.run(run())
     assert "partial" not in whole
     assert part["partial"] is True and part["shards"] == {"answered": [0], "missing": [1]}
+
+
+def test_the_cpu_check_names_what_is_needed_free_and_the_fixes(monkeypatch, two_shards):
+    """The start-up check of ``--engine ray`` (without a cluster: the free CPUs per node are given)."""
+    from app.ray import deploy
+    from app.settings import Settings
+    from semsearch.ray_cluster import RayResourcesError, check_cpus
+
+    settings = Settings(index=two_shards[0].path, engine="ray", ray_address="10.0.0.1:6379")
+    assert deploy.ingress_cpus(settings) == 0.5  # the default --replica-cpus 1: a fractional ingress
+    monkeypatch.setattr(deploy, "free_cpus_per_node", lambda ray: [1.0, 1.0])
+    with pytest.raises(RayResourcesError) as e:
+        deploy.check_resources(None, settings, shards=2)
+    msg = e.value.message
+    assert "needs 2.5 CPUs (2 shard(s) x 1 replica(s) x 1 CPU (--replica-cpus) + 0.5 for the ingress)" in msg, msg
+    assert "has 2 free (1 + 1 on 2 node(s); ingress would never start)" in msg, msg
+    assert "fix: --replica-cpus 0.5 or add a node with 1 more CPU(s) (ray start --address 10.0.0.1:6379" in msg, msg
+    deploy.check_resources(None, settings.model_copy(update={"replica_cpus": 0.5}), shards=2)
+    deploy.check_resources(None, settings, shards=1)  # 1 + 0.5 on two 1-CPU nodes
+    # an actor's CPUs come from one node: 1.5 free in all, but no node has 1
+    assert not check_cpus([("shard-0", 1.0)], [0.75, 0.75]).fits
+    assert check_cpus([("a", 0.5), ("b", 0.5), ("c", 1.0)], [1.0, 1.0]).fits

@@ -264,3 +264,48 @@ def test_sharded_serving_same_contract_kill_and_reload(cluster, builds, plain_re
         top = r.json()
         assert top["results"][0]["id"] == "zz-new" and top["index_version"] == "v000002"
     assert proc.returncode == 0  # SIGTERM: the Serve application was torn down cleanly
+
+
+def _two_shard_index(path: Path) -> Path:
+    """A synthetic 2-shard index (no model needed: the CPU check happens before anything loads)."""
+    import numpy as np
+    from conftest import META, synthetic_row
+
+    from semsearch.layout import IndexRoot
+    from semsearch.writer import IndexWriter
+
+    rng = np.random.default_rng(5)
+    root = IndexRoot(path)
+    with root.lock():
+        writer = IndexWriter(root, "build", META, {"type": "flat", "params": {}}, shards=2)
+        rows = [synthetic_row(rng, f"r{i}") for i in range(20)]
+        writer.add_chunk([r for r, _ in rows], np.stack([v for _, v in rows]), [], len(rows), "error")
+        writer.commit({"kind": "build"})
+    return path
+
+
+def test_a_cluster_without_the_cpus_fails_fast_with_one_error_line(cluster, tmp_path):
+    """2 shards x 1 CPU + the ingress's 0.5 on a 2-CPU cluster (two 1-CPU nodes) can never be scheduled: Serve
+    would wait forever and HTTP requests hang. The service says so in one ``error:`` line within seconds,
+    exits 1, and holds no CPU of the cluster afterwards. (A fitting one serves:
+    test_sharded_serving_same_contract_kill_and_reload, --replica-cpus 0.25.)"""
+    index = _two_shard_index(tmp_path / "idx")
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", "app", "--index", str(index), "--engine", "ray", "--ray-address", cluster.address,
+         "--port", str(_free_port())],
+        env=ENV, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    took = time.monotonic() - started
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert len(errors) == 1, done.stderr[-3000:]
+    assert "needs 2.5 CPUs" in errors[0] and "has 2 free" in errors[0], errors[0]
+    assert "--replica-cpus 0.5" in errors[0] and "--num-cpus 1" in errors[0] and "ingress" in errors[0], errors[0]
+    assert took < 60, took
+    if not ray.is_initialized():
+        ray.init(address=cluster.address, log_to_driver=False)
+    deadline = time.monotonic() + 30
+    while ray.available_resources().get("CPU", 0.0) < ray.cluster_resources()["CPU"]:  # nothing holds a CPU
+        assert time.monotonic() < deadline, (ray.available_resources(), ray.cluster_resources())
+        time.sleep(0.5)

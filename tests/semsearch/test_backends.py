@@ -180,6 +180,37 @@ def test_onnx_encoder_does_not_import_torch(encoders: dict[str, Encoder], onnx_r
     np.testing.assert_allclose(np.asarray(out["vec"], dtype=np.float32), expected, atol=1e-5)
 
 
+def test_token_count_is_the_models_and_never_loads_torch_on_onnx(encoders: dict[str, Encoder], onnx_root: Path) -> None:
+    """``Encoder.count_tokens`` (the ``usage`` of /v1/embeddings): the transformers tokenizer's untruncated
+    counts capped at max_seq_length, summed; an ONNX encoder counts with its tokenizer only (no torch, no
+    sentence-transformers model built), in a fresh process."""
+    import json
+    import subprocess
+    import sys
+
+    texts = ["a man is playing a guitar", "", "naïve café 图书馆", "word " * 400]
+    torch_encoder = encoders["torch"]
+    hf = torch_encoder.tokenizer(texts, add_special_tokens=True, truncation=False, verbose=False)
+    expected = sum(min(len(ids), torch_encoder.max_seq_length) for ids in hf["input_ids"])
+    assert expected < sum(len(ids) for ids in hf["input_ids"])  # the long text is capped
+    for encoder in encoders.values():
+        assert encoder.count_tokens(texts) == expected
+        assert encoder.count_tokens([]) == 0
+    code = (
+        "import json, sys\n"
+        "from semsearch.encoder import Encoder\n"
+        f"e = Encoder(backend='onnx-int8', cache_dir={str(onnx_root / 'onnx')!r})\n"
+        f"n = e.count_tokens({texts!r})\n"
+        "print(json.dumps({'mods': [m for m in ('torch', 'sentence_transformers', 'transformers') if m in sys.modules],"
+        " 'st_built': e._st is not None, 'n': n}))\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out == {"mods": [], "st_built": False, "n": expected}
+
+
 @pytest.fixture()
 def onnx_env(onnx_root: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """The indexer and the service use the default cache: point it at this module's cache."""

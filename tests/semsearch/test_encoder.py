@@ -91,3 +91,43 @@ def test_tokenizers_path_matches_the_transformers_tokenizer(encoder):
     assert fast.truncated == 1
     assert fast.pad_id == encoder.tokenizer.pad_token_id
     np.testing.assert_array_equal(_Tokens.build(None, 256, layout).lengths(texts), encoder.token_lengths(texts))
+
+
+class _Fed(Exception):
+    """Raised by a forward pre-hook instead of running the model: the devices of its inputs and weights."""
+
+    def __init__(self, inputs: set[str], weights: str) -> None:
+        super().__init__(f"inputs on {inputs}, weights on {weights}")
+        self.inputs, self.weights = inputs, weights
+
+
+def test_the_torch_model_gets_its_inputs_on_its_own_device() -> None:
+    """``indexer build --engine ray --gpus-per-encoder`` moves the torch model to CUDA: its inputs must follow
+    it (the tokenizer makes them on the CPU). Checked without a GPU: the model moved to the ``meta`` device,
+    a forward pre-hook sees what ``encode`` feeds it (a CPU tensor there is the mismatch that failed on CUDA)."""
+    from semsearch.model_runner import TorchRunner
+
+    enc = Encoder(device="cpu")
+    runner = enc._runner
+    assert isinstance(runner, TorchRunner) and runner.device.type == "cpu"
+
+    def hook(module, args, kwargs):
+        raise _Fed({v.device.type for v in [*args, *kwargs.values()]}, next(module.parameters()).device.type)
+
+    handle = runner.module.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        with pytest.raises(_Fed) as on_cpu:
+            enc.encode(TEXTS)
+        assert (on_cpu.value.inputs, on_cpu.value.weights) == ({"cpu"}, "cpu")
+        enc.to_device("meta")  # any device but the CPU: what .to("cuda") does to the weights
+        assert enc.device == "meta" and runner.device.type == "meta"
+        with pytest.raises(_Fed) as moved:
+            enc.encode(TEXTS)
+        assert (moved.value.inputs, moved.value.weights) == ({"meta"}, "meta")
+    finally:
+        handle.remove()
+
+
+def test_a_device_needs_the_torch_backend() -> None:
+    with pytest.raises(InvalidInputError, match="needs the torch backend"):
+        Encoder(backend="onnx-int8", device="cuda")

@@ -262,6 +262,20 @@ def test_fingerprint_and_cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert default_cache_dir() == Path.home() / ".cache" / "semsearch" / "onnx"
 
 
+def test_one_fingerprint_and_the_packaged_models_value_is_unchanged(model_dir: Path, tmp_path: Path) -> None:
+    """The ONNX cache is keyed by the encoder's fingerprint, the one every index manifest records: its value
+    for the packaged model must never change (b4fed9960ed6f40a is in every index built with it, docs/api.md).
+    The old alias here is that same function."""
+    from semsearch.model_source import model_fingerprint as the_fingerprint
+
+    assert the_fingerprint(model_dir) == "b4fed9960ed6f40a"
+    assert model_fingerprint(model_dir) == the_fingerprint(model_dir)
+    (tmp_path / "config.json").write_text('{"a": 1}')
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "pytorch_model.bin").write_bytes(b"nested weights count too")
+    assert model_fingerprint(tmp_path) == the_fingerprint(tmp_path)
+
+
 def test_arena_is_shrunk_after_large_batches_only_and_outputs_do_not_change(
     st_model: Any, model_dir: Path, cache_dir: Path, onnx_models: dict[Variant, OnnxModel]
 ) -> None:

@@ -14,6 +14,7 @@ import torch
 from app.routes.status import reranker_info
 from semsearch import training
 from semsearch.errors import InvalidInputError, ModelLoadError
+from semsearch.model_source import model_fingerprint
 from semsearch.onnx_backend import INT8_RECIPE
 from semsearch.readers import ScoredPair, read_scored_pairs
 from semsearch.rerank import (
@@ -354,6 +355,8 @@ def test_onnx_backends_match_torch_and_reuse_the_cache(
     assert int8.backend == "onnx-int8"
     cached = sorted(p.name for p in tmp_path.glob("*-cross-encoder/*.onnx"))
     assert cached == [f"model-int8-{INT8_RECIPE}.onnx", "model.onnx"]  # the int8 recipe names the file
+    # keyed by the one model fingerprint (the encoder's, recorded in index manifests)
+    assert [p.name for p in tmp_path.glob("*-cross-encoder")] == [f"{model_fingerprint(trained[0])}-cross-encoder"]
     mtimes = {p: p.stat().st_mtime_ns for p in tmp_path.glob("*-cross-encoder/*.onnx")}
     Reranker(trained[0], backend="onnx-int8", backend_options=options)  # second load: from the cache
     assert {p: p.stat().st_mtime_ns for p in tmp_path.glob("*-cross-encoder/*.onnx")} == mtimes
