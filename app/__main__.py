@@ -163,9 +163,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings, overrides, server = parse_args(argv)
     _setup_logging(settings.log_level)
     if settings.engine == "ray":
-        from app import ray_serving
+        from app.ray import deploy
 
-        return ray_serving.run(settings)
+        return deploy.run(settings)
     from app.main import create_app
     from app.services import Services, version_name
     from semsearch.errors import SemsearchError

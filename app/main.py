@@ -44,7 +44,7 @@ def create_app(
 ) -> FastAPI:
     """Build the service. ``settings`` default to the environment (:func:`get_settings`); ``services``
     may be loaded beforehand (``python -m app`` does, to fail before binding the port); ``load`` replaces
-    :meth:`Services.load` at startup (the Ray Serve ingress loads a sharded index, ``app.ray_serving``)."""
+    :meth:`Services.load` at startup (the Ray Serve ingress loads a sharded index, ``app.ray``)."""
     settings = settings or get_settings()
     metrics = Metrics()
     loader = load or (lambda: Services.load(settings))

@@ -172,7 +172,9 @@ class Settings(BaseSettings):
         None, description="engine ray: the Ray cluster to join. Default: RAY_ADDRESS, else a local Ray."
     )
     shard_replicas: int = _in_range(1, 1, 1024, "engine ray: replicas of each shard deployment.")
-    replica_cpus: float = _in_range(1.0, 0.0, 1024, "engine ray: CPUs reserved by each shard replica and the ingress.")
+    replica_cpus: float = _in_range(
+        1.0, 0.0, 1024, "engine ray: CPUs reserved by each shard replica (the ingress reserves at most 0.5)."
+    )
     shard_timeout_s: float = _in_range(
         10.0, 0, 3600, "engine ray: how long one search waits for a shard before it counts as unavailable.", above=True
     )

@@ -17,7 +17,7 @@ is one fan-out: every shard answers for its own rows and the answers are merged:
 
 The shards are reached through a :class:`Fanout`: :class:`LocalFanout` over loaded
 :class:`SearchIndex` shards (tests, tools), or a remote one (the Ray Serve ingress,
-:mod:`app.ray_serving`). A fan-out that cannot reach a shard raises
+:mod:`app.ray`). A fan-out that cannot reach a shard raises
 :class:`ShardUnavailableError`, or, when partial results are allowed, leaves that shard out and
 records it in :attr:`ShardedIndex.missing`.
 """

@@ -8,10 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import copy
-import threading
-import weakref
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -29,7 +25,6 @@ from app.compat_schemas import (
 from app.deps import RuntimeDep
 from app.errors import ApiError, invalid
 from app.runtime import Runtime
-from semsearch.encoder import Encoder
 from semsearch.text import text_problem
 
 router = APIRouter(tags=["compatible"])
@@ -81,35 +76,6 @@ def check_model(rt: Runtime, requested: str, kind: str) -> str:
     )
 
 
-class _TokenCounter:
-    """Token counts for ``usage`` on a private copy of the encoder's tokenizer: a fast tokenizer must not
-    be called with other truncation settings while the encoder worker uses it."""
-
-    def __init__(self, encoder: Encoder) -> None:
-        self.tokenizer = copy.deepcopy(encoder.tokenizer)
-        self.max_len = int(encoder.max_seq_length or 1 << 30)
-        self.lock = threading.Lock()
-
-    def count(self, texts: Sequence[str]) -> int:
-        with self.lock:
-            enc = self.tokenizer(list(texts), add_special_tokens=True, truncation=False, verbose=False)
-        return int(sum(min(len(ids), self.max_len) for ids in enc["input_ids"]))
-
-
-_counters: dict[int, tuple[weakref.ref[Encoder], _TokenCounter]] = {}
-_counters_lock = threading.Lock()
-
-
-def _count_tokens(encoder: Encoder, texts: Sequence[str]) -> int:
-    with _counters_lock:
-        entry = _counters.get(id(encoder))
-        if entry is None or entry[0]() is not encoder:
-            for key in [k for k, (ref, _) in _counters.items() if ref() is None]:
-                del _counters[key]
-            entry = _counters[id(encoder)] = (weakref.ref(encoder), _TokenCounter(encoder))
-    return entry[1].count(texts)
-
-
 def _base64(vector: np.ndarray) -> str:
     return base64.b64encode(np.ascontiguousarray(vector, dtype="<f4").tobytes()).decode("ascii")
 
@@ -131,7 +97,7 @@ async def embeddings(body: EmbeddingsRequest, rt: RuntimeDep) -> EmbeddingsRespo
             {"param": "dimensions", "dimension": encoder.dim},
         )
     texts = body.texts(rt.settings)
-    vectors, tokens = await asyncio.gather(rt.batcher.embed(texts), asyncio.to_thread(_count_tokens, encoder, texts))
+    vectors, tokens = await asyncio.gather(rt.batcher.embed(texts), asyncio.to_thread(encoder.count_tokens, texts))
     data = [
         Embedding(index=i, embedding=_base64(v) if body.encoding_format == "base64" else v.tolist())
         for i, v in enumerate(vectors)
