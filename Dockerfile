@@ -104,7 +104,7 @@ ENV PATH="/opt/semsearch/bin:$PATH" \
 
 # The default backend (onnx-int8) exported and quantised once, here: containers (read-only root in
 # docker-compose.yml) load it from the image instead of exporting it at every start.
-RUN python -c "from semsearch.encoder import Encoder; Encoder(backend='onnx-int8').encode(['ok'])" \
+RUN python -c "from semsearch.models.encoder import Encoder; Encoder(backend='onnx-int8').encode(['ok'])" \
  && chmod -R a+rX /opt/semsearch-cache
 
 WORKDIR /home/semsearch

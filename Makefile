@@ -45,7 +45,7 @@ reranker: install
 	$(BIN)/python -m indexer train-reranker --scored data/stsb/stsb_train.tsv --dev data/stsb/stsb_dev.tsv \
 	  $$(test -f $(STSB_TEST) && echo --test $(STSB_TEST)) --retrieval-weight 0.8 \
 	  --output models/reranker --overwrite && \
-	$(BIN)/python -c "from semsearch.rerank import Reranker; Reranker('models/reranker', backend='onnx-int8')" && \
+	$(BIN)/python -c "from semsearch.models.reranker import Reranker; Reranker('models/reranker', backend='onnx-int8')" && \
 	echo "make reranker took $$(( ($$(date +%s) - start) / 60 )) min $$(( ($$(date +%s) - start) % 60 )) s"
 
 # The quick benchmarks (a few minutes each on 2 cores); results in bench/results/, see docs/benchmarks.md.

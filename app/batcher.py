@@ -6,7 +6,7 @@ single worker thread, which
 
 1. encodes every text of the batch that needs a vector in ONE ``Encoder.encode`` call,
 2. borrows the current index version once for the whole batch (hot reload never splits a batch),
-3. runs one ``semsearch.search.search`` per group of search jobs with the same ``mode`` and ``filter``
+3. runs one ``semsearch.search.modes.search`` per group of search jobs with the same ``mode`` and ``filter``
    (with the group's largest ``k``; each job keeps its own top ``k``),
 
 and the collector resolves each job's future. A search job with a filter the current version has not
@@ -53,10 +53,8 @@ import numpy as np
 from app.errors import ApiError, OverloadedError
 from app.metrics import Metrics
 from app.services import IndexHolder, version_name
-from semsearch.encoder import Encoder
-from semsearch.filters import CompiledFilter, compile_filter
-from semsearch.search import Mode, search
-from semsearch.search_index import Hit
+from semsearch.models import Encoder
+from semsearch.search import CompiledFilter, Hit, Mode, compile_filter, search
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ from fastapi import Depends, Request
 
 from app.errors import ApiError
 from app.runtime import Runtime
-from semsearch.rerank import Reranker
+from semsearch.models import Reranker
 
 
 def get_runtime(request: Request) -> Runtime:

@@ -25,8 +25,7 @@ from app.errors import ApiError
 from app.metrics import Metrics
 from app.services import Services, version_name
 from semsearch.errors import SemsearchError
-from semsearch.layout import IndexRoot
-from semsearch.manifest import MANIFEST
+from semsearch.index import MANIFEST, IndexRoot
 
 log = logging.getLogger(__name__)
 

@@ -26,9 +26,8 @@ import numpy as np
 
 from app.errors import ApiError, OverloadedError
 from app.metrics import Metrics
-from semsearch.rerank import Reranker
-from semsearch.search import rerank
-from semsearch.search_index import Hit
+from semsearch.models import Reranker
+from semsearch.search import Hit, rerank
 
 RERANK_THREADS = 16  # rerank requests in progress at once (their chunks take turns); more wait for a thread
 

@@ -16,9 +16,8 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 
 from app.errors import invalid
 from app.settings import Settings
-from semsearch import filters
 from semsearch.errors import InvalidInputError
-from semsearch.search import Mode
+from semsearch.search import Mode, filters
 from semsearch.text import NON_BLANK_PATTERN, TEXT_PATTERN, text_problem
 
 
@@ -67,7 +66,7 @@ GET_MAX_VALUE_CHARS = 50
 def _filter_schema(
     in_values: int = filters.MAX_IN_VALUES, value_chars: int = filters.MAX_VALUE_CHARS
 ) -> dict[str, Any]:
-    """The filter grammar of ``semsearch.filters`` with its bounds, as JSON Schema."""
+    """The filter grammar of ``semsearch.search.filters`` with its bounds, as JSON Schema."""
     number = {"type": "number", "minimum": -filters.NUMBER_LIMIT, "maximum": filters.NUMBER_LIMIT}
     string = {"type": "string", "maxLength": value_chars, "pattern": TEXT_PATTERN}
     scalar = [string, number, {"type": "boolean"}]

@@ -16,11 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from app.settings import Settings
-from semsearch.encoder import Encoder
-from semsearch.layout import resolve_version_dir
-from semsearch.manifest import Manifest
-from semsearch.rerank import Reranker
-from semsearch.search_index import SearchIndex, SegmentPool
+from semsearch.index import Manifest, resolve_version_dir
+from semsearch.models import Encoder, Reranker
+from semsearch.search import SearchIndex, SegmentPool
 
 log = logging.getLogger(__name__)
 

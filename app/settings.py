@@ -15,10 +15,9 @@ from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
-from semsearch.encoder import Backend
 from semsearch.errors import SemsearchError
-from semsearch.layout import resolve_version_dir
-from semsearch.rerank import RerankerBackend
+from semsearch.index import resolve_version_dir
+from semsearch.models import Backend, RerankerBackend
 from semsearch.runtime import available_cores, warn_renamed
 
 ENV_PREFIX = "SEMSEARCH_"

@@ -33,7 +33,7 @@ def main() -> int:
     from indexer import pipeline
 
     if args.stub_vectors is not None:
-        from semsearch.encoder import Encoder
+        from semsearch.models import Encoder
 
         table = np.load(args.stub_vectors, mmap_mode="r")
 
@@ -44,7 +44,7 @@ def main() -> int:
     out: dict = {"op": args.op}
     started = time.perf_counter()
     if args.op == "encode":  # the floor of an add: model load + encoding its rows, nothing else
-        from semsearch.encoder import Encoder
+        from semsearch.models import Encoder
 
         texts = [json.loads(line)["text"] for line in args.input.open(encoding="utf-8")]
         encoder = Encoder(backend="onnx-int8")
@@ -62,7 +62,7 @@ def main() -> int:
         if args.no_merge and hasattr(opts, "merge"):
             opts.merge = False
         out["count"] = pipeline.run_build(opts, incremental=True).count
-        from semsearch.manifest import Manifest
+        from semsearch.index import Manifest
 
         versions = sorted((args.index / "versions").iterdir())
         adds = [Manifest.read(v).build for v in versions if Manifest.read(v).build.get("kind") == "add"]

@@ -41,7 +41,7 @@ def child(kind: str, keep: int | None, args: argparse.Namespace) -> dict[str, An
     short = [t[:60] for t in texts]
     rng = random.Random(0)
     if kind == "encoder":
-        from semsearch.encoder import Encoder
+        from semsearch.models import Encoder
 
         enc = Encoder(backend="onnx-int8", num_threads=2, arena_keep_tokens=keep)
 
@@ -51,7 +51,7 @@ def child(kind: str, keep: int | None, args: argparse.Namespace) -> dict[str, An
         def small() -> None:
             enc.encode(rng.sample(short, 4))
     else:
-        from semsearch.rerank import Reranker
+        from semsearch.models import Reranker
 
         rr = Reranker(args.reranker, backend="onnx-int8", backend_options={"num_threads": 2, "arena_keep_tokens": keep})
 

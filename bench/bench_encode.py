@@ -4,7 +4,7 @@ In one run, for each of
 
 * ``sentence-transformers``: plain ``SentenceTransformer(model).encode(texts)`` (its defaults:
   batch 32, length-sorted), the reference every speed-up is measured against;
-* ``torch``, ``onnx``, ``onnx-int8``: ``semsearch.encoder.Encoder(backend=...)`` (batch 64,
+* ``torch``, ``onnx``, ``onnx-int8``: ``semsearch.models.encoder.Encoder(backend=...)`` (batch 64,
   length-sorted, the same packaged all-MiniLM-L6-v2);
 
 it measures sentences/s on
@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as c
 from _plot import pyplot, save_figure
 
-from semsearch.evaluation import ndcg_at_k, spearman
+from semsearch.eval import ndcg_at_k, spearman
 
 BACKENDS = ("sentence-transformers", "torch", "onnx", "onnx-int8")
 
@@ -52,12 +52,12 @@ class Runner:
         if name == "sentence-transformers":
             from sentence_transformers import SentenceTransformer
 
-            from semsearch.model_source import resolve_model
+            from semsearch.models import resolve_model
 
             self.st = SentenceTransformer(str(resolve_model(None).path), device="cpu")
             self.batch_size = 32  # its default
         else:
-            from semsearch.encoder import Encoder
+            from semsearch.models import Encoder
 
             self.encoder = Encoder(backend=name, cache_dir=cache_dir, num_threads=threads)  # type: ignore[arg-type]
             self.batch_size = batch_size

@@ -31,12 +31,9 @@ from app.batcher import MicroBatcher, SearchSpec
 from app.metrics import Metrics
 from app.services import IndexHolder
 from indexer.pipeline import encoder_meta
-from semsearch import filters
-from semsearch.encoder import Encoder
-from semsearch.layout import IndexRoot
-from semsearch.search_index import SearchIndex
-from semsearch.store import Record
-from semsearch.writer import IndexWriter
+from semsearch.index import IndexRoot, IndexWriter, Record
+from semsearch.models import Encoder
+from semsearch.search import SearchIndex, filters
 
 
 def build(path: Path, rows: int, meta: dict) -> None:

@@ -1,5 +1,5 @@
 """What a metadata filter costs at its bounds (issue 13, finding 4): the first evaluation of a filter over
-N rows (``semsearch.filters.matching_iids``, uncached), for a normal one-field filter and for the
+N rows (``semsearch.search.filters.matching_iids``, uncached), for a normal one-field filter and for the
 largest filters the bounds allow. Metadata: 32 string keys per row (every filter field present, the
 worst case: no clause short-circuits).
 
@@ -15,8 +15,7 @@ import time
 
 from _common import markdown_table, save
 
-from semsearch import filters
-from semsearch.filters import compile_filter, matching_iids
+from semsearch.search import compile_filter, filters, matching_iids
 
 
 def main() -> int:

@@ -7,7 +7,7 @@ Recipes (all from the same float export of the packaged all-MiniLM-L6-v2):
   ``onnx-int8``. One activation scale per batch tensor, so vectors depend on batchmates.
 * ``dynamic-alone``: the same file, every text run alone (no padding, so the scale covers one text),
   two 1-thread sessions in parallel: deterministic, no batching.
-* ``rowwise``: :func:`semsearch.onnx_backend.quantize_rowwise`, the current ``onnx-int8``: per-row
+* ``rowwise``: :func:`semsearch.models.onnx.quantize_rowwise`, the current ``onnx-int8``: per-row
   (per-token) activation scales, batched.
 
 Columns: STS-B dev Spearman (×100) and its change vs torch (guard −0.3); cosine to the torch vector
@@ -51,7 +51,8 @@ def main() -> int:
     from scipy.stats import spearmanr
 
     from semsearch import onnx_backend as ob
-    from semsearch.encoder import Encoder, _read_layout, _Tokens, pool_and_normalize
+    from semsearch.models import Encoder, pool_and_normalize
+    from semsearch.models.encoder import _read_layout, _Tokens
 
     info = c.machine()
     print(f"{info['cpu']}, {info['usable_cores']} usable cores, load {info['loadavg_at_start']}", flush=True)

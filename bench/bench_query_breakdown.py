@@ -8,7 +8,7 @@ service's thread and arena settings), for ``--queries`` real 26-34-token queries
 * pooling + normalisation;
 * the dense search (FAISS over every segment, tombstones applied, top k);
 * joining the documents (SQLite rows of the k hits);
-* ``Encoder.encode`` + ``semsearch.search.search`` end to end (what the micro-batch worker runs).
+* ``Encoder.encode`` + ``semsearch.search.modes.search`` end to end (what the micro-batch worker runs).
 
 Medians and p90 in ms. Compare with ``bench/bench_http_wrk.py``'s c=1 p50 on the same index: the
 difference is HTTP, the event loop and the hop to the worker thread.
@@ -33,9 +33,8 @@ import http_bench as hb
 
 from app.services import encoder_for, load_index, set_threads
 from app.settings import Settings
-from semsearch.encoder import pool_and_normalize
-from semsearch.search import search
-from semsearch.search_index import SegmentPool
+from semsearch.models import pool_and_normalize
+from semsearch.search import SegmentPool, search
 
 
 def timed(fn: Any) -> tuple[float, Any]:

@@ -1,9 +1,9 @@
 """Cross-encoder reranking latency for 10 / 50 / 100 candidates per backend.
 
-Uses ``semsearch.rerank.Reranker`` (what ``/rerank`` and ``rerank: true`` run) on ``models/reranker``
+Uses ``semsearch.models.reranker.Reranker`` (what ``/rerank`` and ``rerank: true`` run) on ``models/reranker``
 when it has been trained (``make reranker``), else on an untrained ``CrossEncoder(all-MiniLM-L6-v2,
 num_labels=1)`` saved to a temporary folder: the same architecture, so the same cost (stated in the
-results). Backends: every name :func:`semsearch.rerank.available_backends` offers (``torch``, ``onnx``,
+results). Backends: every name :func:`semsearch.models.reranker.available_backends` offers (``torch``, ``onnx``,
 ``onnx-int8``; the ONNX files are exported once into the semsearch cache). Queries are STS-B
 sentences, candidates WordNet glosses (~20 tokens) — the lengths of a search result list. Latency = one
 ``Reranker.score`` call (tokenise + forward + activation), p50/p99 over ``--repeats`` calls.
@@ -34,7 +34,7 @@ def model_folder(tmp: Path) -> tuple[Path, str]:
         return trained, "models/reranker (trained)"
     from sentence_transformers import CrossEncoder
 
-    from semsearch.model_source import resolve_model
+    from semsearch.models import resolve_model
 
     ce = CrossEncoder(str(resolve_model(None).path), num_labels=1, device="cpu")
     ce.save(str(tmp / "ce"))
@@ -60,7 +60,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=c.RESULTS)
     args = parser.parse_args()
 
-    from semsearch.rerank import Reranker, available_backends
+    from semsearch.models import Reranker, available_backends
 
     if args.threads:
         import torch

@@ -7,7 +7,7 @@ synthetic **perturbed copies** ``normalize(x_i + 0.3·x_j + ε)`` (random real i
 ≈ 0.5), so its neighbourhoods look like a real embedding cloud, not like uniform noise. N = 100K
 and 1M are therefore mostly synthetic; that is stated in every results file.
 
-Each index goes through ``semsearch.faiss_index.VectorIndex`` (the service's code path: FAISS +
+Each index goes through ``semsearch.index.ann.VectorIndex`` (the service's code path: FAISS +
 rescoring with the exact memory-mapped vectors). Per setting (ef_search / nprobe / rescore):
 
 * recall@10: share of the exact top-10 (brute force) found, over the 500 queries;
@@ -54,7 +54,7 @@ def base_embeddings(cache: Path, backend: str) -> np.ndarray:
     path = cache / f"base_{backend}.npy"
     if path.is_file():
         return np.load(path)
-    from semsearch.encoder import Encoder
+    from semsearch.models import Encoder
 
     texts = list(dict.fromkeys(c.stsb_sentences() + c.wordnet_glosses()))
     import gzip
@@ -137,7 +137,7 @@ def run_type(
 ) -> list[dict[str, Any]]:
     import faiss
 
-    from semsearch.faiss_index import INDEX_FILE, VectorIndex, resolve_params
+    from semsearch.index import INDEX_FILE, VectorIndex, resolve_params
 
     n = len(corpus)
     ids = np.arange(n, dtype=np.int64)

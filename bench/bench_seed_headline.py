@@ -6,7 +6,7 @@ GPU); with SBERT, embedding the 10,000 sentences takes about 5 seconds and compu
 about 0.01 seconds.
 
 Here, on CPU only: 10,000 real sentences (5,000 STS-B + 5,000 WordNet glosses), encoded with
-``semsearch.encoder.Encoder`` per ``--backends``; the most similar pair found by an exact all-pairs
+``semsearch.models.encoder.Encoder`` per ``--backends``; the most similar pair found by an exact all-pairs
 search (blocked matrix product, the upper triangle, diagonal excluded); and the cross-encoder time
 estimated as (time per pair measured on ``--ce-sample`` random pairs) × 49,995,000, for the
 cross-encoder backends ``--ce-backends`` (same MiniLM-L6 architecture: ``models/reranker`` if
@@ -73,8 +73,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=c.RESULTS)
     args = parser.parse_args()
 
-    from semsearch.encoder import Encoder
-    from semsearch.rerank import Reranker
+    from semsearch.models import Encoder, Reranker
 
     info = c.machine()
     print(f"{info['cpu']}, {info['usable_cores']} cores, load {info['loadavg_at_start']}", flush=True)

@@ -144,10 +144,8 @@ def segment_latency(
     import faiss
 
     from indexer.pipeline import run_compact
-    from semsearch.layout import IndexRoot
-    from semsearch.search_index import SearchIndex
-    from semsearch.store import Record
-    from semsearch.writer import IndexWriter
+    from semsearch.index import IndexRoot, IndexWriter, Record
+    from semsearch.search import SearchIndex
 
     faiss.omp_set_num_threads(1)
     meta = {"model": "bench", "fingerprint": "0", "pooling": "mean", "backend": "torch", "max_seq_length": 0}

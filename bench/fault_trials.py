@@ -28,9 +28,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as c
 
-from semsearch.layout import IndexRoot
-from semsearch.manifest import Manifest
-from semsearch.search_index import SearchIndex, verify
+from semsearch.index import IndexRoot, Manifest
+from semsearch.search import SearchIndex, verify
 
 OPS = ("build", "add", "delete", "compact")
 

@@ -36,7 +36,7 @@ def main() -> int:
 
     import torch
 
-    from semsearch.encoder import Encoder
+    from semsearch.models import Encoder
 
     if not torch.cuda.is_available():
         print(f"error: torch sees no CUDA device (torch {torch.__version__})", file=sys.stderr)

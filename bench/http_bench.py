@@ -68,7 +68,7 @@ def load_queries(n: int, lo: int = 26, hi: int = 34, seed: int = 0) -> list[str]
     """Real sentences of lo..hi tokens (the model's own tokenizer, special tokens included)."""
     from transformers import AutoTokenizer
 
-    from semsearch.model_source import resolve_model
+    from semsearch.models import resolve_model
 
     tokenizer = AutoTokenizer.from_pretrained(str(resolve_model(None).path))
     with gzip.open(SAMPLE, "rt", encoding="utf-8") as fh:

@@ -32,8 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from indexer.eval_cmd import build_beir_index  # noqa: E402
-from semsearch.encoder import Encoder  # noqa: E402
-from semsearch.evaluation import (  # noqa: E402
+from semsearch.eval import (  # noqa: E402
     BeirDataset,
     evaluate_retrieval,
     evaluate_run,
@@ -41,10 +40,19 @@ from semsearch.evaluation import (  # noqa: E402
     load_beir,
     read_sts,
 )
-from semsearch.faiss_index import VectorIndex  # noqa: E402
-from semsearch.lexical import top_k  # noqa: E402
-from semsearch.search import DEFAULT_HYBRID, Candidate, HybridParams, fuse_candidates, search  # noqa: E402
-from semsearch.search_index import SearchIndex  # noqa: E402
+from semsearch.index import (  # noqa: E402
+    VectorIndex,
+    top_k,
+)
+from semsearch.models import Encoder  # noqa: E402
+from semsearch.search import (  # noqa: E402
+    DEFAULT_HYBRID,
+    Candidate,
+    HybridParams,
+    SearchIndex,
+    fuse_candidates,
+    search,
+)
 
 log = logging.getLogger("bench.quality")
 

@@ -48,7 +48,7 @@ def retrieve(index: Any, encoder: Any, queries: dict[str, str], mode: str, n: in
 
 
 def ndcg10(order: dict[str, list[str]], qrels: dict[str, dict[str, int]]) -> float:
-    from semsearch.evaluation import evaluate_run
+    from semsearch.eval import evaluate_run
 
     return evaluate_run(order, {q: qrels[q] for q in order}, ["ndcg@10"]).metrics["ndcg@10"]
 
@@ -76,10 +76,9 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=c.RESULTS)
     args = parser.parse_args()
 
-    from semsearch.encoder import Encoder
-    from semsearch.evaluation import load_beir
-    from semsearch.rerank import Reranker, fuse_logits
-    from semsearch.search_index import SearchIndex
+    from semsearch.eval import load_beir
+    from semsearch.models import Encoder, Reranker, fuse_logits
+    from semsearch.search import SearchIndex
 
     info = c.machine()
     dataset = load_beir(args.data, args.split)
@@ -141,7 +140,7 @@ def main() -> int:
             ) -> float:
                 order = {}
                 for q, h in hs[part].items():
-                    retrieval = [x.score for x in h]  # the mode's own score, as semsearch.search.rerank fuses
+                    retrieval = [x.score for x in h]  # the mode's own score, as semsearch.search.modes.rerank fuses
                     order[q] = ranked(h, fuse_logits(lg[part][q], retrieval, w) if w > 0 else lg[part][q])
                 return ndcg10(order, splits[part][1])
 

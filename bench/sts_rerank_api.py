@@ -26,7 +26,7 @@ from typing import Any
 import _common
 import httpx
 
-from semsearch.evaluation import correlations, read_sts
+from semsearch.eval import correlations, read_sts
 
 DEFAULT_DATA = _common.STSB / "stsb_test.tsv"
 

@@ -18,8 +18,8 @@ import typer
 
 from indexer.options import parse_params
 from semsearch.choices import IndexType, Mode
-from semsearch.encoder import Backend, Pooling
 from semsearch.errors import InvalidInputError, SemsearchError
+from semsearch.models import Backend, Pooling
 
 if TYPE_CHECKING:
     from indexer.pipeline import BuildOptions
@@ -329,9 +329,9 @@ def search(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """Quick look from the terminal: the k best sentences for QUERY (the service's search, same modes and filters)."""
-    from semsearch.encoder import Encoder
+    from semsearch.models import Encoder
+    from semsearch.search import SearchIndex
     from semsearch.search import search as run_search
-    from semsearch.search_index import SearchIndex
     from semsearch.text import text_problem
 
     problem = text_problem(query)  # the service refuses the same queries (422)
@@ -357,8 +357,7 @@ def info(
     as_json: Annotated[bool, typer.Option("--json", help="Print the manifest summary as JSON.")] = False,
 ) -> None:
     """Show what an index holds: count, model, pooling, index type, version, files."""
-    from semsearch.layout import IndexRoot, resolve_version_dir
-    from semsearch.manifest import Manifest
+    from semsearch.index import IndexRoot, Manifest, resolve_version_dir
 
     directory = resolve_version_dir(index)
     m = Manifest.read(directory)
@@ -384,7 +383,7 @@ def verify(
     quick: Annotated[bool, typer.Option("--quick", help="Skip file checksums.")] = False,
 ) -> None:
     """Check an index version's integrity; exit 1 with a precise message per problem."""
-    from semsearch.search_index import verify as run_verify
+    from semsearch.search import verify as run_verify
 
     problems = run_verify(index, full=not quick)
     if problems:

@@ -21,13 +21,12 @@ import typer
 
 from indexer.options import parse_params
 from semsearch.choices import FusionMethod, Mode
-from semsearch.encoder import Backend, Pooling
+from semsearch.models import Backend, Pooling
 from semsearch.runtime import warn_renamed
 
 if TYPE_CHECKING:
-    from semsearch.evaluation import BeirDataset, RetrievalReport
-    from semsearch.search import HybridParams
-    from semsearch.search_index import SearchIndex
+    from semsearch.eval import BeirDataset, RetrievalReport
+    from semsearch.search import HybridParams, SearchIndex
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +54,7 @@ def build_beir_index(
 ) -> str:
     """Index a BEIR corpus (id = _id, text = title + " " + text, metadata = title); returns the version."""
     from indexer.pipeline import BuildOptions, run_build
-    from semsearch.evaluation import iter_corpus
+    from semsearch.eval import iter_corpus
 
     with tempfile.TemporaryDirectory(prefix="semsearch-beir-") as tmp:
         rows = Path(tmp) / "corpus.jsonl"
@@ -134,15 +133,15 @@ def beir(
     progress: Annotated[bool, typer.Option(help="Progress bar while building.")] = True,
 ) -> None:
     """Retrieval metrics (nDCG@10, recall@10, recall@100, MRR@10) of an index on BEIR-format data."""
-    from semsearch.evaluation import load_beir
+    from semsearch.eval import load_beir
 
     dataset = load_beir(data, split)  # fail fast on bad data, before the heavy imports
     filter_spec = _parse_filter(filter_json)
 
-    from semsearch.encoder import Encoder
-    from semsearch.evaluation import evaluate_retrieval
-    from semsearch.layout import IndexRoot
-    from semsearch.search_index import SearchIndex
+    from semsearch.eval import evaluate_retrieval
+    from semsearch.index import IndexRoot
+    from semsearch.models import Encoder
+    from semsearch.search import SearchIndex
 
     has_version = IndexRoot(index).current_version() is not None or (index / "manifest.json").is_file()
     if rebuild or (build and not has_version):
@@ -170,7 +169,7 @@ def beir(
         encoder = None if mode == "lexical" and reranker is None else Encoder.from_manifest(idx.manifest)
         rr = None
         if reranker is not None:
-            from semsearch.rerank import Reranker
+            from semsearch.models import Reranker
 
             rr = Reranker(reranker, backend=reranker_backend, retrieval_weight=retrieval_weight)
         report = evaluate_retrieval(
@@ -262,9 +261,8 @@ def sts(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """Spearman and Pearson ×100 of the cosine (and of a reranker) against gold similarity scores."""
-    from semsearch.encoder import Encoder
-    from semsearch.evaluation import evaluate_sts, read_sts
-    from semsearch.rerank import Reranker
+    from semsearch.eval import evaluate_sts, read_sts
+    from semsearch.models import Encoder, Reranker
 
     encoder = Encoder(model=model, pooling=pooling)
     rr = Reranker(reranker, backend=reranker_backend) if reranker is not None else None

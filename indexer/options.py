@@ -1,7 +1,7 @@
 """What the indexer's commands share in parsing their options.
 
 Closed choices are the core's ``Literal`` types used directly as option types (typer lists their values
-in ``--help`` and rejects others with exit 2): ``semsearch.encoder.Pooling`` and ``Backend``,
+in ``--help`` and rejects others with exit 2): ``semsearch.models.encoder.Pooling`` and ``Backend``,
 ``semsearch.choices.IndexType``, ``Mode`` and ``FusionMethod``. Each is defined once, in the core.
 """
 

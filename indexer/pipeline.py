@@ -2,7 +2,7 @@
 
 This module orchestrates: reading inputs, chunking, the reject policy, progress and ``--resume``.
 The index format itself (staging, segments, tombstones, manifests, publishing) is written by the
-core's :class:`semsearch.writer.IndexWriter`; every chunk is committed there as one unit, so
+core's :class:`semsearch.index.writer.IndexWriter`; every chunk is committed there as one unit, so
 ``--resume`` continues from the last committed chunk, and nothing becomes visible to readers until
 the operation commits.
 """
@@ -20,23 +20,23 @@ from typing import Any
 
 import numpy as np
 
-from semsearch.encoder import Backend, Encoder, Pooling
 from semsearch.errors import InvalidInputError, ModelMismatchError, TooManyRejectsError
-from semsearch.layout import IndexRoot
-from semsearch.manifest import Manifest
-from semsearch.readers import DEFAULT_MAX_CHARS, Reject, read_inputs
-from semsearch.sharding import segment_shard
-from semsearch.store import Record
-from semsearch.writer import (
+from semsearch.index import (
     DEFAULT_SEGMENT_ROWS,
     BaseVersion,
+    IndexRoot,
     IndexWriter,
+    Manifest,
     MergePolicy,
     OnDuplicate,
+    Record,
     disk_errors,
     legacy_base_dir,
+    segment_shard,
     upgrade,
 )
+from semsearch.ingest import DEFAULT_MAX_CHARS, Reject, read_inputs
+from semsearch.models import Backend, Encoder, Pooling
 
 log = logging.getLogger(__name__)
 

@@ -1,12 +1,12 @@
 """``indexer build --engine ray``: the same build, with encoding spread over a Ray cluster.
 
-* **Read** with Ray Data from the same readers as a local build (:func:`semsearch.readers.read_inputs`,
+* **Read** with Ray Data from the same readers as a local build (:func:`semsearch.ingest.readers.read_inputs`,
   one read task over the inputs in order, so auto ids, sentence splitting and rejects are exactly
   a local build's); rejects travel with the rows and are collected and reported on the driver.
 * **Encode** with ``map_batches`` over a callable class on a pool of stateful actors
   (``compute=ray.data.ActorPoolStrategy(size=M)``): one model load per actor, ``--cpus-per-encoder``
   / ``--gpus-per-encoder`` each; batches of ``--chunk-size`` items; output order preserved.
-* **Write** on the driver through the core :class:`~semsearch.writer.IndexWriter`, chunk by chunk
+* **Write** on the driver through the core :class:`~semsearch.index.writer.IndexWriter`, chunk by chunk
   (the unit ``--resume`` restarts from), segments per shard, then the same reject threshold,
   manifest, verification and atomic publish as a local build.
 
@@ -36,15 +36,13 @@ from indexer.pipeline import (
     _publish,
     encoder_meta,
 )
-from semsearch.encoder import Encoder
 from semsearch.errors import SemsearchError
-from semsearch.layout import IndexRoot
+from semsearch.index import IndexRoot, IndexWriter, Record, disk_errors
+from semsearch.ingest import Reject, read_inputs
+from semsearch.models import Encoder
 from semsearch.ray_cluster import RayUnavailableError as RayUnavailableError  # its old home: re-exported
 from semsearch.ray_cluster import connect as _connect
 from semsearch.ray_cluster import import_ray as _import_ray
-from semsearch.readers import Reject, read_inputs
-from semsearch.store import Record
-from semsearch.writer import IndexWriter, disk_errors
 
 log = logging.getLogger(__name__)
 

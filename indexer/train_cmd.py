@@ -13,8 +13,8 @@ import typer
 def read_relevance_pairs(path: Path, query_field: str, positive_field: str) -> list[tuple[str, str]]:
     """(query, positive) pairs from a .jsonl[.gz] file; a missing field is an error naming the line.
     With ``positive_field == "text"`` a ``title`` is prepended as BEIR corpus texts are indexed."""
-    from semsearch.evaluation import doc_text
-    from semsearch.readers import read_json_lines
+    from semsearch.eval import doc_text
+    from semsearch.ingest import read_json_lines
 
     def pair(obj: dict[str, Any]) -> tuple[str, str]:
         positive = str(obj[positive_field])
@@ -27,8 +27,8 @@ def read_relevance_pairs(path: Path, query_field: str, positive_field: str) -> l
 
 def index_miner(index_dir: Path) -> Callable[[list[str], int], list[list[str]]]:
     """A ``mine_negatives(queries, k)`` callable: top-k texts from an index built with our bi-encoder."""
-    from semsearch.encoder import Encoder
-    from semsearch.search_index import SearchIndex
+    from semsearch.models import Encoder
+    from semsearch.search import SearchIndex
 
     index = SearchIndex.load(index_dir)
     encoder = Encoder.from_manifest(index.manifest)

@@ -2,7 +2,7 @@
 
 The CLI (``indexer``) takes these ``Literal`` types as its option types, so a choice added here reaches
 ``--help`` and the error for a bad value without a second list. Pooling and backend live in
-``semsearch.encoder`` (``Pooling``, ``Backend``) next to the code that implements them.
+``semsearch.models.encoder`` (``Pooling``, ``Backend``) next to the code that implements them.
 """
 
 from __future__ import annotations

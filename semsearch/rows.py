@@ -19,7 +19,7 @@ checks) and each refusal is a per-row reject with a reason:
 - **Strings** (keys and values, at any depth): valid Unicode (no lone surrogate such as ``"\\ud800"``,
   which can be neither stored as UTF-8 nor tokenised nor serialised) and no NUL character.
 - **Keys** are strings (JSON guarantees it). Keys that the filter language cannot name (anything but
-  letters, digits and underscores, see :mod:`semsearch.filters`) are accepted, stored and returned;
+  letters, digits and underscores, see :mod:`semsearch.search.filters`) are accepted, stored and returned;
   a filter on them is refused as invalid input, never an error of the index.
 """
 

@@ -1,7 +1,7 @@
 """Score normalisation over one list of scores: the one home of z-score and min-max.
 
-Both fusions use it: hybrid search (:func:`semsearch.search.fuse_candidates`, ``minmax``/``zscore``
-over a query's candidate union) and reranker fusion (:func:`semsearch.rerank.fuse_logits`, z-scores
+Both fusions use it: hybrid search (:func:`semsearch.search.modes.fuse_candidates`, ``minmax``/``zscore``
+over a query's candidate union) and reranker fusion (:func:`semsearch.models.reranker.fuse_logits`, z-scores
 per query or with stored dev statistics). A list without spread (constant, one element) normalises
 to zeros: it carries no ranking information.
 """

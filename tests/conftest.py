@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from semsearch.store import Record
+from semsearch.index.store import Record
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "data" / "sample" / "wordnet_glosses.jsonl.gz"
@@ -33,7 +33,7 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 
 @pytest.fixture(scope="session")
 def encoder():
-    from semsearch.encoder import Encoder
+    from semsearch.models.encoder import Encoder
 
     return Encoder()
 
@@ -91,9 +91,9 @@ def same_scores(a: list, b: list, field: str = "score") -> None:
 
 
 def assert_same_search(one, many, queries: list[str], vecs: np.ndarray, cases) -> None:
-    """``semsearch.search.search`` over ``many`` (e.g. shards) returns ``one``'s hits, in order, with the
+    """``semsearch.search.modes.search`` over ``many`` (e.g. shards) returns ``one``'s hits, in order, with the
     same scores, for each ``(mode, filter)`` of ``cases``."""
-    from semsearch.search import search
+    from semsearch.search.modes import search
 
     for mode, flt in cases:
         a = search(many, queries, vecs, 10, mode=mode, filter=flt)

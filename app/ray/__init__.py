@@ -8,12 +8,12 @@ One Serve application, ``semsearch``:
 
 * ``shard-<s>`` deployments, one per shard (``--shard-replicas`` R replicas each): a replica loads
   only its shard's segments (memory-mapped, :meth:`SearchIndex.load` with ``shard=s``) and answers
-  the search primitives for its rows (:func:`semsearch.sharded.shard_call`). A replica keeps the
+  the search primitives for its rows (:func:`semsearch.search.sharded.shard_call`). A replica keeps the
   last few versions it was asked for, loaded through one segment pool, so a new version costs the
   new segments only (hot reload per shard) and a request pinned to a version is answered from it.
 * ``ingress``: the plain service's FastAPI app, built by the same factory
   (:func:`app.main.create_app`: same routes, schemas, errors, auth, metrics, web page), whose index
-  is a :class:`~semsearch.sharded.ShardedIndex` over :class:`ServeFanout`: the app's micro-batcher
+  is a :class:`~semsearch.search.sharded.ShardedIndex` over :class:`ServeFanout`: the app's micro-batcher
   encodes each batch of queries once, and every search primitive is one call per shard, sent to
   all shards at once (``DeploymentHandle.remote``) and gathered; dense top k merged by score, BM25
   in two phases with the collection's statistics, filters and lexical scoring run on the shards,

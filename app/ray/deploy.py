@@ -18,10 +18,8 @@ from app.ray.ingress import Ingress
 from app.ray.shard import ShardReplica
 from app.settings import Settings
 from semsearch.errors import SemsearchError
-from semsearch.layout import resolve_version_dir
-from semsearch.manifest import Manifest
+from semsearch.index import Manifest, resolve_version_dir, shard_count
 from semsearch.ray_cluster import RayResourcesError, check_cpus, connect, free_cpus_per_node, import_ray
-from semsearch.sharding import shard_count
 
 log = logging.getLogger(__name__)
 

@@ -11,11 +11,8 @@ from app.ray.fanout import PartialLog, PartialMiddleware, ServeFanout
 from app.services import IndexHolder, Services, encoder_for, set_threads, start_reranker
 from app.settings import Settings
 from semsearch.errors import CorruptIndexError
-from semsearch.layout import resolve_version_dir
-from semsearch.manifest import Manifest
-from semsearch.search_index import SegmentPool
-from semsearch.sharded import ShardedIndex
-from semsearch.sharding import shard_count
+from semsearch.index import Manifest, resolve_version_dir, shard_count
+from semsearch.search import SegmentPool, ShardedIndex
 
 log = logging.getLogger(__name__)
 

@@ -10,10 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from app.services import set_threads
-from semsearch.layout import resolve_version_dir
-from semsearch.manifest import MANIFEST
-from semsearch.search_index import SearchIndex, SegmentPool
-from semsearch.sharded import shard_call
+from semsearch.index import MANIFEST, resolve_version_dir
+from semsearch.search import SearchIndex, SegmentPool, shard_call
 
 log = logging.getLogger(__name__)
 

@@ -31,8 +31,7 @@ from app.schemas import (
     check_text,
     not_blank,
 )
-from semsearch.search import Mode
-from semsearch.search_index import Hit
+from semsearch.search import Hit, Mode
 
 router = APIRouter(tags=["search"])
 

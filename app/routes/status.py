@@ -13,7 +13,7 @@ from app.rerank_worker import NO_RERANKER
 from app.schemas import ErrorResponse, Status
 from app.services import version_name
 from semsearch import __version__
-from semsearch.rerank import Reranker
+from semsearch.models import Reranker
 
 router = APIRouter(tags=["status"])
 

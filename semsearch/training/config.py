@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from semsearch.errors import InvalidInputError
-from semsearch.readers import ScoredPair
+from semsearch.ingest.readers import ScoredPair
 
 DEFAULT_FUSION_GRID: tuple[float, ...] = tuple(round(0.05 * i, 2) for i in range(21))
 

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from semsearch.errors import InvalidInputError
-from semsearch.format import file_sha256
-from semsearch.readers import ScoredPair, read_scored_pairs
+from semsearch.index.format import file_sha256
+from semsearch.ingest.readers import ScoredPair, read_scored_pairs
 from semsearch.training.config import MineNegatives, RelevanceExample, ScoredInput, TrainConfig
 
 logger = logging.getLogger(__name__)

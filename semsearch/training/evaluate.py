@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from semsearch.evaluation import pearson, spearman
-from semsearch.readers import ScoredPair
-from semsearch.rerank import fuse_logits
+from semsearch.eval.evaluation import pearson, spearman
+from semsearch.ingest.readers import ScoredPair
+from semsearch.models.reranker import fuse_logits
 from semsearch.training.config import DEFAULT_FUSION_GRID, RelevanceExample, TrainConfig
 from semsearch.training.data import TrainingData
 from semsearch.training.model import default_base_model, load_bi_encoder, predict_logits

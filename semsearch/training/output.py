@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from semsearch.errors import InvalidInputError
-from semsearch.rerank import RERANKER_META_FILE
+from semsearch.models.reranker import RERANKER_META_FILE
 
 
 def check_output(output_dir: Path, overwrite: bool) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from semsearch.rerank import RERANKER_META_FILE
+from semsearch.models.reranker import RERANKER_META_FILE
 from semsearch.runtime import available_cores
 from semsearch.training.card import MODEL_CARD_FILE, build_metadata, render_model_card
 from semsearch.training.config import TrainConfig

@@ -220,7 +220,7 @@ def untrained_reranker(tmp_path_factory: pytest.TempPathFactory) -> Path:
     rerank requests are served rather than 503."""
     from sentence_transformers import CrossEncoder
 
-    from semsearch.model_source import resolve_model
+    from semsearch.models.source import resolve_model
 
     out = tmp_path_factory.mktemp("untrained-reranker") / "model"
     CrossEncoder(str(resolve_model(None).path), num_labels=1).save(str(out))

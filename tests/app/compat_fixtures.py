@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from semsearch.model_source import resolve_model
-from semsearch.rerank import RERANKER_META_FILE
+from semsearch.models.reranker import RERANKER_META_FILE
+from semsearch.models.source import resolve_model
 
 PAIRWISE_FUSION = {
     "mode": "zscore",

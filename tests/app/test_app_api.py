@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 from app.main import create_app
 from app.runtime import Runtime
 from app.settings import Settings
-from semsearch.search import search as core_search
+from semsearch.search.modes import search as core_search
 
 pytest_plugins = ["app_fixtures"]
 

@@ -18,7 +18,7 @@ from fastapi.testclient import TestClient
 from app.main import create_app
 from app.runtime import Runtime
 from app.settings import Settings
-from semsearch.rerank import Reranker, fuse_logits
+from semsearch.models.reranker import Reranker, fuse_logits
 
 pytest_plugins = ["app_fixtures", "compat_fixtures"]
 

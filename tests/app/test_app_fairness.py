@@ -19,9 +19,9 @@ import httpx
 import numpy as np
 from app_fixtures import ServerProcess
 
-from semsearch.encoder import Encoder
-from semsearch.layout import resolve_version_dir
-from semsearch.manifest import Manifest
+from semsearch.index.layout import resolve_version_dir
+from semsearch.index.manifest import Manifest
+from semsearch.models.encoder import Encoder
 
 pytest_plugins = ["app_fixtures"]
 

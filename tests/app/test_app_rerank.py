@@ -21,9 +21,9 @@ from fastapi.testclient import TestClient
 from app.main import create_app
 from app.runtime import Runtime
 from app.settings import Settings
-from semsearch.model_source import resolve_model
-from semsearch.rerank import RERANKER_META_FILE, Reranker, fuse_logits
-from semsearch.search import search as core_search
+from semsearch.models.reranker import RERANKER_META_FILE, Reranker, fuse_logits
+from semsearch.models.source import resolve_model
+from semsearch.search.modes import search as core_search
 
 pytest_plugins = ["app_fixtures"]
 

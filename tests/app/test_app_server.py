@@ -20,8 +20,8 @@ import httpx
 import pytest
 
 from indexer.pipeline import BuildOptions, run_build, run_delete
-from semsearch.layout import IndexRoot
-from semsearch.manifest import Manifest
+from semsearch.index.layout import IndexRoot
+from semsearch.index.manifest import Manifest
 
 pytest_plugins = ["app_fixtures"]
 

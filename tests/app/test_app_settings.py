@@ -11,7 +11,7 @@ import pytest
 from app.__main__ import build_parser, main, parse_settings
 from app.main import create_app
 from app.settings import ConfigError, Settings, get_settings, load_settings
-from semsearch.model_source import resolve_model
+from semsearch.models.source import resolve_model
 
 pytest_plugins = ["app_fixtures"]
 pytestmark = pytest.mark.usefixtures("app_clean_env")

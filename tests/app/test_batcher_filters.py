@@ -25,12 +25,12 @@ from app.batcher import MicroBatcher, SearchSpec
 from app.errors import OverloadedError
 from app.metrics import Metrics
 from app.services import IndexHolder
-from semsearch.filters import compile_filter
-from semsearch.layout import IndexRoot
-from semsearch.search import search
-from semsearch.search_index import SearchIndex
-from semsearch.sharded import load_local
-from semsearch.writer import IndexWriter
+from semsearch.index.layout import IndexRoot
+from semsearch.index.writer import IndexWriter
+from semsearch.search.filters import compile_filter
+from semsearch.search.modes import search
+from semsearch.search.reader import SearchIndex
+from semsearch.search.sharded import load_local
 
 HANG_GUARD_S = 20  # only so that a regression fails instead of hanging; nothing here is timed
 

@@ -19,7 +19,7 @@ import pytest
 import app.batcher as batcher_module
 from app.batcher import MicroBatcher, SearchSpec
 from app.metrics import Metrics
-from semsearch.search_index import Hit
+from semsearch.search.reader import Hit
 
 
 class FakeEncoder:

@@ -23,13 +23,13 @@ pytest.importorskip("ray")
 
 from app.errors import ApiError
 from app.ray import PartialLog, PartialMiddleware, ServeFanout
-from semsearch.layout import IndexRoot
-from semsearch.manifest import Manifest
-from semsearch.search import search
-from semsearch.search_index import SearchIndex
-from semsearch.sharded import ShardedIndex, shard_call
-from semsearch.sharding import shard_of
-from semsearch.writer import IndexWriter
+from semsearch.index.layout import IndexRoot
+from semsearch.index.manifest import Manifest
+from semsearch.index.sharding import shard_of
+from semsearch.index.writer import IndexWriter
+from semsearch.search.modes import search
+from semsearch.search.reader import SearchIndex
+from semsearch.search.sharded import ShardedIndex, shard_call
 
 
 class _Response:

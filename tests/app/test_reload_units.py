@@ -20,10 +20,10 @@ from app.metrics import Metrics
 from app.reload import Reloader
 from app.services import IndexHolder, Services, load_index
 from semsearch.errors import InvalidInputError, ModelMismatchError
-from semsearch.layout import IndexRoot
-from semsearch.search_index import SegmentPool
-from semsearch.store import Record
-from semsearch.writer import BaseVersion, IndexWriter
+from semsearch.index.layout import IndexRoot
+from semsearch.index.store import Record
+from semsearch.index.writer import BaseVersion, IndexWriter
+from semsearch.search.reader import SegmentPool
 
 DIM = 8
 META = {

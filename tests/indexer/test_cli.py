@@ -37,9 +37,9 @@ def test_search_prints_ranked_results(small_index):
 
 
 def test_search_uses_the_services_modes_and_filters(small_index):
-    """`indexer search` goes through semsearch.search.search: the same results as the core call."""
-    from semsearch.search import search
-    from semsearch.search_index import SearchIndex
+    """`indexer search` goes through semsearch.search.modes.search: the same results as the core call."""
+    from semsearch.search.modes import search
+    from semsearch.search.reader import SearchIndex
 
     spec = {"lexname": "noun.act"}
     res = run("search", "the act of making", "--index", str(small_index), "-k", "5", "--mode", "lexical",

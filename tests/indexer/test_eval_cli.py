@@ -17,8 +17,8 @@ import pytest
 from typer.testing import CliRunner
 
 from indexer.cli import app, main
-from semsearch.evaluation import correlations
-from semsearch.search import DEFAULT_HYBRID
+from semsearch.eval.evaluation import correlations
+from semsearch.search.modes import DEFAULT_HYBRID
 
 FIXTURE = Path(__file__).parents[1] / "fixtures" / "beir_tiny"
 L2 = math.log2
@@ -152,7 +152,7 @@ def cross_encoder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     import torch
     from sentence_transformers import CrossEncoder
 
-    from semsearch.model_source import resolve_model
+    from semsearch.models.source import resolve_model
 
     out = tmp_path_factory.mktemp("cross-encoder") / "model"
     torch.manual_seed(0)

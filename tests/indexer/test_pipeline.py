@@ -18,10 +18,10 @@ import pytest
 from conftest import REPO, sample_rows, write_jsonl
 
 from indexer.pipeline import BuildOptions, run_build, run_delete
-from semsearch.encoder import Encoder
 from semsearch.errors import DuplicateIdError, InvalidInputError, TooManyRejectsError
-from semsearch.layout import IndexRoot
-from semsearch.search_index import SearchIndex, verify
+from semsearch.index.layout import IndexRoot
+from semsearch.models.encoder import Encoder
+from semsearch.search.reader import SearchIndex, verify
 
 
 def _build(inputs, out, **kw):

@@ -81,10 +81,10 @@ def builds(cluster, corpus, tmp_path_factory):
 
 
 def test_ray_build_equals_local_build(builds, encoder):
-    from semsearch.layout import IndexRoot
-    from semsearch.manifest import Manifest
-    from semsearch.search_index import SearchIndex, verify
-    from semsearch.sharded import load_local
+    from semsearch.index.layout import IndexRoot
+    from semsearch.index.manifest import Manifest
+    from semsearch.search.reader import SearchIndex, verify
+    from semsearch.search.sharded import load_local
 
     local, sharded = builds
     a, b = Manifest.read(IndexRoot(local).resolve()), Manifest.read(IndexRoot(sharded).resolve())
@@ -271,8 +271,8 @@ def _two_shard_index(path: Path) -> Path:
     import numpy as np
     from conftest import META, synthetic_row
 
-    from semsearch.layout import IndexRoot
-    from semsearch.writer import IndexWriter
+    from semsearch.index.layout import IndexRoot
+    from semsearch.index.writer import IndexWriter
 
     rng = np.random.default_rng(5)
     root = IndexRoot(path)

@@ -118,10 +118,10 @@ def killed_once_build(cluster, corpus, local_build, tmp_path_factory):
 
 
 def test_a_killed_encoder_actor_is_retried_and_the_build_completes(killed_once_build, local_build):
-    from semsearch.layout import IndexRoot
-    from semsearch.manifest import Manifest
-    from semsearch.search_index import SearchIndex, verify
-    from semsearch.sharded import load_local
+    from semsearch.index.layout import IndexRoot
+    from semsearch.index.manifest import Manifest
+    from semsearch.search.reader import SearchIndex, verify
+    from semsearch.search.sharded import load_local
 
     out, r = killed_once_build
     assert r.returncode == 0, r.stderr[-3000:]
@@ -152,8 +152,8 @@ def _recall(index, queries: np.ndarray, ids: np.ndarray, vectors: np.ndarray) ->
 
 
 def test_an_ann_ray_build_is_recall_equivalent_to_a_local_build(killed_once_build, local_build, encoder):
-    from semsearch.search_index import SearchIndex
-    from semsearch.sharded import load_local
+    from semsearch.search.reader import SearchIndex
+    from semsearch.search.sharded import load_local
 
     out, r = killed_once_build
     assert r.returncode == 0, r.stderr[-3000:]
@@ -174,8 +174,8 @@ def test_an_ann_ray_build_is_recall_equivalent_to_a_local_build(killed_once_buil
 
 
 def test_an_actor_that_dies_every_time_fails_the_build_and_publishes_nothing(cluster, corpus, local_build, tmp_path):
-    from semsearch.layout import IndexRoot
-    from semsearch.search_index import verify
+    from semsearch.index.layout import IndexRoot
+    from semsearch.search.reader import verify
 
     out = tmp_path / "idx"
     shutil.copytree(local_build, out, symlinks=True)  # a published v000001 the failed build must not touch

@@ -21,8 +21,8 @@ import pytest
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
-from semsearch.encoder import Encoder
-from semsearch.onnx_backend import INT8_RECIPE
+from semsearch.models.encoder import Encoder
+from semsearch.models.onnx import INT8_RECIPE
 
 STSB_DEV = Path(__file__).resolve().parents[2] / "data" / "stsb" / "stsb_dev.tsv"
 # (mean, min) cosine to the torch embedding over the 50 sentences
@@ -143,7 +143,7 @@ def test_second_encoder_reuses_the_cache(
     names = {p.name for p in files}
     assert {"model.onnx", f"model-int8-{INT8_RECIPE}.onnx", "meta.json"} <= names, names
     before = {p: p.stat().st_mtime_ns for p in files}
-    with caplog.at_level(logging.INFO, logger="semsearch.onnx_backend"):
+    with caplog.at_level(logging.INFO, logger="semsearch.models.onnx"):
         for backend in ("onnx", "onnx-int8"):
             again = Encoder(backend=backend, cache_dir=str(cache))  # type: ignore[arg-type]
             np.testing.assert_allclose(
@@ -165,7 +165,7 @@ def test_onnx_encoder_does_not_import_torch(encoders: dict[str, Encoder], onnx_r
 
     code = (
         "import json, sys\n"
-        "from semsearch.encoder import Encoder\n"
+        "from semsearch.models.encoder import Encoder\n"
         f"e = Encoder(backend='onnx-int8', cache_dir={str(onnx_root / 'onnx')!r})\n"
         "v = e.encode(['a man is playing a guitar'])\n"
         "print(json.dumps({'mods': [m for m in ('torch', 'sentence_transformers', 'transformers') if m in sys.modules],"
@@ -198,7 +198,7 @@ def test_token_count_is_the_models_and_never_loads_torch_on_onnx(encoders: dict[
         assert encoder.count_tokens([]) == 0
     code = (
         "import json, sys\n"
-        "from semsearch.encoder import Encoder\n"
+        "from semsearch.models.encoder import Encoder\n"
         f"e = Encoder(backend='onnx-int8', cache_dir={str(onnx_root / 'onnx')!r})\n"
         f"n = e.count_tokens({texts!r})\n"
         "print(json.dumps({'mods': [m for m in ('torch', 'sentence_transformers', 'transformers') if m in sys.modules],"
@@ -230,7 +230,7 @@ def test_index_built_with_onnx_records_backend_and_serves(
     from app.main import create_app
     from app.settings import Settings
     from indexer.pipeline import BuildOptions, run_build
-    from semsearch.search_index import SearchIndex
+    from semsearch.search.reader import SearchIndex
 
     rows = [
         "A small domesticated carnivorous mammal with soft fur, kept as a pet or for catching mice.",
@@ -305,8 +305,8 @@ def test_exact_text_query_finds_itself_first(
 ) -> None:
     """Searching an indexed sentence's exact text (encoded alone, as the service does for a lone
     query) returns that sentence first with cosine >= 0.9999, for 60 sentences of the index."""
-    from semsearch.search import search
-    from semsearch.search_index import SearchIndex
+    from semsearch.search.modes import search
+    from semsearch.search.reader import SearchIndex
 
     index = SearchIndex.load(built_indexes[backend])
     try:
@@ -326,7 +326,7 @@ def test_exact_text_query_finds_itself_first(
 
 def test_builds_with_other_chunk_and_batch_sizes_give_the_same_vectors(built_indexes: dict[str, Path]) -> None:
     """onnx-int8 build with chunk 4096 / batch 64 (defaults) vs chunk 37 / batch 5: the same vectors."""
-    from semsearch.search_index import SearchIndex
+    from semsearch.search.reader import SearchIndex
 
     a = SearchIndex.load(built_indexes["onnx-int8"])
     b = SearchIndex.load(built_indexes["onnx-int8-small-chunks"])

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from semsearch.encoder import Encoder, pool_and_normalize
 from semsearch.errors import InvalidInputError
+from semsearch.models.encoder import Encoder, pool_and_normalize
 
 TEXTS = [
     "A man is playing a guitar.",
@@ -78,7 +78,7 @@ def test_bad_choices_list_the_valid_ones():
 def test_tokenizers_path_matches_the_transformers_tokenizer(encoder):
     """The ONNX backends tokenise with the ``tokenizers`` library straight from tokenizer.json (no torch,
     no transformers): same ids, token types and truncation as the tokenizer sentence-transformers uses."""
-    from semsearch.encoder import _read_layout, _Tokens
+    from semsearch.models.encoder import _read_layout, _Tokens
 
     layout = _read_layout(encoder.resolved.path)
     assert layout is not None
@@ -105,7 +105,7 @@ def test_the_torch_model_gets_its_inputs_on_its_own_device() -> None:
     """``indexer build --engine ray --gpus-per-encoder`` moves the torch model to CUDA: its inputs must follow
     it (the tokenizer makes them on the CPU). Checked without a GPU: the model moved to the ``meta`` device,
     a forward pre-hook sees what ``encode`` feeds it (a CPU tensor there is the mismatch that failed on CUDA)."""
-    from semsearch.model_runner import TorchRunner
+    from semsearch.models.runner import TorchRunner
 
     enc = Encoder(device="cpu")
     runner = enc._runner

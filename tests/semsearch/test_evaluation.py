@@ -1,4 +1,4 @@
-"""IR metrics, BEIR/STS readers and correlations (semsearch.evaluation) against hand-computed values."""
+"""IR metrics, BEIR/STS readers and correlations (semsearch.eval.evaluation) against hand-computed values."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from semsearch.errors import InvalidInputError
-from semsearch.evaluation import (
+from semsearch.eval.evaluation import (
     correlations,
     doc_text,
     evaluate_run,
@@ -25,7 +25,7 @@ from semsearch.evaluation import (
     recall_at_k,
     spearman,
 )
-from semsearch.search_index import Hit
+from semsearch.search.reader import Hit
 
 FIXTURE = Path(__file__).parents[1] / "fixtures" / "beir_tiny"
 L2 = math.log2

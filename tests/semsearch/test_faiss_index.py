@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from semsearch.errors import InvalidInputError
-from semsearch.faiss_index import VectorIndex, auto_index_type, default_nlist, resolve_params
+from semsearch.index.ann import VectorIndex, auto_index_type, default_nlist, resolve_params
 
 
 def clustered(n: int, d: int = 64, clusters: int = 1000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -1,4 +1,4 @@
-"""Metadata filters (semsearch.filters) on what the issue-20 review found: list-valued fields, the one
+"""Metadata filters (semsearch.search.filters) on what the issue-20 review found: list-valued fields, the one
 string rule (exact code points, no folding; lexical search is the forgiving one), and strings the
 service refuses everywhere else (lone surrogates, NUL). Synthetic index, no model."""
 
@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 
 from semsearch.errors import InvalidInputError
-from semsearch.filters import compile_filter
-from semsearch.manifest import Manifest
-from semsearch.search import search
-from semsearch.search_index import SearchIndex
-from semsearch.segment import Segment, SegmentView, write_segment
+from semsearch.index.manifest import Manifest
+from semsearch.index.segment import Segment, SegmentView, write_segment
+from semsearch.search.filters import compile_filter
+from semsearch.search.modes import search
+from semsearch.search.reader import SearchIndex
 
 DIM = 8
 CAFE_NFC = "Caf\u00e9"

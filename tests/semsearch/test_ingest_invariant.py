@@ -28,14 +28,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from semsearch.errors import InvalidInputError
-from semsearch.filters import FIELD_PATTERN, MAX_VALUE_CHARS, NUMBER_LIMIT
-from semsearch.layout import IndexRoot
-from semsearch.readers import Reject, read_inputs
+from semsearch.index.layout import IndexRoot
+from semsearch.index.store import Record
+from semsearch.index.writer import BaseVersion, IndexWriter
+from semsearch.ingest.readers import Reject, read_inputs
 from semsearch.rows import MAX_METADATA_DEPTH
-from semsearch.search import search
-from semsearch.search_index import SearchIndex, verify
-from semsearch.store import Record
-from semsearch.writer import BaseVersion, IndexWriter
+from semsearch.search.filters import FIELD_PATTERN, MAX_VALUE_CHARS, NUMBER_LIMIT
+from semsearch.search.modes import search
+from semsearch.search.reader import SearchIndex, verify
 
 _FIELD_RE = re.compile(FIELD_PATTERN)
 EDGE_INTS = [2**53 - 1, 2**53, 2**53 + 1, 2**63 - 1, 2**63, -(2**63), -(2**63) - 1, 2**64, 10**30]

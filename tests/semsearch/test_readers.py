@@ -12,8 +12,8 @@ import pytest
 from conftest import write_jsonl
 
 from semsearch.errors import InvalidInputError
-from semsearch.readers import Reject, detect_format, read_inputs, split_sentences
-from semsearch.store import Record
+from semsearch.index.store import Record
+from semsearch.ingest.readers import Reject, detect_format, read_inputs, split_sentences
 
 
 def _read(path: Path, **kw) -> tuple[list[Record], list[Reject]]:

@@ -1,4 +1,4 @@
-"""Cross-encoder training (semsearch.training) and reranking (semsearch.rerank) with the real MiniLM model."""
+"""Cross-encoder training (semsearch.training) and reranking (semsearch.models.reranker) with the real MiniLM model."""
 
 from __future__ import annotations
 
@@ -14,10 +14,9 @@ import torch
 from app.routes.status import reranker_info
 from semsearch import training
 from semsearch.errors import InvalidInputError, ModelLoadError
-from semsearch.model_source import model_fingerprint
-from semsearch.onnx_backend import INT8_RECIPE
-from semsearch.readers import ScoredPair, read_scored_pairs
-from semsearch.rerank import (
+from semsearch.ingest.readers import ScoredPair, read_scored_pairs
+from semsearch.models.onnx import INT8_RECIPE
+from semsearch.models.reranker import (
     RERANKER_META_FILE,
     FeatureBackend,
     FusionConfig,
@@ -26,6 +25,7 @@ from semsearch.rerank import (
     fuse_logits,
     register_backend,
 )
+from semsearch.models.source import model_fingerprint
 from semsearch.score_norm import zscore
 from semsearch.training import (
     EarlyStopping,
@@ -376,7 +376,7 @@ def test_auto_backend_is_int8_where_it_can_be_cached_else_torch(
     assert list((tmp_path / "cache").glob(f"*-cross-encoder/model-int8-{INT8_RECIPE}.onnx"))
     blocked = tmp_path / "not-a-folder"
     blocked.write_text("a file where the cache folder would be", encoding="utf-8")
-    with caplog.at_level(logging.WARNING, logger="semsearch.rerank"):
+    with caplog.at_level(logging.WARNING, logger="semsearch.models.reranker"):
         fallback = Reranker(trained[0], backend="auto", backend_options={"cache_dir": blocked})
     assert fallback.backend == "torch"
     assert "reranker backend auto" in caplog.text and "using torch" in caplog.text and str(blocked) in caplog.text

@@ -1,4 +1,4 @@
-"""Search modes (dense, lexical, hybrid), metadata filters and safe lexical queries (semsearch.search).
+"""Search modes (dense, lexical, hybrid), metadata filters and safe lexical queries (semsearch.search.modes).
 
 Brute-force references: seeded synthetic vectors and texts in a real SQLite store + FTS5 table and
 a real FAISS index; the references use numpy exact scans and a from-scratch BM25 in Python. The
@@ -20,12 +20,12 @@ from conftest import write_jsonl
 
 from indexer.pipeline import BuildOptions, run_build, run_delete
 from semsearch.errors import InvalidInputError
-from semsearch.filters import compile_filter
-from semsearch.lexical import STOPWORDS, query_terms
-from semsearch.manifest import Manifest
-from semsearch.search import DEFAULT_MODE, HybridParams, search
-from semsearch.search_index import SearchIndex
-from semsearch.segment import Segment, SegmentView, write_segment
+from semsearch.index.lexical import STOPWORDS, query_terms
+from semsearch.index.manifest import Manifest
+from semsearch.index.segment import Segment, SegmentView, write_segment
+from semsearch.search.filters import compile_filter
+from semsearch.search.modes import DEFAULT_MODE, HybridParams, search
+from semsearch.search.reader import SearchIndex
 
 # Words whose Porter stems are distinct and equal to themselves modulo a bijection, so a Python
 # BM25 over the raw words equals FTS5's over the stems.

@@ -26,15 +26,15 @@ from conftest import DIM, META, REPO, VOCAB, sample_rows, synthetic_row, write_j
 
 from indexer.pipeline import BuildOptions, apply_merge_policy, run_build, run_compact, run_delete
 from semsearch.errors import CorruptIndexError, InvalidInputError
-from semsearch.filters import compile_filter
-from semsearch.format import TOMBSTONES_FILE
-from semsearch.layout import IndexRoot
-from semsearch.lexical import query_terms
-from semsearch.manifest import Manifest
-from semsearch.search import search
-from semsearch.search_index import SearchIndex, SegmentPool, verify
-from semsearch.store import Record
-from semsearch.writer import BaseVersion, IndexWriter, MergePolicy
+from semsearch.index.format import TOMBSTONES_FILE
+from semsearch.index.layout import IndexRoot
+from semsearch.index.lexical import query_terms
+from semsearch.index.manifest import Manifest
+from semsearch.index.store import Record
+from semsearch.index.writer import BaseVersion, IndexWriter, MergePolicy
+from semsearch.search.filters import compile_filter
+from semsearch.search.modes import search
+from semsearch.search.reader import SearchIndex, SegmentPool, verify
 
 FORMAT1 = REPO / "tests" / "fixtures" / "format1_index"
 

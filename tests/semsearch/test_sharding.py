@@ -19,14 +19,14 @@ from conftest import META, VOCAB, assert_same_search, same_scores, synthetic_row
 
 from indexer.pipeline import BuildOptions, apply_merge_policy, run_build, run_compact, run_delete
 from semsearch.errors import InvalidInputError
-from semsearch.layout import IndexRoot
-from semsearch.manifest import Manifest
-from semsearch.search import search
-from semsearch.search_index import SearchIndex, verify
-from semsearch.sharded import load_local
-from semsearch.sharding import SHARD_KEY, shard_of
-from semsearch.store import Record
-from semsearch.writer import BaseVersion, IndexWriter, MergePolicy
+from semsearch.index.layout import IndexRoot
+from semsearch.index.manifest import Manifest
+from semsearch.index.sharding import SHARD_KEY, shard_of
+from semsearch.index.store import Record
+from semsearch.index.writer import BaseVersion, IndexWriter, MergePolicy
+from semsearch.search.modes import search
+from semsearch.search.reader import SearchIndex, verify
+from semsearch.search.sharded import load_local
 
 
 def test_shard_of_is_stable_and_spreads():

@@ -15,7 +15,7 @@ import pytest
 from conftest import REPO
 
 from semsearch.errors import CorruptIndexError
-from semsearch.search_index import SearchIndex, verify
+from semsearch.search.reader import SearchIndex, verify
 
 
 def _version(root: Path) -> Path:

@@ -17,8 +17,8 @@ Format 2 (segments + tombstones)::
 Format 1 (one self-contained directory per version, the files of a segment beside manifest.json)
 is still read: such a version loads as one segment without tombstones (``indexer upgrade``
 converts it). Nothing here imports FAISS or SQLite: this module is the shared ground of
-:mod:`semsearch.manifest`, :mod:`semsearch.layout`, :mod:`semsearch.segment` and
-:mod:`semsearch.writer`.
+:mod:`semsearch.index.manifest`, :mod:`semsearch.index.layout`, :mod:`semsearch.index.segment` and
+:mod:`semsearch.index.writer`.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """A sharded index version seen as one: the search primitives of :class:`SearchIndex`, fanned out.
 
-:class:`ShardedIndex` offers what :func:`semsearch.search.search` needs of an index (``dense``,
+:class:`ShardedIndex` offers what :func:`semsearch.search.modes.search` needs of an index (``dense``,
 ``exact_scores``, ``matching_iids``, ``lexical``, ``docs_for``, ``hits``, ``search``), so the one
 search entry point, its modes, filters and hybrid fusion run unchanged over shards. Each primitive
 is one fan-out: every shard answers for its own rows and the answers are merged:
@@ -32,11 +32,11 @@ from typing import Any, Protocol
 import numpy as np
 
 from semsearch.errors import SemsearchError
-from semsearch.filters import CompiledFilter, cache_iids, cached_iids
-from semsearch.lexical import CollectionStats
-from semsearch.manifest import LoadedVersion, Manifest
-from semsearch.search_index import Hit, SearchIndex, join_hits
-from semsearch.store import Doc
+from semsearch.index.lexical import CollectionStats
+from semsearch.index.manifest import LoadedVersion, Manifest
+from semsearch.index.store import Doc
+from semsearch.search.filters import CompiledFilter, cache_iids, cached_iids
+from semsearch.search.reader import Hit, SearchIndex, join_hits
 
 
 class ShardUnavailableError(SemsearchError):
@@ -211,9 +211,9 @@ def merge_top_k(
 
 def load_local(path: str | Path, mmap: bool = True) -> ShardedIndex:
     """Every shard of a version loaded in this process, searched as one (tests and tools)."""
-    from semsearch.layout import resolve_version_dir
-    from semsearch.search_index import SegmentPool
-    from semsearch.sharding import shard_count
+    from semsearch.index.layout import resolve_version_dir
+    from semsearch.index.sharding import shard_count
+    from semsearch.search.reader import SegmentPool
 
     directory = resolve_version_dir(path)
     manifest = Manifest.read(directory)

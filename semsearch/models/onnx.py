@@ -1,6 +1,6 @@
 """ONNX inference for the bi-encoder transformer and the cross-encoder, cached by model fingerprint.
 
-The fingerprint is :func:`semsearch.model_source.model_fingerprint` for both kinds (the one recorded in
+The fingerprint is :func:`semsearch.models.source.model_fingerprint` for both kinds (the one recorded in
 every index manifest). Before it was, the cross-encoder's folders were keyed by a second hash of the
 top-level weight files; those ``<old>-cross-encoder`` folders are simply no longer found: the first
 load under the new key exports and quantises again (once), and the old folder can be deleted.
@@ -44,8 +44,8 @@ from typing import TYPE_CHECKING, Any, Literal, Union
 import numpy as np
 
 from semsearch.errors import ModelLoadError
-from semsearch.model_runner import OUTPUTS, Kind, forward_parameters
-from semsearch.model_source import model_fingerprint as _fingerprint
+from semsearch.models.runner import OUTPUTS, Kind, forward_parameters
+from semsearch.models.source import model_fingerprint as _fingerprint
 from semsearch.runtime import available_cores
 
 if TYPE_CHECKING:
@@ -82,7 +82,7 @@ def default_cache_dir() -> Path:
 
 
 def model_fingerprint(model_dir: Path) -> str:
-    """Deprecated alias (one release) of :func:`semsearch.model_source.model_fingerprint`, the one
+    """Deprecated alias (one release) of :func:`semsearch.models.source.model_fingerprint`, the one
     fingerprint; raises ``RuntimeError`` as this module's errors do."""
     try:
         return _fingerprint(Path(model_dir))

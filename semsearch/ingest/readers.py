@@ -26,8 +26,8 @@ from typing import IO, Any, TypeVar
 from semsearch.errors import InvalidInputError
 from semsearch.ids import id_problem
 from semsearch.rows import MAX_METADATA_BYTES, RowError, loads_row, metadata_problem
-from semsearch.store import Record
 from semsearch.text import text_problem
+from semsearch.types import Record
 
 FORMATS = ("txt", "jsonl", "csv", "tsv")
 DEFAULT_MAX_CHARS = 20_000

@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 
 from semsearch.errors import CorruptIndexError, InvalidInputError
-from semsearch.faiss_index import PARAM_TYPES, VectorIndex, auto_index_type
-from semsearch.format import (
+from semsearch.index.ann import PARAM_TYPES, VectorIndex, auto_index_type
+from semsearch.index.format import (
     DOCS_DB,
     IDS_FILE,
     SEGMENT_FILES,
@@ -31,9 +31,9 @@ from semsearch.format import (
     rows_sum,
     sum_hex,
 )
-from semsearch.lexical import VOCAB_SCHEMA, ensure_vocab, total_tokens
-from semsearch.manifest import Manifest, SegmentManifest
-from semsearch.store import FTS_SCHEMA, DocStore, connect
+from semsearch.index.lexical import VOCAB_SCHEMA, ensure_vocab, total_tokens
+from semsearch.index.manifest import Manifest, SegmentManifest
+from semsearch.index.store import FTS_SCHEMA, DocStore, connect
 
 log = logging.getLogger(__name__)
 
@@ -230,7 +230,7 @@ def verify_segment(directory: Path, meta: SegmentManifest, full: bool, legacy_ch
         conn = sqlite3.connect(f"file:{directory / DOCS_DB}?mode=ro", uri=True)
         sql_ids = np.fromiter((r[0] for r in conn.execute("SELECT iid FROM docs ORDER BY iid")), dtype=np.int64)
         if legacy_checksum is not None:
-            from semsearch.store import legacy_corpus_checksum
+            from semsearch.index.store import legacy_corpus_checksum
 
             content_ok = legacy_corpus_checksum(conn) == legacy_checksum
         else:

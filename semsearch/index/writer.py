@@ -37,8 +37,8 @@ from typing import Any, Literal
 import numpy as np
 
 from semsearch.errors import DiskFullError, DuplicateIdError, InvalidInputError, SemsearchError
-from semsearch.faiss_index import auto_index_type, resolve_params
-from semsearch.format import (
+from semsearch.index.ann import auto_index_type, resolve_params
+from semsearch.index.format import (
     DOCS_DB,
     TOMBSTONES_FILE,
     file_sha256,
@@ -47,11 +47,11 @@ from semsearch.format import (
     save_npy_atomic,
     sum_hex,
 )
-from semsearch.layout import IndexRoot
-from semsearch.manifest import Manifest, SegmentManifest
-from semsearch.segment import link_legacy_segment, write_segment
-from semsearch.sharding import segment_shard, shard_count, shard_of, shard_spec
-from semsearch.store import COLUMNS, STAGING_SCHEMA, Record, connect
+from semsearch.index.layout import IndexRoot
+from semsearch.index.manifest import Manifest, SegmentManifest
+from semsearch.index.segment import link_legacy_segment, write_segment
+from semsearch.index.sharding import segment_shard, shard_count, shard_of, shard_spec
+from semsearch.index.store import COLUMNS, STAGING_SCHEMA, Record, connect
 
 log = logging.getLogger(__name__)
 

@@ -20,10 +20,9 @@ from typing import Any
 import numpy as np
 
 from semsearch.errors import CorruptIndexError
-from semsearch.filters import CompiledFilter, cached_iids, matching_iids
-from semsearch.format import SEGMENT_MANIFEST, SEGMENTS, TOMBSTONES_FILE, file_sha256, hex_sum, row_hash, sum_hex
-from semsearch.layout import resolve_version_dir
-from semsearch.lexical import (
+from semsearch.index.format import SEGMENT_MANIFEST, SEGMENTS, TOMBSTONES_FILE, file_sha256, hex_sum, row_hash, sum_hex
+from semsearch.index.layout import resolve_version_dir
+from semsearch.index.lexical import (
     CollectionStats,
     bm25_all,
     bm25_scores,
@@ -32,10 +31,11 @@ from semsearch.lexical import (
     phrase_df,
     query_phrases,
 )
-from semsearch.manifest import LoadedVersion, Manifest, SegmentManifest
-from semsearch.segment import Segment, SegmentView, verify_segment
-from semsearch.sharding import segment_shard, shard_count
-from semsearch.store import Doc, UserId
+from semsearch.index.manifest import LoadedVersion, Manifest, SegmentManifest
+from semsearch.index.segment import Segment, SegmentView, verify_segment
+from semsearch.index.sharding import segment_shard, shard_count
+from semsearch.index.store import Doc, UserId
+from semsearch.search.filters import CompiledFilter, cached_iids, matching_iids
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ class Hit:
     doc_id: str | None = None
     start: int | None = None
     end: int | None = None
-    # Component scores, set by semsearch.search (None when not computed): the bi-encoder cosine and
+    # Component scores, set by semsearch.search.modes (None when not computed): the bi-encoder cosine and
     # the BM25 score (higher is better). ``score`` is the mode's own score.
     dense_score: float | None = None
     lexical_score: float | None = None
@@ -377,7 +377,7 @@ def verify(path: str | Path, full: bool = True) -> list[str]:
     except Exception as e:  # any failure to even find the version is itself the finding
         return [str(e)]
     if manifest.legacy:
-        from semsearch.segment import legacy_segment_manifest
+        from semsearch.index.segment import legacy_segment_manifest
 
         meta = legacy_segment_manifest(directory, manifest, tokens=None)
         return verify_segment(directory, meta, full, legacy_checksum=manifest.corpus_checksum)

@@ -21,7 +21,7 @@ live rows of the version (the ``dfs_query_then_fetch`` idea of Elasticsearch):
 
 Cost: one postings scan per phrase and segment, O(matching rows), like FTS5's own ranking.
 
-A sharded version (:mod:`semsearch.sharded`) runs the same formula in two phases: every shard's
+A sharded version (:mod:`semsearch.search.sharded`) runs the same formula in two phases: every shard's
 :func:`phrase_df` is gathered and summed, then each shard scores its rows with
 :func:`bm25_scores` and the collection's ``N``, ``avgdl`` and ``df``, so scores do not depend on the
 sharding either.

@@ -1,6 +1,6 @@
 """The index root: versions, segments, the atomic ``current`` switch, and garbage collection.
 
-See :mod:`semsearch.format` for the layout. A version directory only appears under ``versions/``
+See :mod:`semsearch.index.format` for the layout. A version directory only appears under ``versions/``
 by ``rename`` of a finished staging directory, and ``current`` only moves after that, so a crash
 at any point leaves the previous version in place and serving; a staging directory is never read
 by the service. Segments are moved into ``segments/`` before the version that lists them is
@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from semsearch.errors import IndexNotFoundError, InvalidInputError
-from semsearch.format import CURRENT, LOCK, MANIFEST, REJECTS, SEGMENTS, STAGING, VERSIONS, fsync_dir
+from semsearch.index.format import CURRENT, LOCK, MANIFEST, REJECTS, SEGMENTS, STAGING, VERSIONS, fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +143,7 @@ class IndexRoot:
 
     def referenced_segments(self) -> set[str]:
         """Names of the segments some published version lists (an unreadable manifest keeps everything)."""
-        from semsearch.manifest import Manifest
+        from semsearch.index.manifest import Manifest
 
         names: set[str] = set()
         for version in self.versions():

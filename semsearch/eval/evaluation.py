@@ -26,13 +26,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from semsearch.errors import InvalidInputError
-from semsearch.readers import ScoredPair, read_json_lines, read_scored_pairs
+from semsearch.ingest.readers import ScoredPair, read_json_lines, read_scored_pairs
 
 if TYPE_CHECKING:
-    from semsearch.encoder import Encoder
-    from semsearch.rerank import Reranker
-    from semsearch.search import HybridParams, Mode
-    from semsearch.search_index import Hit, SearchIndex
+    from semsearch.models.encoder import Encoder
+    from semsearch.models.reranker import Reranker
+    from semsearch.search.modes import HybridParams, Mode
+    from semsearch.search.reader import Hit, SearchIndex
 
 log = logging.getLogger(__name__)
 
@@ -248,7 +248,7 @@ def evaluate_retrieval(
     filter: dict[str, Any] | None = None,
     batch_size: int = 64,
 ) -> RetrievalReport:
-    """Run every judged query of ``dataset`` through :func:`semsearch.search.search` and score it.
+    """Run every judged query of ``dataset`` through :func:`semsearch.search.modes.search` and score it.
 
     ``k`` hits are kept per query (at least the largest metric cut-off). With ``reranker``, the top
     ``candidates`` of the mode are reranked by the cross-encoder and the reranked list is scored.

@@ -10,11 +10,12 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from semsearch.errors import CorruptIndexError
+from semsearch.types import Doc, UserId
+from semsearch.types import Record as Record  # re-exported: the writer and the tests take it from here
 
 DOCS_SCHEMA = """
 CREATE TABLE IF NOT EXISTS docs (
@@ -30,7 +31,7 @@ CREATE TABLE IF NOT EXISTS docs (
 );
 """
 
-# The staging database of a write operation (semsearch.writer): the open segment's rows, plus the
+# The staging database of a write operation (semsearch.index.writer): the open segment's rows, plus the
 # rejects, tombstones and resume state, all committed together chunk by chunk.
 STAGING_SCHEMA = (
     DOCS_SCHEMA
@@ -58,35 +59,7 @@ CREATE VIRTUAL TABLE IF NOT EXISTS docs_fts USING fts5(
 );
 """
 
-UserId = int | str
 COLUMNS = 'iid, ext_id, id_is_int, text, doc_id, start, "end", source, metadata'
-
-
-@dataclass
-class Record:
-    """One sentence to index, as read from the input."""
-
-    text: str
-    ext_id: UserId | None = None
-    metadata: dict[str, Any] = field(default_factory=dict)
-    doc_id: str | None = None
-    start: int | None = None
-    end: int | None = None
-    source: str | None = None  # "file:line"
-
-
-@dataclass
-class Doc:
-    """A stored sentence, as returned by search."""
-
-    iid: int
-    id: UserId
-    text: str
-    metadata: dict[str, Any]
-    doc_id: str | None = None
-    start: int | None = None
-    end: int | None = None
-    source: str | None = None
 
 
 def connect(path: Path, readonly: bool = False, schema: str = DOCS_SCHEMA) -> sqlite3.Connection:

@@ -5,7 +5,7 @@ the components where computed):
 
 * ``dense``: FAISS over the bi-encoder vectors; ``score`` = cosine similarity (= ``dense_score``).
 * ``lexical``: BM25 over the segments' SQLite FTS5 tables with collection-wide statistics
-  (:mod:`semsearch.lexical`); ``score`` = BM25 (higher is better; = ``lexical_score``);
+  (:mod:`semsearch.index.lexical`); ``score`` = BM25 (higher is better; = ``lexical_score``);
   ``dense_score`` is filled in when query vectors are given.
 * ``hybrid``: the top ``depth`` candidates of both, fused (:class:`HybridParams`). ``score`` is the
   fused score (RRF: ``w/(rrf_k + rank_dense) + (1-w)/(rrf_k + rank_lexical)``, a list the document is
@@ -13,7 +13,7 @@ the components where computed):
   union). Every hybrid hit carries its exact cosine in ``dense_score`` (e.g. for reranker fusion)
   and its BM25 in ``lexical_score`` (0.0 when it matches no query term).
 
-``filter`` (:mod:`semsearch.filters`) restricts every mode to the rows whose metadata match; the
+``filter`` (:mod:`semsearch.search.filters`) restricts every mode to the rows whose metadata match; the
 result is the true top k among those rows (a hybrid's candidate lists are the filtered top lists).
 The default mode is ``dense``: see docs/quality.md for the measurements behind that choice and
 behind :data:`DEFAULT_HYBRID`.
@@ -30,13 +30,13 @@ import numpy as np
 
 from semsearch.choices import FusionMethod, Mode, check_choice
 from semsearch.errors import InvalidInputError
-from semsearch.filters import compile_filter
-from semsearch.lexical import top_k
+from semsearch.index.lexical import top_k
 from semsearch.score_norm import normalize
-from semsearch.search_index import Hit, SearchIndex
+from semsearch.search.filters import compile_filter
+from semsearch.search.reader import Hit, SearchIndex
 
 if TYPE_CHECKING:
-    from semsearch.rerank import Reranker
+    from semsearch.models.reranker import Reranker
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ def search(
 
     ``query_vectors`` are the encoded ``queries`` (needed for dense and hybrid; optional for
     lexical, where they only fill in ``dense_score``). ``filter`` restricts results to rows whose
-    metadata match (see :mod:`semsearch.filters`); ``hybrid`` overrides :data:`DEFAULT_HYBRID`.
+    metadata match (see :mod:`semsearch.search.filters`); ``hybrid`` overrides :data:`DEFAULT_HYBRID`.
     """
     check_choice(mode, MODES, "search mode")
     if k < 1:

@@ -9,7 +9,7 @@ Both models work in three steps (infinity's ``encode_pre`` / ``encode_core`` / `
 * **post** (the model's own): pooling + L2 normalisation (encoder), the logit column (reranker).
 
 :func:`open_runner` makes a runner for a backend name: ``torch`` (:class:`TorchRunner`, the transformers
-model's forward) or ``onnx`` / ``onnx-int8`` (:class:`~semsearch.onnx_backend.OnnxModel`, exported and
+model's forward) or ``onnx`` / ``onnx-int8`` (:class:`~semsearch.models.onnx.OnnxModel`, exported and
 cached under the model fingerprint). Device handling lives in :class:`TorchRunner` and nowhere else.
 """
 
@@ -26,7 +26,7 @@ import numpy as np
 if TYPE_CHECKING:
     import torch
 
-    from semsearch.onnx_backend import ModelSource
+    from semsearch.models.onnx import ModelSource
 
 Kind = Literal["encoder", "cross-encoder"]
 RunnerBackend = Literal["torch", "onnx", "onnx-int8"]
@@ -101,17 +101,17 @@ def open_runner(
 
     ``model`` is the transformers model or a function that loads it: the ONNX backends call it only when
     the export is not cached (so a cached model runs without importing torch); they need the model's
-    ``fingerprint`` (:func:`semsearch.model_source.model_fingerprint`), the cache key.
+    ``fingerprint`` (:func:`semsearch.models.source.model_fingerprint`), the cache key.
     """
     if backend == "torch":
-        from semsearch.onnx_backend import _load
+        from semsearch.models.onnx import _load
 
         return TorchRunner(_load(model), kind)
     if backend not in RUNNER_BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of: {', '.join(RUNNER_BACKENDS)}")
     if fingerprint is None:
         raise ValueError(f"the {backend} backend needs the model's fingerprint (its cache key)")
-    from semsearch.onnx_backend import OnnxModel
+    from semsearch.models.onnx import OnnxModel
 
     onnx_model = OnnxModel(
         model,

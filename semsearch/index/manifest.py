@@ -1,6 +1,6 @@
 """The two manifests: ``manifest.json`` (a version, written last, read first) and ``segment.json``.
 
-Both carry a ``checksum`` over their own fields (:func:`semsearch.format.self_checksum`), so a hand
+Both carry a ``checksum`` over their own fields (:func:`semsearch.index.format.self_checksum`), so a hand
 edit (say, of ``model``) is caught by ``verify`` and refused by every loader, not only the files
 they describe.
 """
@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from semsearch.errors import CorruptIndexError, ModelMismatchError
-from semsearch.format import (
+from semsearch.index.format import (
     FORMAT,
     FORMAT_VERSION,
     MANIFEST,
@@ -85,7 +85,7 @@ class SegmentManifest(_Checked):
     model_fingerprint: str
     min_iid: int
     max_iid: int
-    corpus_sum: str  # multiset hash of the rows (semsearch.format.rows_sum)
+    corpus_sum: str  # multiset hash of the rows (semsearch.index.format.rows_sum)
     tokens: int  # FTS5 tokens over all rows: BM25's collection statistics are sums of these
     files: dict[str, str] = field(default_factory=dict)  # name -> sha256
     created_at: str = field(default_factory=_now)
@@ -188,8 +188,8 @@ class Manifest(_Checked):
 
 class LoadedVersion:
     """What a loaded index version answers from its manifest: its version name, its row count and
-    whether an encoder is the one it was built with (:class:`~semsearch.search_index.SearchIndex` and
-    :class:`~semsearch.sharded.ShardedIndex` both are one)."""
+    whether an encoder is the one it was built with (:class:`~semsearch.search.reader.SearchIndex` and
+    :class:`~semsearch.search.sharded.ShardedIndex` both are one)."""
 
     directory: Path
     manifest: Manifest

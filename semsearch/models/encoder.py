@@ -1,6 +1,6 @@
 """The bi-encoder: text -> L2-normalised sentence embeddings with an explicit pooling choice.
 
-Pooling is decided here and nowhere else: the backend runner (:mod:`semsearch.model_runner`: the
+Pooling is decided here and nowhere else: the backend runner (:mod:`semsearch.models.runner`: the
 transformers model on torch, or its ONNX export) returns the token outputs (``last_hidden_state``), and
 :func:`pool_and_normalize` pools them in numpy: ``mean`` averages token outputs over the attention
 mask, ``cls`` takes the first ([CLS]) token output, then each vector is scaled to unit length. The
@@ -18,17 +18,15 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, cast, get_args
+from typing import Any, Literal, cast, get_args
 
 import numpy as np
 
 from semsearch.choices import check_choice
 from semsearch.errors import InvalidInputError, ModelLoadError, ModelMismatchError
-from semsearch.model_runner import Runner, RunnerOptions, TorchRunner, open_runner
-from semsearch.model_source import ResolvedModel, model_fingerprint, resolve_model
-
-if TYPE_CHECKING:
-    from semsearch.manifest import Manifest
+from semsearch.models.runner import Runner, RunnerOptions, TorchRunner, open_runner
+from semsearch.models.source import ResolvedModel, model_fingerprint, resolve_model
+from semsearch.types import EncoderSpec
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +160,7 @@ class Encoder:
         return self._st.tokenizer
 
     @classmethod
-    def from_manifest(cls, manifest: Manifest, **kwargs: Any) -> Encoder:
+    def from_manifest(cls, manifest: EncoderSpec, **kwargs: Any) -> Encoder:
         """The encoder an index was built with (model, pooling, backend, token limit), checked by fingerprint."""
         encoder = cls(
             model=manifest.model,

@@ -14,7 +14,7 @@ orders; with ``cosine_scores`` and fusion configured the z-statistics are the de
 training time, so a pair's score does not depend on the other pairs in the call.
 
 Backends: ``"torch"`` (default, the CrossEncoder's own ``predict``: the reference), ``"onnx"`` and ``"onnx-int8"``
-(a :class:`FeatureBackend` over the runner :func:`semsearch.model_runner.open_runner` makes, the one backend
+(a :class:`FeatureBackend` over the runner :func:`semsearch.models.runner.open_runner` makes, the one backend
 mechanism the encoder uses too: the transformer exported/quantised once and cached by the model fingerprint;
 ``backend_options``: ``cache_dir``, ``num_threads``, ``spinning``, ``arena_keep_tokens``), and ``"auto"``
 (the service's default: onnx-int8 where it can be built, else torch; :func:`_load_backend`). Others plug in with
@@ -173,8 +173,8 @@ def _onnx_factory(variant: str) -> BackendFactory:
     """``FeatureBackend`` over a cached ONNX export of the CrossEncoder's transformer (local folders only)."""
 
     def factory(cross_encoder: Any, context: BackendContext) -> LogitsBackend:
-        from semsearch.model_runner import RunnerOptions, open_runner
-        from semsearch.model_source import model_fingerprint
+        from semsearch.models.runner import RunnerOptions, open_runner
+        from semsearch.models.source import model_fingerprint
 
         if context.model_dir is None:
             raise ModelLoadError(

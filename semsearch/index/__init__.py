@@ -1,0 +1,44 @@
+"""The index directory format, reading and writing it: segments, manifests, the document store, the writer.
+
+Public API: :class:`IndexRoot` (the directory), :class:`IndexWriter` (every change as one staged operation),
+:class:`MergePolicy`, :class:`Manifest`, :class:`VectorIndex`. Imports only the base modules.
+"""
+
+from semsearch.index.ann import INDEX_FILE, VectorIndex, resolve_params
+from semsearch.index.layout import IndexRoot, resolve_version_dir
+from semsearch.index.lexical import top_k
+from semsearch.index.manifest import MANIFEST, Manifest
+from semsearch.index.sharding import segment_shard, shard_count
+from semsearch.index.store import Record
+from semsearch.index.writer import (
+    DEFAULT_SEGMENT_ROWS,
+    BaseVersion,
+    IndexWriter,
+    MergePolicy,
+    OnDuplicate,
+    disk_errors,
+    legacy_base_dir,
+    upgrade,
+)
+
+__all__ = [
+    "DEFAULT_SEGMENT_ROWS",
+    "INDEX_FILE",
+    "MANIFEST",
+    "BaseVersion",
+    "IndexRoot",
+    "IndexWriter",
+    "Manifest",
+    "MergePolicy",
+    "OnDuplicate",
+    "Record",
+    "VectorIndex",
+    "disk_errors",
+    "legacy_base_dir",
+    "resolve_params",
+    "resolve_version_dir",
+    "segment_shard",
+    "shard_count",
+    "top_k",
+    "upgrade",
+]
