@@ -164,9 +164,11 @@ def read_rows(opts: BuildOptions, first_iid: int) -> Iterator[Record | Reject]:
     ``EOFError``, which click would print as a bare "Aborted!") ends the run with one error naming the
     file and the last line read. With ``--split-sentences`` a document with an id gives sentences
     ``ID#n``; a document without one gives sentences with automatic ids (never colliding with a user's,
-    see :class:`~semsearch.writer.IndexWriter`), its ``doc_id`` being its first sentence's automatic id:
-    the internal id that sentence gets, known here because rows take consecutive internal ids in input
-    order, so it is unique in the index and the same when ``--resume`` reads the inputs again."""
+    see :class:`~semsearch.writer.IndexWriter`) and a ``doc_id`` that is a number unique in the index:
+    ``first_iid`` plus the number of rows before its first sentence. Each operation's numbers lie in
+    ``[first_iid, first_iid + rows)`` and the next operation starts after them, so no two documents ever
+    share one, and ``--resume`` (reading the inputs again) gives the same. (It equals the first
+    sentence's automatic id unless that had to skip an id a user's row holds.)"""
     next_iid = first_iid
     for path in opts.inputs:
         last = 0

@@ -74,9 +74,10 @@ def new_segment_name() -> str:
     return f"s{time.strftime('%Y%m%d%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:8]}"
 
 
-# docs.id_is_int: how ext_id is typed. An automatic id (a row given without one) is its internal id,
-# stored as an integer that older readers (``int(ext_id) if id_is_int``) still read; it lives in its
-# own namespace: it never replaces a user's row and is never replaced by one (see IndexWriter.add_chunk).
+# docs.id_is_int: how ext_id is typed. An automatic id (a row given without one) is an integer that
+# older readers (``int(ext_id) if id_is_int``) still read: the row's internal id, or when a live row
+# already has that id, a spare number never given before. It never replaces a user's row, and a user's
+# row with that id is rejected rather than replace it (IndexWriter.add_chunk).
 ID_STR, ID_INT, ID_AUTO = 0, 1, 2
 _TYPE_NAMES = {ID_STR: "a string", ID_INT: "an integer", ID_AUTO: "an automatic id"}
 
@@ -314,8 +315,12 @@ class IndexWriter:
         with self.db:
             existing = self._live_lookup([v[1] for v in values])
             upserted: dict[str, tuple[int, sqlite3.Connection]] = {}
+            spare = next_iid + len(records)  # numbers no row will get: automatic ids when a row's own is taken
             for v, rec in zip(values, records, strict=True):
                 key, kind = v[1], v[2]
+                if kind == ID_AUTO:
+                    spare = self._insert_auto(v, key in existing, spare)
+                    continue
                 if key in existing and key not in upserted:
                     iid, conn, prev_kind = existing[key]
                     prev = conn.execute("SELECT source FROM docs WHERE iid = ?", (iid,)).fetchone()[0]
@@ -333,7 +338,7 @@ class IndexWriter:
                 [(r.source, r.line, r.reason, r.raw) for r in rejects],
             )
             self._set_state(
-                next_iid=next_iid + len(records),
+                next_iid=spare,
                 chunks=chunk_no + (1 if len(records) else 0),
                 consumed=self.consumed + consumed,
                 rejects=self.rejects + len(rejects),
@@ -347,6 +352,23 @@ class IndexWriter:
         """The internal id this operation's first row gets (rows get consecutive ids in input order,
         rejected ones included), so an automatic id can be known before the row is written."""
         return self.base.manifest.next_iid if self.base is not None else 0
+
+    def _insert_auto(self, values: tuple[Any, ...], taken: bool, spare: int) -> int:
+        """Insert a row given without an id: its automatic id is its internal id unless a live row has
+        that id (a user's integer id), then the first spare number no live row has. Returns the next
+        spare number (internal ids continue after it, so an automatic id is never given twice)."""
+        if not taken:
+            try:
+                self.db.execute(_INSERT, values)
+                return spare
+            except sqlite3.IntegrityError:  # an earlier row of this operation has that id
+                pass
+        while self.db.execute("SELECT 1 FROM docs WHERE ext_id = ?", (str(spare),)).fetchone() or self._live_lookup(
+            [str(spare)]
+        ):
+            spare += 1
+        self.db.execute(_INSERT, (values[0], str(spare), *values[2:]))
+        return spare + 1
 
     def _insert_open(self, values: tuple[Any, ...], rec: Record, on_duplicate: OnDuplicate) -> str | None:
         """Insert into the open segment (an earlier row of this operation with the id is replaced, or
@@ -638,14 +660,9 @@ def _conflict(
     source: str | None,
     where: str | None,
 ) -> str | None:
-    """A row whose id is already live: why it is rejected (an automatic id on either side, or a change
-    of the id's type), None to replace the earlier row, or :class:`DuplicateIdError` under "error"."""
+    """A user's row whose id is already live: why it is rejected (the live row's id is automatic, or
+    the id's type would change), None to replace the live row, or :class:`DuplicateIdError` under "error"."""
     first = f"first seen at {prev_source}"
-    if kind == ID_AUTO:
-        return (
-            f"this row has no id and its automatic id {int(key)} is already the id of another row ({first}); "
-            "give the row an id of its own"
-        )
     real = _real_id(key, kind)
     if prev_kind == ID_AUTO:
         return (
