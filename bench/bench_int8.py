@@ -51,8 +51,7 @@ def main() -> int:
     from scipy.stats import spearmanr
 
     from semsearch import onnx_backend as ob
-    from semsearch.models import Encoder, pool_and_normalize
-    from semsearch.models.encoder import _read_layout, _Tokens
+    from semsearch.models import Encoder, _read_layout, _Tokens, pool_and_normalize
 
     info = c.machine()
     print(f"{info['cpu']}, {info['usable_cores']} usable cores, load {info['loadavg_at_start']}", flush=True)

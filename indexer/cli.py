@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from indexer.options import parse_params
+from indexer.options import parse_filter, parse_ids_option, parse_params, read_ids_file
 from semsearch.choices import IndexType, Mode
 from semsearch.errors import InvalidInputError, SemsearchError
 from semsearch.models import Backend, Pooling
@@ -249,8 +249,21 @@ def _build_options(flags: dict[str, Any], **renamed: Any) -> BuildOptions:
 def delete(
     index: IndexArg,
     ids: Annotated[
-        list[str], typer.Option("--ids", help="User ids to delete (repeat the option or separate by commas).")
-    ],
+        list[str] | None,
+        typer.Option(
+            "--ids",
+            help='Ids to delete, exactly as written (never stripped; 1 and "1" are one id): repeat the option '
+            "or separate by commas. An id with a comma goes in --ids-file.",
+        ),
+    ] = None,
+    ids_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--ids-file",
+            help="A UTF-8 file of ids to delete, one per line, exactly as written apart from the line ending "
+            "(blank lines skipped); - reads standard input.",
+        ),
+    ] = None,
     missing_ok: Annotated[
         bool, typer.Option("--missing-ok", help="Delete the ids found even if some are absent.")
     ] = False,
@@ -260,8 +273,12 @@ def delete(
     """Publish a new version without the given ids (it writes tombstones only)."""
     from indexer.pipeline import run_delete
 
-    flat = [i.strip() for v in ids for i in v.split(",") if i.strip()]
-    _report(run_delete(index, flat, keep=keep, missing_ok=missing_ok, merge=merge))
+    wanted = parse_ids_option(ids or [])
+    if ids_file is not None:
+        wanted += read_ids_file(ids_file)
+    if not wanted:
+        raise InvalidInputError("no ids to delete (give --ids ID[,ID...] or --ids-file FILE); nothing was changed")
+    _report(run_delete(index, wanted, keep=keep, missing_ok=missing_ok, merge=merge))
 
 
 @app.command()
@@ -293,6 +310,9 @@ def upgrade(index: IndexArg) -> None:
 
 
 def _report(result: Any) -> None:
+    if getattr(result, "unchanged", False):
+        typer.echo(f"nothing to delete: none of the ids is in the index; {result.version} stays current")
+        return
     parts = [f"published {result.version}: {result.count} sentences"]
     if result.added:
         parts.append(f"{result.added} rows indexed")
@@ -337,10 +357,7 @@ def search(
     problem = text_problem(query)  # the service refuses the same queries (422)
     if problem:
         raise typer.BadParameter(f"the query {problem}", param_hint="QUERY")
-    try:
-        spec = json.loads(filter) if filter else None
-    except json.JSONDecodeError as e:
-        raise typer.BadParameter(f"not valid JSON: {e}", param_hint="--filter") from e
+    spec = parse_filter(filter) if filter else None
     idx = SearchIndex.load(index)
     vectors = None if mode == "lexical" else Encoder.from_manifest(idx.manifest).encode([query])
     hits = run_search(idx, [query], vectors, k, mode, spec)[0]
@@ -415,6 +432,14 @@ def main() -> None:
         _fail(e.message)
     except OSError as e:  # a file the command needed: one line, no traceback
         _fail(f"{e.strerror or e}: {e.filename}" if e.filename else str(e))
+    except Exception as e:  # a bug or a library's error: still one line (the traceback with -v)
+        log.debug("internal error", exc_info=True)
+        _fail(f"internal error: {type(e).__name__}: {_short(str(e))} (run with -v for the traceback)")
+
+
+def _short(text: str, limit: int = 300) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _fail(message: str) -> None:

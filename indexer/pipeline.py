@@ -9,18 +9,21 @@ the operation commits.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import math
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from semsearch.errors import InvalidInputError, ModelMismatchError, TooManyRejectsError
+from semsearch.errors import InvalidInputError, ModelMismatchError, SemsearchError, TooManyRejectsError
+from semsearch.ids import UserId, id_key
 from semsearch.index import (
     DEFAULT_SEGMENT_ROWS,
     BaseVersion,
@@ -29,14 +32,14 @@ from semsearch.index import (
     Manifest,
     MergePolicy,
     OnDuplicate,
-    Record,
     disk_errors,
     legacy_base_dir,
     segment_shard,
     upgrade,
 )
-from semsearch.ingest import DEFAULT_MAX_CHARS, Reject, read_inputs
+from semsearch.ingest import DEFAULT_MAX_CHARS, Reject, explode, read_inputs, split_sentences
 from semsearch.models import Backend, Encoder, Pooling
+from semsearch.types import Record
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +89,7 @@ class BuildResult:
     merged: list[str] = field(default_factory=list)  # versions published by the merge policy afterwards
     segments: int = 0
     tombstones: int = 0
+    unchanged: bool = False  # nothing was published (delete --missing-ok found none of its ids)
 
 
 def parse_max_rejects(value: str, total_rows: int) -> int:
@@ -153,13 +157,80 @@ def _progress_bar(opts: BuildOptions, initial: int) -> Any:
     )
 
 
+def read_rows(opts: BuildOptions, first_iid: int) -> Iterator[Record | Reject]:
+    """Every input item in order, as the writer takes them (``first_iid``: :attr:`IndexWriter.first_iid`).
+
+    A reader that fails (an :class:`InvalidInputError`, or anything else: a truncated ``.gz`` ends in
+    ``EOFError``, which click would print as a bare "Aborted!") ends the run with one error naming the
+    file and the last line read. With ``--split-sentences`` a document with an id gives sentences
+    ``ID#n``; a document without one gives sentences with automatic ids (never colliding with a user's,
+    see :class:`~semsearch.index.writer.IndexWriter`) and a ``doc_id`` that is a number unique in the index:
+    ``first_iid`` plus the number of rows before its first sentence. Each operation's numbers lie in
+    ``[first_iid, first_iid + rows)`` and the next operation starts after them, so no two documents ever
+    share one, and ``--resume`` (reading the inputs again) gives the same. (It equals the first
+    sentence's automatic id unless that had to skip an id a user's row holds.)"""
+    next_iid = first_iid
+    for path in opts.inputs:
+        last = 0
+        items = read_inputs([path], opts.text_field, opts.id_field, False, opts.max_chars)
+        while True:
+            try:
+                item = next(items)
+            except StopIteration:
+                break
+            except InvalidInputError:
+                raise
+            except (SemsearchError, MemoryError):
+                raise
+            except Exception as e:
+                where = f"after line {last}" if last else "before its first row"
+                raise InvalidInputError(
+                    f"{path}: reading stopped {where}: {type(e).__name__}: {e} (is the file truncated or corrupt?)",
+                    {"path": str(path), "line": last},
+                ) from e
+            last = _line_of(item) or last
+            if isinstance(item, Reject):
+                yield item
+            elif not opts.split_sentences:
+                next_iid += 1
+                yield item
+            else:
+                for sentence in _sentences(item, next_iid):
+                    next_iid += 1
+                    yield sentence
+
+
+def _line_of(item: Record | Reject) -> int:
+    if isinstance(item, Reject):
+        return item.line
+    line = (item.source or "").rpartition(":")[2]
+    return int(line) if line.isdigit() else 0
+
+
+def _sentences(doc: Record, doc_iid: int) -> Iterator[Record]:
+    if doc.ext_id is not None:
+        yield from explode(doc, 0)  # ids ID#n (the number is only used for documents without an id)
+        return
+    doc_id = str(doc_iid)
+    for start, end in split_sentences(doc.text):
+        yield Record(
+            text=doc.text[start:end],
+            ext_id=None,
+            metadata=doc.metadata,
+            doc_id=doc_id,
+            start=start,
+            end=end,
+            source=doc.source,
+        )
+
+
 def _ingest(writer: IndexWriter, encoder: Encoder, opts: BuildOptions) -> tuple[int, int, int]:
     """Read, encode and commit all rows chunk by chunk; returns (rows read, rejects, resumed rows)."""
     resumed = writer.consumed
     if resumed:
         log.info("resuming: %d input rows already committed", resumed)
     bar = _progress_bar(opts, resumed)
-    rows = read_inputs(opts.inputs, opts.text_field, opts.id_field, opts.split_sentences, opts.max_chars)
+    rows = read_rows(opts, writer.first_iid)
     for _ in range(resumed):  # fast-forward past committed rows (reading is cheap, encoding is not)
         if next(rows, None) is None:
             break
@@ -260,6 +331,22 @@ def _publish(
     )
 
 
+@contextlib.contextmanager
+def aborting(writer: IndexWriter, resumable: bool = False) -> Iterator[None]:
+    """Any error in an operation removes its staging (the index is untouched), so an error never leaves
+    ``staging/`` behind. Ctrl-C keeps a ``resumable`` one's (an interrupted build/add continues with
+    ``--resume``)."""
+    try:
+        yield
+    except Exception:
+        writer.abort()
+        raise
+    except BaseException:
+        if not resumable:
+            writer.abort()
+        raise
+
+
 def _base_for_write(root: IndexRoot) -> BaseVersion | None:
     """The current version to write on top of (a format-1 version is upgraded first, by hard links)."""
     if legacy_base_dir(root) is not None:
@@ -293,6 +380,7 @@ def run_build(opts: BuildOptions, incremental: bool = False) -> BuildResult:
     """``build`` (fresh version from the inputs) or ``add`` (current version + upserted inputs)."""
     started = time.perf_counter()
     root = IndexRoot(opts.output)
+    root.check_writable("--index" if incremental else "--output")
     with root.lock(), disk_errors(root):
         base = _base_for_write(root) if incremental else None
         if incremental and base is None:
@@ -317,7 +405,7 @@ def run_build(opts: BuildOptions, incremental: bool = False) -> BuildResult:
             base=base,
             shards=None if incremental else opts.shards,
         )
-        with disk_errors(root, writer):
+        with disk_errors(root, writer), aborting(writer, resumable=True):
             rows, n_rejects, resumed = _ingest(writer, encoder, opts)
             encoding = {
                 "encode_seconds": round(encoder.stats.seconds, 3),
@@ -351,28 +439,36 @@ def _make_encoder(opts: BuildOptions, base: Manifest | None) -> Encoder:
 
 
 def run_delete(
-    index: Path, ids: list[str], keep: int | None = None, missing_ok: bool = False, merge: bool = True
+    index: Path, ids: Sequence[UserId], keep: int | None = None, missing_ok: bool = False, merge: bool = True
 ) -> BuildResult:
-    """Publish a new version without the given user ids (ints and strings both match by text): it
-    writes tombstones only."""
+    """Publish a new version without the given ids, matched exactly (:func:`semsearch.ids.id_key`: ``1``
+    and ``"1"`` are one id, ``" 1"`` another): it writes tombstones only. No ids, or none found (with
+    ``missing_ok``), publishes nothing and raises :class:`InvalidInputError`."""
+    if not ids:
+        raise InvalidInputError("no ids to delete; nothing was changed")
     started = time.perf_counter()
     root = IndexRoot(index)
     with root.lock(), disk_errors(root):
         base = _existing_base(root)
         writer = IndexWriter(root, f"delete-{time.time_ns()}", base.manifest.encoder_meta(), _request(base), base=base)
-        with disk_errors(root, writer):
+        with disk_errors(root, writer), aborting(writer):
             missing = writer.delete(ids)
             if missing and not missing_ok:
-                writer.abort()
                 raise InvalidInputError(
-                    f"{len(missing)} id(s) not in the index: {', '.join(missing[:10])}; nothing was changed "
+                    f"{len(missing)} id(s) not in the index: {', '.join(repr(i) for i in missing[:10])}"
+                    f"{', ...' if len(missing) > 10 else ''}; nothing was changed "
                     "(pass --missing-ok to delete the others anyway)",
                     {"missing": missing},
                 )
-            found = len(set(ids)) - len(set(missing))
-            manifest = writer.commit({"kind": "delete", "deleted": found})
-        result = BuildResult(version=manifest.version, count=manifest.count, deleted=found)
-        _finish(root, keep, merge, result)
+            found = len({id_key(i) for i in ids}) - len({id_key(i) for i in missing})
+            if not found:  # --missing-ok and none found: nothing to publish (no empty new version)
+                writer.abort()
+                result = BuildResult(version=base.manifest.version, count=base.manifest.count, unchanged=True)
+            else:
+                manifest = writer.commit({"kind": "delete", "deleted": found})
+                result = BuildResult(version=manifest.version, count=manifest.count, deleted=found)
+        if not result.unchanged:
+            _finish(root, keep, merge, result)
     result.seconds = time.perf_counter() - started
     return result
 
@@ -387,12 +483,8 @@ def _merge(root: IndexRoot, groups: list[list[str]], kind: str) -> Manifest:
     base = BaseVersion.read(root)
     assert base is not None
     writer = IndexWriter(root, f"merge-{time.time_ns()}", base.manifest.encoder_meta(), _request(base), base=base)
-    with disk_errors(root, writer):
-        try:
-            merged = [writer.merge(group) for group in groups]
-        except BaseException:
-            writer.abort()
-            raise
+    with disk_errors(root, writer), aborting(writer):
+        merged = [writer.merge(group) for group in groups]
         into: str | list[str] = merged[0] if len(merged) == 1 else merged
         return writer.commit({"kind": kind, "merged": [n for g in groups for n in g], "into": into})
 

@@ -1,6 +1,6 @@
 """``indexer build --engine ray``: the same build, with encoding spread over a Ray cluster.
 
-* **Read** with Ray Data from the same readers as a local build (:func:`semsearch.ingest.readers.read_inputs`,
+* **Read** with Ray Data from the same readers as a local build (:func:`indexer.pipeline.read_rows`,
   one read task over the inputs in order, so auto ids, sentence splitting and rejects are exactly
   a local build's); rejects travel with the rows and are collected and reported on the driver.
 * **Encode** with ``map_batches`` over a callable class on a pool of stateful actors
@@ -35,10 +35,11 @@ from indexer.pipeline import (
     _progress_bar,
     _publish,
     encoder_meta,
+    read_rows,
 )
 from semsearch.errors import SemsearchError
 from semsearch.index import IndexRoot, IndexWriter, Record, disk_errors
-from semsearch.ingest import Reject, read_inputs
+from semsearch.ingest import Reject
 from semsearch.models import Encoder
 from semsearch.ray_cluster import RayUnavailableError as RayUnavailableError  # its old home: re-exported
 from semsearch.ray_cluster import connect as _connect
@@ -87,11 +88,12 @@ def _reject_json(rej: Reject) -> str:
     return json.dumps({"source": rej.source, "line": rej.line, "reason": rej.reason, "raw": rej.raw})
 
 
-def _read_blocks(opts: BuildOptions, skip: int, block_items: int) -> Iterator[Any]:
-    """The inputs as Arrow tables of ``block_items`` items (rows and rejects, in input order)."""
+def _read_blocks(opts: BuildOptions, first_iid: int, skip: int, block_items: int) -> Iterator[Any]:
+    """The inputs as Arrow tables of ``block_items`` items (rows and rejects, in input order), read as a
+    local build reads them (:func:`~indexer.pipeline.read_rows`: the same ids, doc ids and errors)."""
     import pyarrow as pa
 
-    items = read_inputs(opts.inputs, opts.text_field, opts.id_field, opts.split_sentences, opts.max_chars)
+    items = read_rows(opts, first_iid)
     for _ in range(skip):  # --resume: items already committed (reading is cheap, encoding is not)
         if next(items, None) is None:
             break
@@ -118,7 +120,7 @@ def _read_blocks(opts: BuildOptions, skip: int, block_items: int) -> Iterator[An
         yield table()
 
 
-def _datasource(opts: BuildOptions, skip: int, block_items: int) -> Any:
+def _datasource(opts: BuildOptions, first_iid: int, skip: int, block_items: int) -> Any:
     from ray.data import Datasource, ReadTask
     from ray.data.block import BlockMetadata
 
@@ -132,7 +134,7 @@ def _datasource(opts: BuildOptions, skip: int, block_items: int) -> Any:
             self, parallelism: int, per_task_row_limit: int | None = None, data_context: Any = None
         ) -> list[Any]:
             meta = BlockMetadata(num_rows=None, size_bytes=None, exec_stats=None, input_files=None)
-            return [ReadTask(lambda: _read_blocks(opts, skip, block_items), meta)]
+            return [ReadTask(lambda: _read_blocks(opts, first_iid, skip, block_items), meta)]
 
     return InputsDatasource()
 
@@ -268,10 +270,12 @@ def _ingest(ray: Any, writer: IndexWriter, opts: BuildOptions, ray_opts: RayOpti
     ctx.enable_progress_bars = False  # one progress bar for the whole job: ours
     # Ray Data cuts the read stream into blocks by bytes: aim at one block per chunk, so the encoder
     # actors share even small inputs and a batch is about a chunk (the first chunk gives the size)
-    first = next(_read_blocks(opts, resumed, opts.chunk_size), None)
+    first = next(_read_blocks(opts, writer.first_iid, resumed, opts.chunk_size), None)
     if first is not None:
         ctx.target_max_block_size = max(1 << 12, min(int(first.nbytes), ctx.target_max_block_size or 1 << 27))
-    ds = ray.data.read_datasource(_datasource(opts, resumed, opts.chunk_size), override_num_blocks=1, num_cpus=0.25)
+    ds = ray.data.read_datasource(
+        _datasource(opts, writer.first_iid, resumed, opts.chunk_size), override_num_blocks=1, num_cpus=0.25
+    )
     ds = ds.map_batches(
         EncodeActor,
         fn_constructor_kwargs={

@@ -1,7 +1,7 @@
 """Values that cross layers: a row to index (:class:`Record`) and a stored row (:class:`Doc`).
 
 They live below every subpackage so that a reader (``semsearch.ingest``), the index
-(``semsearch.index``) and search (``semsearch.search``) share them without importing each other.
+(``semsearch.index``) and search (``semsearch.search.modes``) share them without importing each other.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any, Protocol
 
 from semsearch.ids import UserId
 
-__all__ = ["Doc", "EncoderSpec", "Record", "UserId"]
+__all__ = ["Doc", "EncoderSpec", "Record", "Reject", "UserId"]
 
 
 @dataclass
@@ -25,6 +25,16 @@ class Record:
     start: int | None = None
     end: int | None = None
     source: str | None = None  # "file:line"
+
+
+@dataclass
+class Reject:
+    """A row a reader refused: where it was, why, and (the start of) what it said."""
+
+    source: str
+    line: int
+    reason: str
+    raw: str = ""
 
 
 @dataclass

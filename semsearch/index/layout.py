@@ -20,11 +20,25 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from semsearch.errors import IndexNotFoundError, InvalidInputError
-from semsearch.index.format import CURRENT, LOCK, MANIFEST, REJECTS, SEGMENTS, STAGING, VERSIONS, fsync_dir
+from semsearch.index.format import (
+    CURRENT,
+    LOCK,
+    MANIFEST,
+    REJECTS,
+    SEGMENT_MANIFEST,
+    SEGMENTS,
+    STAGING,
+    VERSIONS,
+    fsync_dir,
+)
 
 log = logging.getLogger(__name__)
 
 _VERSION_RE = re.compile(r"^v(\d{6})$")
+# exactly the names semsearch.index.writer.new_segment_name makes: garbage collection touches nothing else
+SEGMENT_NAME = re.compile(r"^s\d{14}-[0-9a-f]{8}$")
+# what an index root holds before its first version is published (a failed or interrupted first build)
+_UNPUBLISHED_ENTRIES = frozenset({LOCK, STAGING, REJECTS})
 
 
 class IndexRoot:
@@ -54,6 +68,23 @@ class IndexRoot:
         if not self.versions_dir.is_dir():
             return []
         return sorted(p.name for p in self.versions_dir.iterdir() if _VERSION_RE.match(p.name) and p.is_dir())
+
+    def check_writable(self, flag: str = "--output") -> None:
+        """Refuse to write into a directory that holds something other than a semsearch index: it
+        must not exist, be empty, hold an index (``current`` or ``versions/``) or only what an
+        unpublished first build leaves (``staging/``, ``rejects/``, the lock file). Nothing is touched."""
+        if not self.path.exists():
+            return
+        if not self.path.is_dir():
+            raise InvalidInputError(f"{flag} {self.path} is not a directory")
+        entries = {p.name for p in self.path.iterdir()}
+        if CURRENT in entries or VERSIONS in entries or entries <= _UNPUBLISHED_ENTRIES:
+            return
+        shown = ", ".join(sorted(entries)[:5]) + (", ..." if len(entries) > 5 else "")
+        raise InvalidInputError(
+            f"{flag} {self.path} is not empty and is not a semsearch index (it holds {shown}); "
+            "nothing was changed: choose a new or empty directory"
+        )
 
     def current_version(self) -> str | None:
         """The version ``current`` points at, or None when nothing was published yet."""
@@ -155,18 +186,33 @@ class IndexRoot:
         return names
 
     def collect_garbage(self) -> list[str]:
-        """Remove segments that no published version references (left by a crash or by pruning)."""
+        """Remove segments that no published version references (left by a crash or by pruning).
+
+        Only what the writer made is a segment: a directory named as :data:`SEGMENT_NAME` says, holding
+        the ``segment.json`` every segment is written with (a crash between moving a segment here and
+        publishing its version leaves exactly such a directory). Anything else a user drops into
+        ``segments/`` is never touched."""
         if not self.segments_dir.is_dir():
             return []
         keep = self.referenced_segments()
         removed = []
         for seg in sorted(self.segments_dir.iterdir()):
-            if seg.name not in keep:
+            if seg.name not in keep and is_segment_dir(seg):
                 shutil.rmtree(seg, ignore_errors=True)
                 removed.append(seg.name)
         if removed:
             log.info("removed %d unreferenced segment(s): %s", len(removed), ", ".join(removed))
         return removed
+
+
+def is_segment_dir(path: Path) -> bool:
+    """A directory the index writer made under ``segments/`` (its name and its ``segment.json``)."""
+    return (
+        bool(SEGMENT_NAME.match(path.name))
+        and not path.is_symlink()
+        and path.is_dir()
+        and (path / SEGMENT_MANIFEST).is_file()
+    )
 
 
 def _fsync_tree(directory: Path) -> None:

@@ -1,7 +1,9 @@
 """The SQLite document store of an index version: ids, text, source offsets, JSON metadata.
 
-``iid`` is the int64 id used in FAISS (``add_with_ids``); ``ext_id`` is the user's id, kept with its
-type (int or str) so that search results always return exactly the id the user gave. An FTS5 table
+``iid`` is the int64 id used in FAISS (``add_with_ids``); ``ext_id`` is the user's id as its
+:func:`semsearch.ids.id_key` text, with its type in ``id_is_int`` (0 string, 1 integer, 2 an automatic
+integer id given to a row without one) so that search results always return exactly the id the user
+gave. An FTS5 table
 (BM25) over the text serves lexical and hybrid search.
 """
 
@@ -14,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from semsearch.errors import CorruptIndexError
+from semsearch.ids import id_key
 from semsearch.types import Doc, UserId
 from semsearch.types import Record as Record  # re-exported: the writer and the tests take it from here
 
@@ -124,7 +127,9 @@ class DocStore:
             yield _row_to_doc(row)
 
     def iids_for_ext_ids(self, ext_ids: Sequence[UserId]) -> dict[str, int]:
-        keys = [str(e) for e in ext_ids]
+        """``{id_key(id): iid}`` for the ids present (exact text: ``1`` and ``"1"`` are one id, ``" 1"``
+        another; see :mod:`semsearch.ids`)."""
+        keys = [id_key(e) for e in ext_ids]
         out: dict[str, int] = {}
         for start in range(0, len(keys), 900):
             part = keys[start : start + 900]

@@ -37,6 +37,7 @@ from typing import Any, Literal
 import numpy as np
 
 from semsearch.errors import DiskFullError, DuplicateIdError, InvalidInputError, SemsearchError
+from semsearch.ids import id_key
 from semsearch.index.ann import auto_index_type, resolve_params
 from semsearch.index.format import (
     DOCS_DB,
@@ -52,6 +53,7 @@ from semsearch.index.manifest import Manifest, SegmentManifest
 from semsearch.index.segment import link_legacy_segment, write_segment
 from semsearch.index.sharding import segment_shard, shard_count, shard_of, shard_spec
 from semsearch.index.store import COLUMNS, STAGING_SCHEMA, Record, connect
+from semsearch.types import Reject
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +68,18 @@ _INSERT = f"INSERT INTO docs({COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?)"
 
 
 def new_segment_name() -> str:
-    """Unique and time-ordered: operations never collide, even an interrupted one resumed later."""
+    """Unique and time-ordered: operations never collide, even an interrupted one resumed later.
+    (:data:`semsearch.index.layout.SEGMENT_NAME` matches exactly these names: garbage collection touches
+    nothing else under ``segments/``.)"""
     return f"s{time.strftime('%Y%m%d%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:8]}"
+
+
+# docs.id_is_int: how ext_id is typed. An automatic id (a row given without one) is an integer that
+# older readers (``int(ext_id) if id_is_int``) still read: the row's internal id, or when a live row
+# already has that id, a spare number never given before. It never replaces a user's row, and a user's
+# row with that id is rejected rather than replace it (IndexWriter.add_chunk).
+ID_STR, ID_INT, ID_AUTO = 0, 1, 2
+_TYPE_NAMES = {ID_STR: "a string", ID_INT: "an integer", ID_AUTO: "an automatic id"}
 
 
 @dataclass
@@ -122,11 +134,14 @@ def _chunked(values: Sequence[Any], size: int = 900) -> Iterator[Sequence[Any]]:
 
 
 def _row_values(iid: int, rec: Record) -> tuple[Any, ...]:
-    ext_id = rec.ext_id if rec.ext_id is not None else iid
+    if rec.ext_id is None:
+        key, kind = str(iid), ID_AUTO
+    else:
+        key, kind = id_key(rec.ext_id), ID_INT if isinstance(rec.ext_id, int) else ID_STR
     return (
         iid,
-        str(ext_id),
-        isinstance(ext_id, int),
+        key,
+        kind,
         rec.text,
         rec.doc_id,
         rec.start,
@@ -241,21 +256,23 @@ class IndexWriter:
 
     # ------------------------------------------------------------------------------------ rows
 
-    def _live_lookup(self, ext_ids: list[str]) -> dict[str, tuple[int, sqlite3.Connection]]:
-        """Live rows with these user ids in the base and in this operation's sealed segments."""
+    def _live_lookup(self, keys: list[str]) -> dict[str, tuple[int, sqlite3.Connection, int]]:
+        """Live rows with these ids (:func:`semsearch.ids.id_key` texts) in the base and in this
+        operation's sealed segments: ``{key: (iid, connection, id_is_int)}``."""
         dead = set(self.base.tombstones.tolist()) if self.base else set()
         dead.update(r[0] for r in self.db.execute("SELECT iid FROM tombstones"))
         sources: list[sqlite3.Connection] = []
         if self.base is not None:
             sources += [self.base.conn(ref) for ref in self.base.segments if ref.name not in self._merged_away]
         sources += [self._sealed_conn(name) for name in self._state["sealed"]]
-        found: dict[str, tuple[int, sqlite3.Connection]] = {}
+        found: dict[str, tuple[int, sqlite3.Connection, int]] = {}
         for conn in sources:
-            for part in _chunked(ext_ids):
+            for part in _chunked(keys):
                 marks = ",".join("?" * len(part))
-                for ext_id, iid in conn.execute(f"SELECT ext_id, iid FROM docs WHERE ext_id IN ({marks})", list(part)):
+                sql = f"SELECT ext_id, iid, id_is_int FROM docs WHERE ext_id IN ({marks})"
+                for key, iid, kind in conn.execute(sql, list(part)):
                     if iid not in dead:
-                        found[ext_id] = (iid, conn)
+                        found[key] = (iid, conn, int(kind))
         return found
 
     @property
@@ -294,28 +311,34 @@ class IndexWriter:
             save_npy_atomic(self.dir / CHUNKS / f"{chunk_no:06d}.vec.npy", np.asarray(vectors, dtype=np.float32))
             save_npy_atomic(self.dir / CHUNKS / f"{chunk_no:06d}.ids.npy", iids)
         values = [_row_values(int(i), r) for i, r in zip(iids.tolist(), records, strict=True)]
+        rejects = list(rejects)
         with self.db:
             existing = self._live_lookup([v[1] for v in values])
             upserted: dict[str, tuple[int, sqlite3.Connection]] = {}
+            spare = next_iid + len(records)  # numbers no row will get: automatic ids when a row's own is taken
             for v, rec in zip(values, records, strict=True):
-                if v[1] in existing and v[1] not in upserted:
-                    if on_duplicate == "error":
-                        iid, conn = existing[v[1]]
-                        prev = conn.execute("SELECT source FROM docs WHERE iid = ?", (iid,)).fetchone()[0]
-                        raise DuplicateIdError(
-                            f"duplicate id {v[1]!r} at {rec.source}: already in the index (first seen at {prev}); "
-                            "use --on-duplicate keep-last to let the later row replace the earlier one",
-                            {"id": v[1], "source": rec.source, "previous": prev},
-                        )
-                    upserted[v[1]] = existing[v[1]]
-                self._insert_open(v, rec, on_duplicate)
+                key, kind = v[1], v[2]
+                if kind == ID_AUTO:
+                    spare = self._insert_auto(v, key in existing, spare)
+                    continue
+                if key in existing and key not in upserted:
+                    iid, conn, prev_kind = existing[key]
+                    prev = conn.execute("SELECT source FROM docs WHERE iid = ?", (iid,)).fetchone()[0]
+                    reason = _conflict(key, kind, prev_kind, prev, on_duplicate, rec.source, "already in the index")
+                    if reason:
+                        rejects.append(_reject(rec, reason))
+                        continue
+                    upserted[key] = (iid, conn)
+                reason = self._insert_open(v, rec, on_duplicate)
+                if reason:
+                    rejects.append(_reject(rec, reason))
             tomb_sum = hex_sum(self._state["tomb_sum"]) + self._tombstone(list(upserted.values()))
             self.db.executemany(
                 "INSERT INTO rejects(source, line, reason, raw) VALUES (?, ?, ?, ?)",
                 [(r.source, r.line, r.reason, r.raw) for r in rejects],
             )
             self._set_state(
-                next_iid=next_iid + len(records),
+                next_iid=spare,
                 chunks=chunk_no + (1 if len(records) else 0),
                 consumed=self.consumed + consumed,
                 rejects=self.rejects + len(rejects),
@@ -324,21 +347,48 @@ class IndexWriter:
         if self.open_rows() >= self.segment_rows * self.n_shards:
             self.seal()
 
-    def _insert_open(self, values: tuple[Any, ...], rec: Record, on_duplicate: OnDuplicate) -> None:
+    @property
+    def first_iid(self) -> int:
+        """The internal id this operation's first row gets (rows get consecutive ids in input order,
+        rejected ones included), so an automatic id can be known before the row is written."""
+        return self.base.manifest.next_iid if self.base is not None else 0
+
+    def _insert_auto(self, values: tuple[Any, ...], taken: bool, spare: int) -> int:
+        """Insert a row given without an id: its automatic id is its internal id unless a live row has
+        that id (a user's integer id), then the first spare number no live row has. Returns the next
+        spare number (internal ids continue after it, so an automatic id is never given twice)."""
+        if not taken:
+            try:
+                self.db.execute(_INSERT, values)
+                return spare
+            except sqlite3.IntegrityError:  # an earlier row of this operation has that id
+                pass
+        while self.db.execute("SELECT 1 FROM docs WHERE ext_id = ?", (str(spare),)).fetchone() or self._live_lookup(
+            [str(spare)]
+        ):
+            spare += 1
+        self.db.execute(_INSERT, (values[0], str(spare), *values[2:]))
+        return spare + 1
+
+    def _insert_open(self, values: tuple[Any, ...], rec: Record, on_duplicate: OnDuplicate) -> str | None:
+        """Insert into the open segment (an earlier row of this operation with the id is replaced, or
+        raises under ``on_duplicate="error"``); returns why the row is rejected instead, or None."""
         try:
             self.db.execute(_INSERT, values)
+            return None
         except sqlite3.IntegrityError as e:
-            prev = self.db.execute("SELECT source FROM docs WHERE ext_id = ?", (values[1],)).fetchone()
+            prev = self.db.execute("SELECT source, id_is_int FROM docs WHERE ext_id = ?", (values[1],)).fetchone()
             if prev is None:
                 raise
-            if on_duplicate == "error":
-                raise DuplicateIdError(
-                    f"duplicate id {rec.ext_id!r} at {rec.source} (first seen at {prev[0]}); "
-                    "use --on-duplicate keep-last to let the later row replace the earlier one",
-                    {"id": rec.ext_id, "source": rec.source, "previous": prev[0]},
-                ) from e
+            try:
+                reason = _conflict(values[1], values[2], int(prev[1]), prev[0], on_duplicate, rec.source, None)
+            except DuplicateIdError as dup:
+                raise dup from e
+            if reason:
+                return reason
             self.db.execute("DELETE FROM docs WHERE ext_id = ?", (values[1],))
             self.db.execute(_INSERT, values)
+            return None
 
     def open_rows(self) -> int:
         return int(self.db.execute("SELECT COUNT(*) FROM docs").fetchone()[0])
@@ -483,13 +533,14 @@ class IndexWriter:
                 return segment_shard(entry)
         raise InvalidInputError(f"internal: {name} is not a segment of the base version")
 
-    def delete(self, ext_ids: Sequence[str]) -> list[str]:
-        """Tombstone the live rows with these user ids; returns the ids not found."""
+    def delete(self, ext_ids: Sequence[int | str]) -> list[int | str]:
+        """Tombstone the live rows with these ids (matched by :func:`semsearch.ids.id_key`, exactly);
+        returns the ids not found."""
         with self.db:
-            found = self._live_lookup(list(dict.fromkeys(ext_ids)))
-            total = hex_sum(self._state["tomb_sum"]) + self._tombstone(list(found.values()))
+            found = self._live_lookup(list(dict.fromkeys(id_key(i) for i in ext_ids)))
+            total = hex_sum(self._state["tomb_sum"]) + self._tombstone([(iid, conn) for iid, conn, _ in found.values()])
             self._set_state(tomb_sum=sum_hex(total))
-        return [i for i in ext_ids if i not in found]
+        return [i for i in ext_ids if id_key(i) not in found]
 
     def upgrade_legacy(self, version_dir: Path, manifest: Manifest) -> str:
         """Stage a format-1 version's files as this operation's one segment (hard links)."""
@@ -594,6 +645,50 @@ class IndexWriter:
         shutil.rmtree(self.dir, ignore_errors=True)
         with contextlib.suppress(OSError):
             self.root.staging_dir.rmdir()
+
+
+def _real_id(key: str, kind: int) -> int | str:
+    return key if kind == ID_STR else int(key)
+
+
+def _conflict(
+    key: str,
+    kind: int,
+    prev_kind: int,
+    prev_source: str | None,
+    on_duplicate: OnDuplicate,
+    source: str | None,
+    where: str | None,
+) -> str | None:
+    """A user's row whose id is already live: why it is rejected (the live row's id is automatic, or
+    the id's type would change), None to replace the live row, or :class:`DuplicateIdError` under "error"."""
+    first = f"first seen at {prev_source}"
+    real = _real_id(key, kind)
+    if prev_kind == ID_AUTO:
+        return (
+            f"id {real!r} is the automatic id of a row given without an id ({first}); an automatic id is never "
+            "replaced: use another id, or delete that row first"
+        )
+    if on_duplicate == "error":
+        raise DuplicateIdError(
+            f"duplicate id {real!r} at {source}{': ' + where if where else ''} ({first}); "
+            "use --on-duplicate keep-last to let the later row replace the earlier one",
+            {"id": real, "source": source, "previous": prev_source},
+        )
+    if kind != prev_kind:
+        return (
+            f"id {real!r} is {_TYPE_NAMES[kind]} here but {_TYPE_NAMES[prev_kind]} in the row it would replace "
+            f"({first}); a row keeps its id's type: write the id as {_TYPE_NAMES[prev_kind]}, or delete the row first"
+        )
+    return None
+
+
+def _reject(rec: Record, reason: str) -> Reject:
+    """A row the writer refuses, reported like a reader's reject (``source`` is ``file:line``)."""
+    name, _, line = (rec.source or "").rpartition(":")
+    if not line.isdigit():
+        name, line = rec.source or "", "0"
+    return Reject(name, int(line), reason, rec.text[:200])
 
 
 def _segment_ids(ref: SegmentRef) -> np.ndarray:

@@ -3,11 +3,14 @@
 Imports only the base modules.
 """
 
-from semsearch.ingest.readers import DEFAULT_MAX_CHARS, Reject, read_inputs, read_json_lines
+from semsearch.ingest.readers import DEFAULT_MAX_CHARS, explode, read_inputs, read_json_lines, split_sentences
+from semsearch.types import Reject
 
 __all__ = [
     "DEFAULT_MAX_CHARS",
     "Reject",
+    "explode",
     "read_inputs",
     "read_json_lines",
+    "split_sentences",
 ]

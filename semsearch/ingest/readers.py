@@ -27,21 +27,11 @@ from semsearch.errors import InvalidInputError
 from semsearch.ids import id_problem
 from semsearch.rows import MAX_METADATA_BYTES, RowError, loads_row, metadata_problem
 from semsearch.text import text_problem
-from semsearch.types import Record
+from semsearch.types import Record, Reject
 
 FORMATS = ("txt", "jsonl", "csv", "tsv")
 DEFAULT_MAX_CHARS = 20_000
 _RAW_SNIPPET = 200
-
-
-@dataclass
-class Reject:
-    """A row the reader refused."""
-
-    source: str
-    line: int
-    reason: str
-    raw: str = ""
 
 
 def detect_format(path: Path) -> str:

@@ -101,7 +101,7 @@ def test_user_ids_keep_their_type_and_survive_add_and_delete(tmp_path, encoder):
     assert res.count == 2 and res.deleted == 2
     assert {h.id for h in _search(root, encoder, "dog", k=10)} == {"new", 99}
     assert verify(root) == []
-    with pytest.raises(InvalidInputError, match="not in the index: nope"):
+    with pytest.raises(InvalidInputError, match="not in the index: 'nope'"):
         run_delete(root, ["nope"])
     assert IndexRoot(root).current_version() == "v000003"
     first.close()
