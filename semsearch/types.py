@@ -1,7 +1,7 @@
 """Values that cross layers: a row to index (:class:`Record`) and a stored row (:class:`Doc`).
 
 They live below every subpackage so that a reader (``semsearch.ingest``), the index
-(``semsearch.index``) and search (``semsearch.search.modes``) share them without importing each other.
+(``semsearch.index``) and search (``semsearch.search``) share them without importing each other.
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ from fastapi.testclient import TestClient
 from app.errors import _leaf_routes
 from app.main import create_app
 from app.settings import Settings
-from semsearch.search.modes import filters
+from semsearch.search import filters
 from semsearch.text import text_problem
 
 pytest_plugins = ["app_fixtures"]

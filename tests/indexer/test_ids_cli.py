@@ -247,7 +247,7 @@ def test_a_broken_gz_mid_build_leaves_nothing(tmp_path: Path) -> None:
     root = tmp_path / "idx"
     res = run("build", "--input", str(_truncated_gz(tmp_path)), "--output", str(root), "--backend", "torch",
               "--no-progress")  # fmt: skip
-    assert_one_error_line(res, "cut.jsonl.gz", "reading stopped after line")
+    assert_one_error_line(res, "cut.jsonl.gz", "is truncated", "after line")
     assert not (root / "staging").exists() and IndexRoot(root).current_version() is None
 
 
