@@ -9,7 +9,6 @@ the operation commits.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -19,8 +18,6 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from semsearch.errors import InvalidInputError, ModelMismatchError, SemsearchError, TooManyRejectsError
 from semsearch.ids import UserId, id_key
@@ -32,9 +29,11 @@ from semsearch.index import (
     Manifest,
     MergePolicy,
     OnDuplicate,
+    aborting,
     disk_errors,
+    force_merge,
     legacy_base_dir,
-    segment_shard,
+    maybe_merge,
     upgrade,
 )
 from semsearch.ingest import DEFAULT_MAX_CHARS, Reject, explode, read_inputs, split_sentences
@@ -331,22 +330,6 @@ def _publish(
     )
 
 
-@contextlib.contextmanager
-def aborting(writer: IndexWriter, resumable: bool = False) -> Iterator[None]:
-    """Any error in an operation removes its staging (the index is untouched), so an error never leaves
-    ``staging/`` behind. Ctrl-C keeps a ``resumable`` one's (an interrupted build/add continues with
-    ``--resume``)."""
-    try:
-        yield
-    except Exception:
-        writer.abort()
-        raise
-    except BaseException:
-        if not resumable:
-            writer.abort()
-        raise
-
-
 def _base_for_write(root: IndexRoot) -> BaseVersion | None:
     """The current version to write on top of (a format-1 version is upgraded first, by hard links)."""
     if legacy_base_dir(root) is not None:
@@ -367,7 +350,7 @@ def _existing_base(root: IndexRoot) -> BaseVersion:
 def _finish(root: IndexRoot, opts_keep: int | None, merge: bool, result: BuildResult) -> BuildResult:
     """After a publish: the merge policy (each merge is its own published version), then pruning."""
     if merge:
-        result.merged = apply_merge_policy(root)
+        result.merged = maybe_merge(root)
     result.pruned = root.prune(opts_keep) if opts_keep else []
     final = Manifest.read(root.resolve())
     result.version = final.version
@@ -389,7 +372,7 @@ def run_build(opts: BuildOptions, incremental: bool = False) -> BuildResult:
             bm = base.manifest
             if opts.model and opts.model != bm.model:
                 raise ModelMismatchError(f"--model {opts.model!r} differs from the index's model {bm.model!r}")
-            request = bm.index_request or {"type": bm.index_type, "params": {}}
+            request = base.index_request
             opts.index_type = request["type"]
             opts.index_params = {**request.get("params", {}), **opts.index_params}
         kind = "add" if incremental else "build"
@@ -450,7 +433,9 @@ def run_delete(
     root = IndexRoot(index)
     with root.lock(), disk_errors(root):
         base = _existing_base(root)
-        writer = IndexWriter(root, f"delete-{time.time_ns()}", base.manifest.encoder_meta(), _request(base), base=base)
+        writer = IndexWriter(
+            root, f"delete-{time.time_ns()}", base.manifest.encoder_meta(), base.index_request, base=base
+        )
         with disk_errors(root, writer), aborting(writer):
             missing = writer.delete(ids)
             if missing and not missing_ok:
@@ -473,53 +458,6 @@ def run_delete(
     return result
 
 
-def _request(base: BaseVersion) -> dict[str, Any]:
-    m = base.manifest
-    return m.index_request or {"type": m.index_type, "params": {}}
-
-
-def _merge(root: IndexRoot, groups: list[list[str]], kind: str) -> Manifest:
-    """Merge each group of segments (all of one shard) into one segment, published as one version."""
-    base = BaseVersion.read(root)
-    assert base is not None
-    writer = IndexWriter(root, f"merge-{time.time_ns()}", base.manifest.encoder_meta(), _request(base), base=base)
-    with disk_errors(root, writer), aborting(writer):
-        merged = [writer.merge(group) for group in groups]
-        into: str | list[str] = merged[0] if len(merged) == 1 else merged
-        return writer.commit({"kind": kind, "merged": [n for g in groups for n in g], "into": into})
-
-
-def apply_merge_policy(root: IndexRoot, policy: MergePolicy | None = None, max_rounds: int = 4) -> list[str]:
-    """Merge what the policy asks for (each merge publishes a version); returns those versions."""
-    policy = policy or MergePolicy()
-    published: list[str] = []
-    for _ in range(max_rounds):
-        base = BaseVersion.read(root)
-        if base is None:
-            break
-        per_shard = _segments_per_shard(base)  # the policy applies within each shard: merges never cross shards
-        base.close()
-        group = next((g for g in (policy.plan(per_shard[s]) for s in sorted(per_shard)) if g), [])
-        if not group:
-            break
-        log.info("merge policy: merging %d segment(s)", len(group))
-        published.append(_merge(root, [group], "merge").version)
-    return published
-
-
-def _segments_per_shard(base: BaseVersion) -> dict[int, list[tuple[str, int, int]]]:
-    """``(name, rows, tombstoned rows)`` of every segment, by shard, in manifest order."""
-    dead = base.tombstones
-    shard_of_name = {e["name"]: segment_shard(e) for e in base.manifest.segments}
-    per_shard: dict[int, list[tuple[str, int, int]]] = {}
-    for r in base.segments:
-        ids = np.load(r.directory / "ids.npy", mmap_mode="r")
-        per_shard.setdefault(shard_of_name[r.name], []).append(
-            (r.name, r.meta.count, int(np.isin(dead, ids).sum()) if len(dead) else 0)
-        )
-    return per_shard
-
-
 def run_compact(
     index: Path, keep: int | None = None, max_segment_rows: int = MergePolicy.max_segment_rows
 ) -> BuildResult:
@@ -531,13 +469,11 @@ def run_compact(
     with root.lock(), disk_errors(root):
         base = _existing_base(root)
         before = base.manifest
-        per_shard = _segments_per_shard(base)
         base.close()
-        groups = [g for s in sorted(per_shard) for g in policy.pack(per_shard[s])]
-        if not groups:
+        manifest = force_merge(root, policy)
+        if manifest is None:
             result = BuildResult(version=before.version, count=before.count)
         else:
-            manifest = _merge(root, groups, "compact")
             result = BuildResult(version=manifest.version, count=manifest.count, deleted=before.tombstones)
         _finish(root, keep, False, result)
     result.seconds = time.perf_counter() - started

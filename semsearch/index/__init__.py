@@ -8,6 +8,7 @@ from semsearch.index.ann import INDEX_FILE, VectorIndex, resolve_params
 from semsearch.index.layout import IndexRoot, resolve_version_dir
 from semsearch.index.lexical import top_k
 from semsearch.index.manifest import MANIFEST, Manifest
+from semsearch.index.merging import force_merge, maybe_merge, merge_groups, segments_per_shard
 from semsearch.index.sharding import segment_shard, shard_count
 from semsearch.index.store import Record
 from semsearch.index.writer import (
@@ -16,6 +17,7 @@ from semsearch.index.writer import (
     IndexWriter,
     MergePolicy,
     OnDuplicate,
+    aborting,
     disk_errors,
     legacy_base_dir,
     upgrade,
@@ -33,11 +35,16 @@ __all__ = [
     "OnDuplicate",
     "Record",
     "VectorIndex",
+    "aborting",
     "disk_errors",
+    "force_merge",
     "legacy_base_dir",
+    "maybe_merge",
+    "merge_groups",
     "resolve_params",
     "resolve_version_dir",
     "segment_shard",
+    "segments_per_shard",
     "shard_count",
     "top_k",
     "upgrade",

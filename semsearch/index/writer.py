@@ -117,6 +117,11 @@ class BaseVersion:
         tombstones = np.load(tomb_path) if tomb_path.is_file() else np.zeros(0, np.int64)
         return cls(directory, manifest, segments, np.asarray(tombstones, dtype=np.int64))
 
+    @property
+    def index_request(self) -> dict[str, Any]:
+        """The index type and parameters its segments are built with (a later write uses the same)."""
+        return self.manifest.index_request or {"type": self.manifest.index_type, "params": {}}
+
     def conn(self, ref: SegmentRef) -> sqlite3.Connection:
         if ref.name not in self._conns:
             self._conns[ref.name] = connect(ref.directory / DOCS_DB, readonly=True)
@@ -693,6 +698,22 @@ def _reject(rec: Record, reason: str) -> Reject:
 
 def _segment_ids(ref: SegmentRef) -> np.ndarray:
     return np.asarray(np.load(ref.directory / "ids.npy", mmap_mode="r"))
+
+
+@contextlib.contextmanager
+def aborting(writer: IndexWriter, resumable: bool = False) -> Iterator[None]:
+    """Any error in an operation removes its staging (the index is untouched), so an error never leaves
+    ``staging/`` behind. Ctrl-C keeps a ``resumable`` one's (an interrupted build/add continues with
+    ``--resume``)."""
+    try:
+        yield
+    except Exception:
+        writer.abort()
+        raise
+    except BaseException:
+        if not resumable:
+            writer.abort()
+        raise
 
 
 @contextlib.contextmanager

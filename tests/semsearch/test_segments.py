@@ -24,8 +24,9 @@ import numpy as np
 import pytest
 from conftest import DIM, META, REPO, VOCAB, sample_rows, synthetic_row, write_jsonl
 
-from indexer.pipeline import BuildOptions, apply_merge_policy, run_build, run_compact, run_delete
+from indexer.pipeline import BuildOptions, run_build, run_compact, run_delete
 from semsearch.errors import CorruptIndexError, InvalidInputError
+from semsearch.index import maybe_merge
 from semsearch.index.format import TOMBSTONES_FILE
 from semsearch.index.layout import IndexRoot
 from semsearch.index.lexical import query_terms
@@ -131,7 +132,7 @@ def test_random_add_delete_upsert_equals_a_fresh_build(tmp_path: Path, seed: int
             for i in ids:
                 del live[i]
         elif op == "merge":
-            apply_merge_policy(IndexRoot(root), MergePolicy(merge_factor=2, max_deleted=0.1))
+            maybe_merge(IndexRoot(root), MergePolicy(merge_factor=2, max_deleted=0.1))
             rows = []
         else:
             run_compact(root)

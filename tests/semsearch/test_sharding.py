@@ -17,8 +17,9 @@ import numpy as np
 import pytest
 from conftest import META, VOCAB, assert_same_search, same_scores, synthetic_row
 
-from indexer.pipeline import BuildOptions, apply_merge_policy, run_build, run_compact, run_delete
+from indexer.pipeline import BuildOptions, run_build, run_compact, run_delete
 from semsearch.errors import InvalidInputError
+from semsearch.index import maybe_merge
 from semsearch.index.layout import IndexRoot
 from semsearch.index.manifest import Manifest
 from semsearch.index.sharding import SHARD_KEY, shard_of
@@ -123,7 +124,7 @@ def test_sharded_versions_answer_like_one_index(tmp_path):
 
     # the merge policy works per shard: merges never mix shards
     for r in (root, plain):
-        apply_merge_policy(IndexRoot(r), MergePolicy(merge_factor=2, max_deleted=0.1))
+        maybe_merge(IndexRoot(r), MergePolicy(merge_factor=2, max_deleted=0.1))
     check_shards()
     _compare(root, plain, rng)
 
