@@ -47,6 +47,7 @@ SERVERS: dict[str, dict[str, str]] = {
     "window2ms": {"SEMSEARCH_BATCH_WINDOW_MS": "2"},  # wait up to 2 ms for company
     "spinning": {"SEMSEARCH_ONNX_SPINNING": "true"},  # ONNX intra-op threads spin-wait
     "threads1": {"SEMSEARCH_THREADS": "1"},  # one intra-op thread
+    "omp-spin": {"OMP_WAIT_POLICY": "ACTIVE"},  # before #25: FAISS's OpenMP threads spin-wait after each search
 }
 
 
@@ -62,6 +63,7 @@ class Level:
     p99_ms: float
     mean_ms: float
     mean_batch: float
+    server_cpu_ms_per_query: float = 0.0  # user + system CPU of the server's process tree / requests served
 
 
 def load_queries(n: int, lo: int = 26, hi: int = 34, seed: int = 0) -> list[str]:
@@ -123,6 +125,28 @@ class Server(ServerProcess):
         super().__init__(cmd, full_env, SERVING_RE, "server")
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` and its live descendants (from /proc; Linux only)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    total, todo = 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+        todo += children.get(p, [])
+    return total
+
+
 def batch_totals(client: httpx.Client) -> tuple[float, float]:
     """(encode calls, texts encoded) so far, from /metrics."""
     text = client.get("/metrics").text
@@ -175,9 +199,11 @@ def run_server(name: str, index: Path, queries: list[str], args: argparse.Namesp
             asyncio.run(drive(server.url, queries, max(args.concurrency), args.warmup, args.k))  # warm-up
             for concurrency in args.concurrency:
                 calls0, texts0 = batch_totals(client)
+                cpu0 = tree_cpu_seconds(server.proc.pid)
                 started = time.perf_counter()
                 latencies, errors = asyncio.run(drive(server.url, queries, concurrency, args.duration, args.k))
                 seconds = time.perf_counter() - started
+                cpu1 = tree_cpu_seconds(server.proc.pid)
                 calls1, texts1 = batch_totals(client)
                 ms = np.asarray(latencies) * 1000
                 level = Level(
@@ -191,11 +217,13 @@ def run_server(name: str, index: Path, queries: list[str], args: argparse.Namesp
                     p99_ms=round(float(np.percentile(ms, 99)), 1),
                     mean_ms=round(float(ms.mean()), 1),
                     mean_batch=round((texts1 - texts0) / max(1.0, calls1 - calls0), 2),
+                    server_cpu_ms_per_query=round((cpu1 - cpu0) * 1000 / max(1, len(latencies)), 2),
                 )
                 levels.append(level)
                 print(
                     f"  {name:>13}  c={concurrency:<3} {level.qps:7.1f} q/s  p50 {level.p50_ms:7.1f} ms  "
-                    f"p99 {level.p99_ms:7.1f} ms  batch {level.mean_batch:5.2f}  errors {errors}",
+                    f"p99 {level.p99_ms:7.1f} ms  batch {level.mean_batch:5.2f}  "
+                    f"server CPU {level.server_cpu_ms_per_query:6.2f} ms/query  errors {errors}",
                     flush=True,
                 )
     finally:
@@ -205,13 +233,14 @@ def run_server(name: str, index: Path, queries: list[str], args: argparse.Namesp
 
 def table(levels: list[Level]) -> str:
     lines = [
-        "| server | concurrency | requests | queries/s | p50 ms | p99 ms | mean encode batch | errors |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| server | concurrency | requests | queries/s | p50 ms | p99 ms | server CPU ms/query | mean encode batch "
+        "| errors |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for lv in levels:
         lines.append(
             f"| {lv.server} | {lv.concurrency} | {lv.requests} | {lv.qps:.1f} | {lv.p50_ms:.1f} | "
-            f"{lv.p99_ms:.1f} | {lv.mean_batch:.2f} | {lv.errors} |"
+            f"{lv.p99_ms:.1f} | {lv.server_cpu_ms_per_query:.2f} | {lv.mean_batch:.2f} | {lv.errors} |"
         )
     return "\n".join(lines)
 

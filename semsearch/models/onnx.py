@@ -102,14 +102,15 @@ class OnnxModel:
         variant: Variant,
         cache_dir: Path | None = None,
         num_threads: int | None = None,
-        spinning: bool = True,
+        spinning: bool = False,
         arena_keep_tokens: int | None = None,
     ) -> None:
         """``hf_model`` is the transformers model, or a function that loads it: it is called only when
         the float export is missing from the cache, so a cached model runs without importing torch.
 
-        ``spinning=False`` makes idle intra-op threads sleep instead of spin-waiting: a little slower
-        per call, but it leaves the cores to other threads (a service's event loop, its clients)."""
+        ``spinning`` (off by default) lets idle intra-op threads spin-wait for the next parallel region
+        instead of sleeping: it burns a core per thread between calls for little gain on short inputs
+        (docs/benchmarks.md, "No spin-waiting")."""
         if kind not in KINDS:
             raise ValueError(f"unknown ONNX model kind {kind!r}; choose one of: {', '.join(KINDS)}")
         if variant not in VARIANTS:
@@ -586,7 +587,7 @@ def _shrink_options() -> Any:
     return options
 
 
-def _session(path: Path, num_threads: int | None, spinning: bool = True) -> onnxruntime.InferenceSession:
+def _session(path: Path, num_threads: int | None, spinning: bool = False) -> onnxruntime.InferenceSession:
     import onnxruntime
 
     options = onnxruntime.SessionOptions()

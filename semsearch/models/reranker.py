@@ -184,7 +184,7 @@ def _onnx_factory(variant: str) -> BackendFactory:
         options = RunnerOptions(
             cache_dir=Path(cache_dir) if cache_dir else None,
             num_threads=context.options.get("num_threads"),
-            spinning=bool(context.options.get("spinning", True)),
+            spinning=bool(context.options.get("spinning", False)),
             arena_keep_tokens=context.options.get("arena_keep_tokens"),
         )
         try:

@@ -42,7 +42,7 @@ class RunnerOptions:
 
     cache_dir: Path | None = None
     num_threads: int | None = None
-    spinning: bool = True
+    spinning: bool = False  # onnxruntime's intra-op spin-waiting (see OnnxModel)
     arena_keep_tokens: int | None = None
 
 
