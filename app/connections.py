@@ -96,6 +96,15 @@ class _Guard:
         super().connection_made(transport)  # type: ignore[misc]
         self._arm("headers", self.limits.header_timeout_s)
 
+    def send_400_response(self, msg: str) -> None:
+        """What the HTTP parser refuses (a malformed request line or header, a bad ``Content-Length``,
+        raw non-ASCII bytes in the URL...) in the one JSON error shape instead of uvicorn's plain text."""
+        self._disarm()
+        self.transport.write(
+            _response(400, "Bad Request", "bad_request", f"the HTTP request could not be parsed: {msg}", {})
+        )
+        self.transport.close()
+
     def connection_lost(self, exc: Exception | None) -> None:
         if self._refused:
             return

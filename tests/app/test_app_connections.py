@@ -174,3 +174,23 @@ def test_an_idle_keep_alive_connection_is_closed(limited_server: LimitedServer) 
         first = _read_all(sock, timeout=TIMEOUT_S + 10)  # the answer, then EOF when keep-alive expires
         assert first.startswith(b"HTTP/1.1 200"), first[:200]
         assert sock.recv(1) == b""  # closed by the server
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"GARBAGE\r\n\r\n",  # not a request line
+        b"GET /health HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n",  # Content-Length not a number
+        b"GET /search?q=\xff HTTP/1.1\r\nHost: x\r\n\r\n",  # raw non-ASCII byte in the URL
+    ],
+)
+def test_what_the_parser_refuses_gets_the_one_json_error_shape(
+    limited_server: LimitedServer, request_bytes: bytes
+) -> None:
+    with socket.create_connection(_address(limited_server.url), timeout=10) as sock:
+        sock.sendall(request_bytes)
+        raw = _read_all(sock, 10)
+    assert raw.startswith(b"HTTP/1.1 400"), raw[:200]
+    assert b"content-type: application/json" in raw.lower()
+    error = _json_body(raw)["error"]
+    assert error["code"] == "bad_request" and "could not be parsed" in error["message"]
