@@ -625,8 +625,7 @@ class IndexWriter:
         self.close()
         self.root.publish(version_dir, [d for d in new_dirs])
         shutil.rmtree(self.dir, ignore_errors=True)
-        with contextlib.suppress(OSError):
-            self.root.staging_dir.rmdir()
+        self.root.remove_dead_staging()
         self.root.collect_garbage()
         return manifest
 
