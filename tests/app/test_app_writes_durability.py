@@ -3,7 +3,7 @@
 Every acknowledged operation must be reflected (per id, the last acknowledged one wins, exact text and
 metadata); the one request per writer that was in flight at the kill is either wholly applied or not at
 all; `indexer verify` passes; each live document's exact text finds it first (score >= 0.9999).
-``SEMSEARCH_KILL_TRIALS`` sets the number of trials (CI: 3; the documented run: 30, docs/reliability.md).
+``WRITES_KILL_TRIALS`` sets the number of trials (CI: 3; the documented run: 30, docs/reliability.md).
 Small ``flush_rows`` make flushes (and merges) run during the writes, so kills land in them too.
 """
 
@@ -25,7 +25,7 @@ from app_fixtures import REPO, ServerProcess
 
 pytest_plugins = ["app_fixtures"]
 
-TRIALS = int(os.environ.get("SEMSEARCH_KILL_TRIALS", "3"))
+TRIALS = int(os.environ.get("WRITES_KILL_TRIALS", "3"))
 WRITERS = 4
 WORDS = [
     "amber",
