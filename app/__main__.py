@@ -162,6 +162,18 @@ def _http_implementation(config: uvicorn.Config) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     settings, overrides, server = parse_args(argv)
     _setup_logging(settings.log_level)
+    if settings.writable and settings.engine == "ray":
+        log.error(
+            "cannot start: --writable is not supported with --engine ray (writes would have to reach the shard "
+            "owning each id); serve writes with --engine local, one process"
+        )
+        return 2
+    if settings.writable and server["workers"] > 1:
+        log.error(
+            "cannot start: --writable needs --workers 1: one process holds the index's writer lock, its "
+            "write-ahead log and the in-memory segment, which other workers could not see"
+        )
+        return 2
     if settings.engine == "ray":
         from app.ray import deploy
 

@@ -33,6 +33,11 @@ last chunk, so it still reads one index version. A job whose client went away is
 A batch is an optimisation, never a shared fate: input is validated at the edge (``app.schemas``), and
 should the shared ``encode`` or a group's search still fail, the batch is retried job by job, so the
 error goes to the job that caused it alone and its batchmates get their results.
+
+**Queries first.** The texts of online writes (``--writable``, :meth:`MicroBatcher.embed_writes`) wait
+in a second, lower-priority lane: a batch is taken from it only when no query or embed job is waiting,
+in chunks of at most ``write_batch_tokens``, so a steady write load delays a query by at most one
+write chunk.
 """
 
 from __future__ import annotations
@@ -159,6 +164,7 @@ class MicroBatcher:
         retry_after_s: int,
         max_batch_tokens: int = 256,
         filter_workers: int = FILTER_WORKERS,
+        write_batch_tokens: int = 2048,
     ) -> None:
         self.encoder = encoder
         self.indexes = indexes
@@ -171,6 +177,8 @@ class MicroBatcher:
         self.max_seq_length = int(getattr(encoder, "max_seq_length", None) or 512)
         self._last_was_bulk = False  # small batches and bulk chunks alternate while both wait
         self._pending: deque[Job] = deque()
+        self._writes: deque[Job] = deque()  # the low-priority lane: texts of online writes
+        self.write_batch_tokens = write_batch_tokens
         self._wakeup = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="semsearch-encode")
         self._filter_executor = ThreadPoolExecutor(max_workers=filter_workers, thread_name_prefix="semsearch-filter")
@@ -190,10 +198,11 @@ class MicroBatcher:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        while self._pending:
-            job = self._pending.popleft()
+        for job in [*self._pending, *self._writes]:
             if not job.future.done():
                 job.future.set_exception(ApiError(503, "shutting_down", "the service is shutting down"))
+        self._pending.clear()
+        self._writes.clear()
         self.metrics.queue_depth.set(0)
         await asyncio.to_thread(self._executor.shutdown, wait=True)
         await asyncio.to_thread(self._filter_executor.shutdown, wait=True, cancel_futures=True)
@@ -210,6 +219,16 @@ class MicroBatcher:
     async def embed(self, texts: Sequence[str]) -> np.ndarray:
         """Unit vectors of ``texts`` (the index's encoder)."""
         vectors: np.ndarray = await self._submit(list(texts), None)
+        return vectors
+
+    async def embed_writes(self, texts: Sequence[str]) -> np.ndarray:
+        """Unit vectors of a write's texts, encoded in the low-priority lane (after waiting queries)."""
+        self._check_running()
+        job = Job(list(texts), None, asyncio.get_running_loop().create_future())
+        job.costs = [estimate_tokens(t, self.max_seq_length) for t in texts]
+        self._writes.append(job)
+        self._wakeup.set()
+        vectors: np.ndarray = await job.future
         return vectors
 
     @property
@@ -313,13 +332,25 @@ class MicroBatcher:
         self.metrics.queue_depth.set(len(self._pending))
         return batch
 
-    def _chunk(self, job: Job) -> Piece:
+    def _take_write_chunk(self) -> list[Piece]:
+        """One chunk of the oldest write job (writes go one chunk at a time, so queries cut in between)."""
+        while self._writes and self._writes[0].future.done():
+            self._writes.popleft()
+        if not self._writes:
+            return []
+        piece = self._chunk(self._writes[0], self.write_batch_tokens)
+        piece.job.cursor = piece.end
+        if piece.last:
+            self._writes.popleft()
+        return [piece]
+
+    def _chunk(self, job: Job, budget: int | None = None) -> Piece:
         """The longest run of the job's next texts within the budget (at least one text)."""
         end = job.cursor + 1
         while (
             end < len(job.texts)
             and end - job.cursor < self.max_batch
-            and job.padded_cost(job.cursor, end + 1) <= self.max_batch_tokens
+            and job.padded_cost(job.cursor, end + 1) <= (budget or self.max_batch_tokens)
         ):
             end += 1
         return Piece(job, job.cursor, end)
@@ -327,12 +358,12 @@ class MicroBatcher:
     async def _collect(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            while not self._pending:
+            while not self._pending and not self._writes:
                 self._wakeup.clear()
                 await self._wakeup.wait()
-            if self.window_s > 0 and self.max_batch > 1:
+            if self._pending and self.window_s > 0 and self.max_batch > 1:
                 await self._wait_for_more()
-            batch = self._take_batch()
+            batch = self._take_batch() if self._pending else self._take_write_chunk()
             if not batch:
                 continue
             try:
@@ -354,7 +385,7 @@ class MicroBatcher:
                     job.future.set_exception(result)
                 else:
                     job.future.set_result(result)
-            if any(not piece.last for piece in batch):
+            if any(not piece.last for piece in batch) or self._writes:
                 self._wakeup.set()  # the rest of a bulk job is still waiting
 
     # ------------------------------------------------------------------ worker thread

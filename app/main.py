@@ -19,7 +19,7 @@ from fastapi.staticfiles import StaticFiles
 from app.compat_errors import CompatErrorMiddleware
 from app.errors import install_error_handlers
 from app.metrics import Metrics, MetricsMiddleware
-from app.routes import admin, cohere_compat, embed, openai_compat, rerank, search, status, web
+from app.routes import admin, cohere_compat, documents, embed, openai_compat, rerank, search, status, web
 from app.runtime import Runtime
 from app.schemas import install_openapi_limits
 from app.security import ApiKeyMiddleware, BodyLimitMiddleware, HeadMiddleware, StrictUrlMiddleware
@@ -65,7 +65,7 @@ def create_app(
     app.state.metrics = metrics
     app.state.runtime = None
     install_error_handlers(app)
-    for module in (search, embed, rerank, status, admin, web, openai_compat, cohere_compat):
+    for module in (search, documents, embed, rerank, status, admin, web, openai_compat, cohere_compat):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=web.STATIC_DIR), name="static")
     install_openapi_limits(app, settings)
@@ -79,7 +79,7 @@ def create_app(
         app.add_middleware(
             CORSMiddleware,
             allow_origins=settings.cors_origins,
-            allow_methods=["GET", "POST"],
+            allow_methods=["GET", "POST", "DELETE"],
             allow_headers=["Authorization", "Content-Type"],
         )
     app.add_middleware(HeadMiddleware)

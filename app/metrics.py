@@ -59,6 +59,21 @@ class Metrics:
             registry=r,
         )
         self.index_size = Gauge("semsearch_index_size", "Sentences in the served index version.", registry=r)
+        self.writes = Counter(
+            "semsearch_writes_total", "Documents upserted or ids deleted (acknowledged), by op.", ("op",), registry=r
+        )
+        self.wal_fsync_seconds = Histogram(
+            "semsearch_wal_commit_seconds",
+            "Write-ahead log group commit: append + one fsync.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.pending_rows = Gauge(
+            "semsearch_pending_writes", "Upserted rows and deletes in memory, not yet flushed.", registry=r
+        )
+        self.flushes = Counter(
+            "semsearch_flushes_total", "Flushes of pending writes to a segment, by outcome.", ("outcome",), registry=r
+        )
         self.reloads = Counter(
             "semsearch_reloads_total",
             "Index reload attempts by outcome (reloaded, failed).",

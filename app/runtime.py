@@ -38,6 +38,7 @@ class Runtime:
             max_queue=settings.max_queue,
             retry_after_s=settings.retry_after_s,
             max_batch_tokens=settings.max_batch_tokens,
+            write_batch_tokens=settings.write_batch_tokens,
         )
         reranking = RerankRunner(
             services.reranker,
@@ -47,6 +48,9 @@ class Runtime:
             max_batch_tokens=settings.max_batch_tokens,
         )
         reloader = Reloader(settings.index, services, metrics)
+        if services.writes is not None:  # the service is the index's writer: its own versions are served
+            reloader.root = None
+            services.writes.metrics = metrics
         batcher.start()
         reloader.start_polling(settings.reload_poll_s)
         metrics.index_size.set(services.indexes.current.count)

@@ -17,6 +17,8 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 from app.errors import invalid
 from app.settings import Settings
 from semsearch.errors import InvalidInputError
+from semsearch.ids import MAX_ID_CHARS, MAX_SAFE_INT, id_key, id_problem
+from semsearch.rows import metadata_problem
 from semsearch.search import Mode, filters
 from semsearch.text import NON_BLANK_PATTERN, TEXT_PATTERN, text_problem
 
@@ -316,6 +318,119 @@ class ErrorResponse(BaseModel):
     """The one error shape."""
 
     error: ErrorBody
+
+
+# ------------------------------------------------------------------------------------------- documents (writes)
+
+
+def valid_id(value: Any) -> Any:
+    """An id as :mod:`semsearch.ids` defines it (the indexer's rule: string or safe integer, no NUL...)."""
+    problem = id_problem(value)
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
+DocId = Annotated[
+    int | str,
+    AfterValidator(valid_id),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string", "minLength": 1, "maxLength": MAX_ID_CHARS, "pattern": TEXT_PATTERN},
+                {"type": "integer", "minimum": -MAX_SAFE_INT, "maximum": MAX_SAFE_INT},
+            ]
+        }
+    ),
+]
+
+
+def valid_metadata(value: dict[str, Any]) -> dict[str, Any]:
+    """The ingest limits of :mod:`semsearch.rows` (finite numbers, 64-bit integers, depth, size, Unicode)."""
+    problem = metadata_problem(value)
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
+class DocumentIn(_Request):
+    """One document to upsert."""
+
+    id: DocId = Field(description='The document\'s id: a string or an integer (`1` and `"1"` are one id).')
+    text: NonBlank = Field(description="The text to index (not blank, at most max_text_chars).")
+    metadata: Annotated[dict[str, Any], AfterValidator(valid_metadata)] = Field(
+        default_factory=dict, description="JSON object stored with the text and matched by filters."
+    )
+
+
+def _duplicate_problem(ids: list[Any], field: str) -> None:
+    """One id written with both types in one request is refused (the last of each id otherwise wins)."""
+    seen: dict[str, tuple[int, bool]] = {}
+    for i, value in enumerate(ids):
+        key = id_key(value)
+        before = seen.get(key)
+        if before is not None and before[1] != isinstance(value, int):
+            raise invalid(
+                ["body", field, str(i), *(["id"] if field == "documents" else [])],
+                f"id {value!r} appears as both a string and an integer in this request "
+                f"(item {before[0]}); an id keeps one type",
+            )
+        seen[key] = (i, isinstance(value, int))
+
+
+class UpsertRequest(_Request):
+    """``POST /documents``: insert or replace documents by id, all of them or none."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"documents": [{"id": "cat-1", "text": "a large wild cat", "metadata": {"pos": "noun"}}]}]
+        }
+    )
+
+    documents: list[DocumentIn] = Field(
+        min_length=1,
+        description="At most max_write_documents. The same id twice: the last one wins (as two requests in order).",
+    )
+    wait: bool = Field(True, description="Return once the documents are searchable (else: once durable).")
+
+    def check_limits(self, s: Settings) -> None:
+        check_range(["body", "documents"], len(self.documents), s.max_write_documents, "SEMSEARCH_MAX_WRITE_DOCUMENTS")
+        for i, d in enumerate(self.documents):
+            check_text(["body", "documents", str(i), "text"], d.text, s.max_text_chars, "SEMSEARCH_MAX_TEXT_CHARS")
+        _duplicate_problem([d.id for d in self.documents], "documents")
+
+
+class DeleteRequest(_Request):
+    """``POST /documents/delete``: delete documents by id."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"ids": ["cat-1", 7]}]})
+
+    ids: list[DocId] = Field(min_length=1, description="Ids to delete (at most max_write_documents).")
+    wait: bool = Field(True, description="Return once the deletes are visible to searches (else: once durable).")
+
+    def check_limits(self, s: Settings) -> None:
+        check_range(["body", "ids"], len(self.ids), s.max_write_documents, "SEMSEARCH_MAX_WRITE_DOCUMENTS")
+
+
+class UpsertResponse(BaseModel):
+    upserted: int = Field(description="Documents written (all of the request's).")
+    seq: int = Field(description="The write-ahead log sequence number of this request.")
+    visible: bool = Field(description="Whether searches already see the documents (true when `wait` was).")
+    took_ms: float
+
+
+class DeleteResponse(BaseModel):
+    deleted: int = Field(description="Ids that named a live document.")
+    missing: list[int | str] = Field(description="Ids that named no live document (nothing to delete).")
+    seq: int
+    visible: bool
+    took_ms: float
+
+
+class DocumentOut(BaseModel):
+    id: int | str
+    text: str
+    metadata: dict[str, Any]
 
 
 # ------------------------------------------------------------------------------------------- OpenAPI

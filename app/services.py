@@ -11,14 +11,17 @@ import logging
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from app.settings import Settings
 from semsearch.index import Manifest, resolve_version_dir
 from semsearch.models import Encoder, Reranker
 from semsearch.search import SearchIndex, SegmentPool
+
+if TYPE_CHECKING:
+    from app.writes import LiveIndex
 
 log = logging.getLogger(__name__)
 
@@ -183,6 +186,7 @@ class Services:
     indexes: IndexHolder
     reranker: Reranker | None
     pool: SegmentPool
+    writes: LiveIndex | None = field(default=None, init=False)  # --writable: the service's writer (app.writes)
 
     @classmethod
     def load(cls, settings: Settings) -> Services:
@@ -193,6 +197,16 @@ class Services:
         index = load_index(settings.index, encoder, pool)
         m = index.manifest
         reranker = start_reranker(settings, encoder, index)
+        holder = IndexHolder(index)
+        writes = None
+        if settings.writable:
+            from app.writes import LiveIndex
+
+            try:  # the writer lock, then the write-ahead log replayed into memory: before the port is bound
+                writes = LiveIndex.open(settings, encoder, holder, pool, None)
+            except BaseException:
+                holder.close()
+                raise
         log.info(
             "serving index %s (%s, %d sentences in %d segment(s)) with %s (pooling %s, backend %s), "
             "%d threads, reranker %s",
@@ -206,11 +220,16 @@ class Services:
             settings.threads,
             settings.reranker or "none",
         )
-        return cls(encoder, IndexHolder(index), reranker, pool)
+        services = cls(encoder, holder, reranker, pool)
+        services.writes = writes
+        return services
 
     def load_version(self, path: Path) -> SearchIndex:
         """Load and check another version of the served index (hot reload; sharded services override)."""
         return load_index(path, self.encoder, self.pool)
 
     def close(self) -> None:
+        if self.writes is not None:  # flushes what is pending, then releases the writer lock
+            self.writes.close()
+            self.writes = None
         self.indexes.close()

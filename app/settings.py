@@ -183,6 +183,31 @@ class Settings(BaseSettings):
         '`"partial": true` and the shards that answered, instead of 503.',
     )
     access_log: bool = Field(True, description="Log one line per HTTP request (uvicorn access log).")
+    # --- online writes (POST /documents ...; docs/api.md#writes)
+    writable: bool = Field(
+        False,
+        description="Accept writes (POST /documents, POST /documents/delete, DELETE /documents/{id}): the "
+        "service then holds the index's writer lock, logs every write to DIR/wal before acknowledging it and "
+        "flushes to segments in the background. Off: write routes answer 403 naming this setting.",
+    )
+    refresh_interval_s: float = _in_range(
+        1.0, 0, 3600, "writable: seconds between refreshes that make acknowledged writes searchable.", above=True
+    )
+    flush_rows: int = _in_range(10_000, 1, 10_000_000, "writable: pending rows + deletes that trigger a flush.")
+    flush_age_s: float = _in_range(
+        60.0, 0, 86_400, "writable: seconds after which pending writes are flushed whatever their number.", above=True
+    )
+    max_write_queue: int = _in_range(
+        64, 1, 100_000, "writable: write requests being encoded or logged at once; one more gets 429."
+    )
+    max_write_documents: int = _in_range(1000, 1, 100_000, "writable: most documents (or ids) in one write request.")
+    write_batch_tokens: int = _in_range(
+        2048,
+        1,
+        1_000_000,
+        "writable: most tokens (estimated as for max_batch_tokens) encoded in one chunk of a write; queries "
+        "waiting are always encoded first.",
+    )
 
     @classmethod
     def settings_customise_sources(

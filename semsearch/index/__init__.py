@@ -8,9 +8,12 @@ from semsearch.index.ann import INDEX_FILE, VectorIndex, resolve_params
 from semsearch.index.layout import IndexRoot, resolve_version_dir
 from semsearch.index.lexical import top_k
 from semsearch.index.manifest import MANIFEST, Manifest
+from semsearch.index.memory import MEMORY_IID_BASE, MemoryRows
 from semsearch.index.merging import force_merge, maybe_merge, merge_groups, segments_per_shard
+from semsearch.index.segment import Segment, SegmentView
 from semsearch.index.sharding import segment_shard, shard_count
 from semsearch.index.store import Record
+from semsearch.index.wal import WAL_DIR, WalCorruptError, WalRecord, WalUnavailableError, WriteAheadLog
 from semsearch.index.writer import (
     DEFAULT_SEGMENT_ROWS,
     BaseVersion,
@@ -27,14 +30,23 @@ __all__ = [
     "DEFAULT_SEGMENT_ROWS",
     "INDEX_FILE",
     "MANIFEST",
+    "MEMORY_IID_BASE",
+    "WAL_DIR",
     "BaseVersion",
     "IndexRoot",
     "IndexWriter",
     "Manifest",
+    "MemoryRows",
     "MergePolicy",
     "OnDuplicate",
     "Record",
+    "Segment",
+    "SegmentView",
     "VectorIndex",
+    "WalCorruptError",
+    "WalRecord",
+    "WalUnavailableError",
+    "WriteAheadLog",
     "aborting",
     "disk_errors",
     "force_merge",

@@ -113,17 +113,30 @@ class IndexRoot:
         return f"v{(max(existing) + 1 if existing else 1):06d}"
 
     @contextlib.contextmanager
-    def lock(self) -> Iterator[None]:
-        """Exclusive writer lock; a second concurrent build fails fast instead of racing."""
+    def lock(self, holder: str = "another indexer process") -> Iterator[None]:
+        """Exclusive writer lock; a second concurrent writer fails fast instead of racing.
+
+        The holder writes who it is (``holder``, its pid) into the lock file, and a refused writer's
+        error names it: e.g. the service holding the index ``--writable``."""
         self.path.mkdir(parents=True, exist_ok=True)
-        with (self.path / LOCK).open("a") as fh:
+        with (self.path / LOCK).open("a+") as fh:
             try:
                 fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError as e:
-                raise InvalidInputError(f"another indexer process is writing to {self.path}") from e
+                fh.seek(0)
+                who = fh.read(200).strip() or "another indexer process"
+                raise InvalidInputError(
+                    f"{who} is writing to {self.path}; it holds the index's writer lock (one writer per index)"
+                ) from e
+            with contextlib.suppress(OSError):
+                fh.truncate(0)
+                fh.write(f"{holder} (pid {os.getpid()})\n")
+                fh.flush()
             try:
                 yield
             finally:
+                with contextlib.suppress(OSError):
+                    fh.truncate(0)
                 fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
     def publish(self, staged: Path, segments: list[Path] | None = None) -> str:

@@ -34,8 +34,15 @@ JSON = {"content-type": "application/json"}
 
 
 @pytest.fixture(scope="module")
-def client(app_settings: Callable[..., Settings], untrained_reranker: Path) -> Iterator[TestClient]:
-    app = create_app(app_settings(reranker=str(untrained_reranker), max_body_bytes=200_000))
+def client(
+    app_settings: Callable[..., Settings], untrained_reranker: Path, app_index: Path, tmp_path_factory: Any
+) -> Iterator[TestClient]:
+    import shutil
+
+    root = tmp_path_factory.mktemp("hostile") / "root"  # writable: the write routes are poisoned too
+    shutil.copytree(app_index, root, symlinks=True)
+    settings = app_settings(reranker=str(untrained_reranker), max_body_bytes=200_000, index=root, writable=True)
+    app = create_app(settings)
     with TestClient(app, raise_server_exceptions=False) as test_client:
         yield test_client
 
@@ -448,6 +455,11 @@ GOOD_REQUESTS: dict[tuple[str, str], dict[str, Any]] = {
     ("POST", "/v1/rerank"): {"json": {"query": "a large wild cat", "documents": ["a lion", {"text": "a spoon"}]}},
     ("POST", "/v2/rerank"): {"json": {"query": "a large wild cat", "documents": ["a lion", {"text": "a spoon"}]}},
     ("GET", "/v1/models/{model_id}"): {"path": {"model_id": "all-MiniLM-L6-v2"}},
+    ("POST", "/documents"): {"json": {"documents": [{"id": "hostile-1", "text": "a large wild cat",
+                                                     "metadata": {"pos": "noun"}}], "wait": False}},
+    ("GET", "/documents/{id}"): {"path": {"id": "hostile-1"}},
+    ("POST", "/documents/delete"): {"json": {"ids": ["hostile-2", 3]}},
+    ("DELETE", "/documents/{id}"): {"path": {"id": "hostile-1"}},
 }  # fmt: skip
 LIST, VALUE, KEY = "[]", "*", "<key>"  # wildcards of a position: a list item, an object value, an object key
 
@@ -706,6 +718,8 @@ def test_every_get_route_answers_head(client: TestClient) -> None:
     routes = _leaf_routes(client.app.routes)  # type: ignore[attr-defined]
     gets = sorted({prefix + r.path for prefix, r in routes if isinstance(r, APIRoute) and "GET" in r.methods})
     assert {"/health", "/search", "/info", "/ready", "/metrics", "/v1/models", "/"} <= set(gets), gets
+    doc = {"id": "all-MiniLM-L6-v2", "text": "a document whose id fills every path parameter below"}
+    assert client.post("/documents", json={"documents": [doc]}).status_code == 200  # GET /documents/{id} finds it
     for path in [*gets, "/static/app.css", "/docs", "/openapi.json"]:
         url = re.sub(r"\{[^}]*\}", "all-MiniLM-L6-v2", path) + ("?q=a+large+wild+cat" if path == "/search" else "")
         get, head = client.get(url), client.head(url)

@@ -1,0 +1,173 @@
+"""Online writes through a real server started with --writable: visibility, get, delete, atomicity,
+the writer lock against the CLI, refused configurations, flush + restart."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from app_fixtures import REPO, ServerProcess, assert_error, wait_until
+
+pytest_plugins = ["app_fixtures"]
+
+
+def copy_index(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst, symlinks=True)
+    return dst
+
+
+@pytest.fixture(scope="module")
+def writable(app_index: Path, tmp_path_factory: pytest.TempPathFactory, launch_server: Callable[..., ServerProcess]):
+    root = copy_index(app_index, tmp_path_factory.mktemp("writable") / "root")
+    server = launch_server(root, writable="true", refresh_interval_s="0.5", flush_rows="1000000")
+    server.wait_started()
+    return root, server
+
+
+def top(client: httpx.Client, query: str, **extra: Any) -> list[dict[str, Any]]:
+    r = client.post("/search", json={"query": query, "k": 3, **extra})
+    assert r.status_code == 200, r.text
+    return r.json()["results"]
+
+
+def test_upsert_wait_is_visible_on_return(writable: tuple[Path, ServerProcess]) -> None:
+    _, server = writable
+    with server.client() as c:
+        text = "a zebra-striped teapot that whistles sea shanties"
+        r = c.post("/documents", json={"documents": [{"id": "teapot", "text": text, "metadata": {"kind": "pot"}}]})
+        assert r.status_code == 200, r.text
+        assert r.json()["upserted"] == 1 and r.json()["visible"] is True
+        hits = top(c, text)
+        assert hits[0]["id"] == "teapot" and hits[0]["score"] >= 0.9999
+        assert top(c, text, filter={"kind": "pot"})[0]["id"] == "teapot"
+        assert top(c, "zebra teapot shanties", mode="lexical")[0]["id"] == "teapot"
+        assert c.get("/documents/teapot").json() == {"id": "teapot", "text": text, "metadata": {"kind": "pot"}}
+
+
+def test_upsert_without_wait_is_visible_within_the_refresh_interval(writable: tuple[Path, ServerProcess]) -> None:
+    _, server = writable
+    with server.client() as c:
+        text = "an origami giraffe folded from a bus ticket"
+        r = c.post("/documents", json={"documents": [{"id": 41, "text": text}], "wait": False})
+        assert r.status_code == 200 and r.json()["visible"] is False
+        assert c.get("/documents/41").json()["id"] == 41  # get is real time
+        assert wait_until(lambda: top(c, text)[0]["id"] == 41, timeout=5, every=0.05)
+
+
+def test_upsert_replaces_and_delete_removes(writable: tuple[Path, ServerProcess]) -> None:
+    _, server = writable
+    with server.client() as c:
+        first = c.get("/search", params={"q": "cat", "k": 1}).json()["results"][0]  # a row of the disk segment
+        new_text = "a replaced gloss about a velvet accordion"
+        assert c.post("/documents", json={"documents": [{"id": first["id"], "text": new_text}]}).status_code == 200
+        assert c.get(f"/documents/{first['id']}").json()["text"] == new_text
+        assert first["id"] not in [h["id"] for h in top(c, first["text"])]  # the old row is tombstoned
+        r = c.post("/documents/delete", json={"ids": [first["id"], "never-there"]})
+        assert r.status_code == 200, r.text
+        assert r.json()["deleted"] == 1 and r.json()["missing"] == ["never-there"]
+        assert_error(c.get(f"/documents/{first['id']}"), 404, "not_found")
+        assert all(h["id"] != first["id"] for h in top(c, new_text))
+        c.post("/documents", json={"documents": [{"id": "del-me", "text": "a doomed sentence about marmalade"}]})
+        r = c.delete("/documents/del-me")
+        assert r.status_code == 200 and r.json()["deleted"] == 1
+        assert_error(c.get("/documents/del-me"), 404)
+
+
+def test_a_request_with_one_bad_document_writes_nothing(writable: tuple[Path, ServerProcess]) -> None:
+    _, server = writable
+    with server.client() as c:
+        docs = [{"id": "atom-1", "text": "fine"}, {"id": "atom-2", "text": "   "}]
+        assert_error(c.post("/documents", json={"documents": docs}), 422, "invalid_input")
+        raw = (
+            b'{"documents": [{"id": "atom-1", "text": "fine"}, {"id": "atom-2", "text": "x", "metadata": {"n": NaN}}]}'
+        )
+        r = c.post("/documents", content=raw, headers={"content-type": "application/json"})
+        assert r.status_code == 422, r.text
+        both = [{"id": "a", "text": "x"}, {"id": 1, "text": "y"}, {"id": "1", "text": "z"}]
+        assert_error(c.post("/documents", json={"documents": both}), 422)
+        assert_error(c.get("/documents/atom-1"), 404)
+        # an id keeps its type: 41 (an integer, written above or here) cannot become "41"
+        c.post("/documents", json={"documents": [{"id": 77, "text": "an integer id"}]})
+        mixed = [{"id": "ok-77", "text": "x"}, {"id": "77", "text": "a string id"}]
+        r = c.post("/documents", json={"documents": mixed})
+        assert_error(r, 422)
+        assert_error(c.get("/documents/ok-77"), 404)
+        assert c.get("/documents/77").json()["id"] == 77
+
+
+def test_cli_is_refused_while_the_service_holds_the_lock(writable: tuple[Path, ServerProcess]) -> None:
+    root, _ = writable
+    run = subprocess.run(
+        [sys.executable, "-m", "indexer", "delete", "--index", str(root), "--ids", "x", "--missing-ok"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 1, run.stderr
+    assert "semsearch service (--writable)" in run.stderr and "writer lock" in run.stderr
+
+
+def test_writes_are_refused_without_writable(app_client: Any) -> None:
+    r = app_client.post("/documents", json={"documents": [{"id": "x", "text": "y"}]})
+    assert r.status_code == 403 and r.json()["error"]["code"] == "writes_disabled"
+    assert "SEMSEARCH_WRITABLE" in r.json()["error"]["message"]
+    assert app_client.post("/documents/delete", json={"ids": ["x"]}).status_code == 403
+    assert app_client.delete("/documents/x").status_code == 403
+    assert app_client.get("/documents/nope").status_code == 404
+
+
+def test_workers_and_ray_with_writable_are_refused(app_index: Path) -> None:
+    for extra in (["--workers", "2"], ["--engine", "ray"]):
+        run = subprocess.run(
+            [sys.executable, "-m", "app", "--index", str(app_index), "--writable", *extra],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert run.returncode == 2
+        assert "--writable" in run.stderr and "cannot start" in run.stderr
+
+
+def test_flush_and_restart_keep_everything(
+    app_index: Path, tmp_path: Path, launch_server: Callable[..., ServerProcess]
+) -> None:
+    root = copy_index(app_index, tmp_path / "root")
+    server = launch_server(root, writable="true", flush_rows="5", refresh_interval_s="0.2")
+    server.wait_started()
+    docs = [
+        {"id": f"f{i}", "text": f"flush test sentence number {i} about lighthouses", "metadata": {"i": i}}
+        for i in range(12)
+    ]
+    with server.client() as c:
+        for d in docs:
+            assert c.post("/documents", json={"documents": [d], "wait": False}).status_code == 200
+        assert c.post("/documents/delete", json={"ids": ["f3"]}).json()["deleted"] == 1
+        assert wait_until(lambda: len(list((root / "versions").iterdir())) > 1, 60)
+        c.post("/documents", json={"documents": [{"id": "late", "text": "written after the flush"}]})
+    assert server.stop() == -signal.SIGTERM  # graceful: uvicorn re-raises the signal
+    again = launch_server(root, writable="true")
+    again.wait_started()
+    with again.client() as c:
+        for d in docs:
+            r = c.get(f"/documents/{d['id']}")
+            if d["id"] == "f3":
+                assert r.status_code == 404
+            else:
+                assert r.json() == d
+                assert top(c, d["text"])[0]["id"] == d["id"]
+        assert c.get("/documents/late").status_code == 200
+    assert again.stop() == -signal.SIGTERM
+    assert "flushed" in again.log or "nothing" not in again.log
+    verify = subprocess.run(
+        [sys.executable, "-m", "indexer", "verify", "--index", str(root)], cwd=REPO, capture_output=True, text=True
+    )
+    assert verify.returncode == 0, verify.stdout + verify.stderr
