@@ -10,6 +10,7 @@ from semsearch.index.lexical import top_k
 from semsearch.index.manifest import MANIFEST, Manifest
 from semsearch.index.merging import force_merge, maybe_merge, merge_groups, segments_per_shard
 from semsearch.index.sharding import segment_shard, shard_count
+from semsearch.index.snapshot import SNAPSHOT_SUFFIXES, SnapshotInfo, restore_snapshot, write_snapshot
 from semsearch.index.store import Record
 from semsearch.index.writer import (
     DEFAULT_SEGMENT_ROWS,
@@ -27,6 +28,7 @@ __all__ = [
     "DEFAULT_SEGMENT_ROWS",
     "INDEX_FILE",
     "MANIFEST",
+    "SNAPSHOT_SUFFIXES",
     "BaseVersion",
     "IndexRoot",
     "IndexWriter",
@@ -34,6 +36,7 @@ __all__ = [
     "MergePolicy",
     "OnDuplicate",
     "Record",
+    "SnapshotInfo",
     "VectorIndex",
     "aborting",
     "disk_errors",
@@ -43,9 +46,11 @@ __all__ = [
     "merge_groups",
     "resolve_params",
     "resolve_version_dir",
+    "restore_snapshot",
     "segment_shard",
     "segments_per_shard",
     "shard_count",
     "top_k",
     "upgrade",
+    "write_snapshot",
 ]
