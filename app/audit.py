@@ -8,9 +8,9 @@ to the logger ``semsearch.audit`` at INFO. A line::
      "collection": "catalogue", "scope": "write", "status": 200, "counts": {"documents": 120}, "ms": 41.2}
 
 It never holds a key (only its name) or any document text: the counts are the lengths of the list fields
-of a JSON body (``documents``, ``ids``, ``texts``), read from a copy of the body (at most
-:data:`MAX_COUNTED_BODY` bytes; bigger bodies get no counts), and routes may add their own counts
-(a snapshot's file name and rows) through :func:`note`.
+of a JSON body (``documents``, ``ids``, ``texts``), taken from a copy of the body as the route reads it
+(at most :data:`MAX_COUNTED_BODY` bytes; bigger bodies, and requests refused before their body was read,
+get none), and routes may add their own counts (a snapshot's file name and rows) through :func:`note`.
 """
 
 from __future__ import annotations

@@ -51,7 +51,7 @@ KEY_PREFIX = "sk-semsearch-"
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 
 
-CollectionPattern = Annotated[str, Field(pattern=r"^(\*|[A-Za-z0-9][A-Za-z0-9._-]{0,63})$")]
+CollectionPattern = Annotated[str, Field(max_length=64, pattern=r"^(\*|[A-Za-z0-9][A-Za-z0-9_-]*(\.[A-Za-z0-9_-]+)*)$")]
 
 
 class KeyFileError(ValueError):

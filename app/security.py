@@ -52,7 +52,9 @@ def bearer_token(scope: Scope) -> bytes | None:
     return None
 
 
-COLLECTION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+# a collection name: letters, digits, `_`, `-`, and dots between them (never `..`), at most 64 characters
+COLLECTION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*(\.[A-Za-z0-9_-]+)*$")
+COLLECTION_NAME_MAX = 64
 COLLECTIONS_PREFIX = "/collections/"
 # the routes of the documents API (online writes): GET reads, every other method writes
 DOCUMENTS_PREFIXES = ("/documents",)

@@ -25,7 +25,7 @@ from app.deps import RuntimeDep
 from app.errors import ApiError
 from app.keys import ANONYMOUS, Principal
 from app.schemas import ErrorResponse
-from app.security import COLLECTION_NAME, PRINCIPAL_KEY
+from app.security import COLLECTION_NAME, COLLECTION_NAME_MAX, PRINCIPAL_KEY
 from app.settings import Settings
 from semsearch.index import MANIFEST, SNAPSHOT_SUFFIXES, write_snapshot
 
@@ -36,8 +36,9 @@ CollectionName = Annotated[
     str,
     PathParam(
         pattern=COLLECTION_NAME.pattern,
-        description="A collection: letters, digits, `.`, `_`, `-`, at most 64 characters, starting with a letter "
-        "or digit.",
+        max_length=COLLECTION_NAME_MAX,
+        description="A collection: letters, digits, `_`, `-` and single dots between them (never `..`), at most "
+        "64 characters, starting with a letter or digit.",
     ),
 ]
 SnapshotName = Annotated[str, PathParam(max_length=220, description="A file name `GET .../snapshots` listed.")]

@@ -257,3 +257,25 @@ def test_snapshot_refuses_bad_names_and_existing_files(index: Path, tmp_path: Pa
     with pytest.raises(InvalidInputError, match="no published index"):
         write_snapshot(tmp_path / "nothing", tmp_path / "n.tar")
     assert _Root(index).current_version() == "v000003"
+
+
+def test_the_cli_snapshots_and_restores_with_one_error_line(index: Path, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "indexer", *args], cwd=REPO, capture_output=True, text=True)
+
+    archive = tmp_path / "s.tar.gz"
+    made = run("snapshot", "--index", str(index), "--output", str(archive))
+    assert made.returncode == 0 and "snapshot of v000003: 53 sentences" in made.stdout, made.stderr
+    out = tmp_path / "restored"
+    done = run("restore", "--snapshot", str(archive), "--output", str(out))
+    assert done.returncode == 0 and "verified" in done.stdout and verify(out) == []
+    again = run("restore", "--snapshot", str(archive), "--output", str(out))
+    errors = [line for line in again.stderr.splitlines() if line.startswith("error:")]
+    assert again.returncode == 1 and len(errors) == 1 and "--overwrite" in errors[0]
+    assert run("restore", "--snapshot", str(archive), "--output", str(out), "--overwrite").returncode == 0
+    assert IndexRoot(out).current_version() == "v000004"
