@@ -18,7 +18,7 @@ from typing import Any, Literal, Union, get_args, get_origin
 
 import uvicorn
 
-from app.settings import ENV_PREFIX, RENAMED_FIELDS, ConfigError, Settings, load_settings
+from app.settings import ENV_PREFIX, FLAG_ALIASES, RENAMED_FIELDS, ConfigError, Settings, load_settings
 from semsearch.runtime import setup_logging, warn_renamed
 
 log = logging.getLogger("app")
@@ -73,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
             choices = _literal_choices(field.annotation)
             parser.add_argument(
                 flag,
+                *FLAG_ALIASES.get(name, ()),
                 default=None,
                 choices=choices,
                 help=help_text,

@@ -16,10 +16,13 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.staticfiles import StaticFiles
 
+from app.audit import AuditLog, AuditMiddleware
 from app.compat_errors import CompatErrorMiddleware
 from app.errors import install_error_handlers
+from app.keys import KeyRing, KeyWatcher
 from app.metrics import Metrics, MetricsMiddleware
-from app.routes import admin, cohere_compat, documents, embed, openai_compat, rerank, search, status, web
+from app.routes import admin, cohere_compat, collections, documents, embed, openai_compat, rerank, search, status, web
+from app.routes.collections import collection_name
 from app.runtime import Runtime
 from app.schemas import install_openapi_limits
 from app.security import ApiKeyMiddleware, BodyLimitMiddleware, HeadMiddleware, StrictUrlMiddleware
@@ -48,24 +51,33 @@ def create_app(
     settings = settings or get_settings()
     metrics = Metrics()
     loader = load or (lambda: Services.load(settings))
+    keyring = KeyRing(settings.keys_file) if settings.keys_file is not None else None
+    audit = AuditLog(settings.audit_log)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         loaded = services if services is not None else await asyncio.to_thread(loader)
         runtime = Runtime.start(settings, loaded, metrics)
         app.state.runtime = runtime
+        watcher = KeyWatcher(keyring, settings.reload_poll_s) if keyring is not None else None
+        if watcher is not None:
+            watcher.start()
         try:
             yield
         finally:
+            if watcher is not None:
+                await watcher.stop()
             await runtime.stop()
+            audit.close()
             log.info("semsearch stopped")
 
     app = FastAPI(title="semsearch", version=__version__, description=DESCRIPTION, lifespan=lifespan)
     app.state.settings = settings
+    app.state.keyring = keyring
     app.state.metrics = metrics
     app.state.runtime = None
     install_error_handlers(app)
-    for module in (search, documents, embed, rerank, status, admin, web, openai_compat, cohere_compat):
+    for module in (search, documents, embed, rerank, status, admin, collections, web, openai_compat, cohere_compat):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=web.STATIC_DIR), name="static")
     install_openapi_limits(app, settings)
@@ -73,7 +85,13 @@ def create_app(
     # drops the body of every answer (the guards' too); the URL is decoded strictly after the key check
     app.add_middleware(StrictUrlMiddleware)
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
-    app.add_middleware(ApiKeyMiddleware, api_key=settings.api_key_bytes())
+    app.add_middleware(
+        ApiKeyMiddleware,
+        api_key=settings.api_key_bytes(),
+        keyring=keyring,
+        default_collection=collection_name(settings),
+    )
+    app.add_middleware(AuditMiddleware, audit=audit)  # right outside the key check: refusals are audited too
     app.add_middleware(CompatErrorMiddleware)  # OpenAI's error shape on /v1, /v2 (auth and size errors too)
     if settings.cors_origins:
         app.add_middleware(

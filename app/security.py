@@ -1,10 +1,15 @@
 """Request guards as ASGI middleware (so unknown routes and bad bodies are covered too).
 
-API key:
+Keys (:class:`ApiKeyMiddleware`):
 
-* ``SEMSEARCH_API_KEY`` set: every route except the public ones needs ``Authorization: Bearer KEY``
-  (compared with ``hmac.compare_digest``; the key is never logged) or gets 401.
-* Admin routes (``/admin/...``) always need a key: without a configured key they answer 403.
+* ``SEMSEARCH_API_KEY`` set: one all-powerful key (named ``api-key`` in the audit log). ``SEMSEARCH_KEYS_FILE``
+  set: scoped keys (:mod:`app.keys`), each with scopes, collections and an optional rate limit. Both may be
+  set. With either, every route except the public ones needs ``Authorization: Bearer KEY`` (the ``/v1``
+  compatible routes too) or gets 401; the key is never logged, and compared in constant time.
+* :func:`required_access` maps each request to a scope and a collection: a key without that scope or
+  collection gets 403; a key over its rate limit gets 429 with ``Retry-After`` (that key alone).
+* Admin routes (``/admin/...``, snapshots, creating collections) always need a key with the ``admin``
+  scope: without any key configured they answer 403.
 * Public: ``/health`` and the static web page and API docs (``/``, ``/static/...``, ``/docs``,
   ``/openapi.json``), which hold no data; the page asks for the key when the API needs one.
 
@@ -18,12 +23,17 @@ HEAD (:class:`HeadMiddleware`): every GET route answers HEAD with the GET's stat
 from __future__ import annotations
 
 import hmac
+import math
+import re
+from dataclasses import dataclass
 from urllib.parse import quote, unquote_to_bytes
 
 from starlette.exceptions import HTTPException
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.errors import error_response, path_methods
+from app.keys import ANONYMOUS, LEGACY, KeyRing, Principal
 
 PUBLIC_PATHS = frozenset({"/health", "/", "/docs", "/docs/oauth2-redirect", "/openapi.json", "/favicon.ico"})
 PUBLIC_PREFIXES = ("/static/",)
@@ -42,41 +52,138 @@ def bearer_token(scope: Scope) -> bytes | None:
     return None
 
 
-class ApiKeyMiddleware:
-    """401/403 before routing; CORS preflights pass (this middleware sits inside the CORS one)."""
+# a collection name: letters, digits, `_`, `-`, and dots between them (never `..`), at most 64 characters
+COLLECTION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*(\.[A-Za-z0-9_-]+)*$")
+COLLECTION_NAME_MAX = 64
+COLLECTIONS_PREFIX = "/collections/"
+# the routes of the documents API (online writes): GET reads, every other method writes
+DOCUMENTS_PREFIXES = ("/documents",)
+PRINCIPAL_KEY = "semsearch.principal"  # scope entry: the request's Principal, for routes and the audit log
+ACCESS_KEY = "semsearch.access"  # scope entry: the request's Access
 
-    def __init__(self, app: ASGIApp, api_key: bytes | None) -> None:
+
+@dataclass(frozen=True)
+class Access:
+    """What a request needs: a scope (None: any valid key) on a collection (None: none in particular)."""
+
+    scope: str | None
+    collection: str | None
+
+
+def required_access(method: str, path: str, default_collection: str) -> Access | None:
+    """The scope and collection a request needs, or None for a public route.
+
+    ``/collections/{name}/...`` is the same route as the unprefixed one, on collection ``name``; the
+    unprefixed routes act on the default (served) collection. GET ``/collections`` needs any valid key
+    (it lists only what the key may see); ``PUT``/``DELETE /collections/{name}`` and every snapshot route
+    are admin; ``/documents...``: GET and HEAD read, any other method writes (the online-write routes
+    are covered by their path, whichever of them exist).
+    """
+    if is_public(path):
+        return None
+    collection = default_collection
+    if path == "/collections" or path == "/collections/":
+        return Access(None, None)
+    if path.startswith(COLLECTIONS_PREFIX):
+        name, _, rest = path[len(COLLECTIONS_PREFIX) :].partition("/")
+        collection = name
+        if not rest:
+            return Access("read" if method in ("GET", "HEAD") else "admin", collection)
+        if rest == "snapshots" or rest.startswith("snapshots/"):
+            return Access("admin", collection)
+        path = "/" + rest
+    if path.startswith(ADMIN_PREFIX) or path == "/admin":
+        return Access("admin", collection)
+    if path.startswith(DOCUMENTS_PREFIXES):
+        return Access("read" if method in ("GET", "HEAD") else "write", collection)
+    return Access("read", collection)
+
+
+class ApiKeyMiddleware:
+    """401/403/429 before routing; CORS preflights pass (this middleware sits inside the CORS one).
+
+    ``api_key`` is the single all-powerful key, ``keyring`` the scoped keys; with neither, requests are
+    anonymous (read and write) and admin routes are refused. The request's :class:`Principal` and
+    :class:`Access` are left in the ASGI scope for the routes and the audit log."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        api_key: bytes | None,
+        keyring: KeyRing | None = None,
+        default_collection: str = "",
+    ) -> None:
         self.app = app
         self.api_key = api_key
+        self.keyring = keyring
+        self.default_collection = default_collection
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         path: str = scope["path"]
-        admin = path.startswith(ADMIN_PREFIX)
-        if self.api_key is None:
-            if admin:
-                response = error_response(
+        access = required_access(scope["method"], path, self.default_collection)
+        scope[ACCESS_KEY] = access
+        principal, response = self._authorize(scope, access)
+        scope[PRINCIPAL_KEY] = principal
+        if response is not None:
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+    def _authenticate(self, token: bytes) -> Principal | None:
+        if self.api_key is not None and hmac.compare_digest(token, self.api_key):
+            return LEGACY
+        return self.keyring.match(token) if self.keyring is not None else None
+
+    def _authorize(self, scope: Scope, access: Access | None) -> tuple[Principal, Response | None]:
+        if access is None:
+            return ANONYMOUS, None
+        if self.api_key is None and self.keyring is None:
+            if access.scope == "admin":
+                return ANONYMOUS, error_response(
                     403,
                     "admin_disabled",
                     "admin routes are disabled because no API key is configured; set SEMSEARCH_API_KEY "
-                    "(or --api-key) and send `Authorization: Bearer <key>`",
+                    "(or --api-key) or a keys file (SEMSEARCH_KEYS_FILE) and send `Authorization: Bearer <key>`",
                 )
-                await response(scope, receive, send)
-                return
-        elif admin or not is_public(path):
-            token = bearer_token(scope)
-            if token is None or not hmac.compare_digest(token, self.api_key):
-                response = error_response(
-                    401,
-                    "unauthorized",
-                    "missing API key: send `Authorization: Bearer <key>`" if token is None else "invalid API key",
-                    headers={"WWW-Authenticate": "Bearer"},
-                )
-                await response(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
+            return ANONYMOUS, None
+        token = bearer_token(scope)
+        principal = None if token is None else self._authenticate(token)
+        if principal is None:
+            return ANONYMOUS, error_response(
+                401,
+                "unauthorized",
+                "missing API key: send `Authorization: Bearer <key>`" if token is None else "invalid API key",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        if access.scope is not None and not principal.may(access.scope):
+            return principal, error_response(
+                403,
+                "forbidden",
+                f"key {principal.name!r} does not have the {access.scope!r} scope needed for "
+                f"{scope['method']} {scope['path']}",
+                {"key": principal.name, "scope": access.scope},
+            )
+        if access.collection is not None and not principal.sees(access.collection):
+            return principal, error_response(
+                403,
+                "forbidden",
+                f"key {principal.name!r} may not use collection {access.collection!r}",
+                {"key": principal.name, "collection": access.collection},
+            )
+        wait = self.keyring.throttle(principal) if self.keyring is not None else 0.0
+        if wait > 0:
+            retry = max(1, math.ceil(wait))
+            return principal, error_response(
+                429,
+                "rate_limited",
+                f"key {principal.name!r} is over its rate limit; retry after {retry} s",
+                {"key": principal.name},
+                {"Retry-After": str(retry)},
+            )
+        return principal, None
 
 
 class BodyLimitMiddleware:

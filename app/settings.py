@@ -25,6 +25,8 @@ ENV_PREFIX = "SEMSEARCH_"
 # Renamed fields: old name -> new name. The old ``SEMSEARCH_OLD`` variable and ``--old`` flag (hidden in
 # --help) still set the new field, with a deprecation warning; the new variable wins over the old one.
 RENAMED_FIELDS: dict[str, str] = {"reranker_weight": "retrieval_weight", "workers_threads": "threads"}
+# Shorter flags some fields also answer to (the issue's names): field -> extra flags.
+FLAG_ALIASES: dict[str, tuple[str, ...]] = {"keys_file": ("--keys",)}
 
 
 def default_threads() -> int:
@@ -208,6 +210,21 @@ class Settings(BaseSettings):
         "writable: most tokens (estimated as for max_batch_tokens) encoded in one chunk of a write; queries "
         "waiting are always encoded first.",
     )
+    # --- keys, audit, snapshots (issue 23; app/keys.py, app/audit.py, app/routes/collections.py)
+    keys_file: Path | None = Field(
+        None,
+        description="JSON file of scoped API keys (hashes only; `python -m app.keys add` makes them): name, scopes "
+        "(read, write, admin), collections, optional rate limit. Reloaded on SIGHUP and when it changes; "
+        "a broken file keeps the old keys. Also `--keys`.",
+    )
+    audit_log: Path | None = Field(
+        None,
+        description="Append one JSON line per write and admin call (key name, route, collection, counts, "
+        "status; never a key or document text) to this file. Default: the `semsearch.audit` logger.",
+    )
+    snapshots_dir: Path | None = Field(
+        None, description="Where `POST /collections/{name}/snapshots` writes archives. Default: INDEX/snapshots."
+    )
 
     @classmethod
     def settings_customise_sources(
@@ -236,6 +253,31 @@ class Settings(BaseSettings):
         except SemsearchError as e:
             raise ValueError(e.message) from e
         return path.resolve()
+
+    @field_validator("keys_file")
+    @classmethod
+    def _keys_file_loads(cls, value: Path | None) -> Path | None:
+        """A keys file that cannot be used stops the start-up with one line saying why."""
+        if value is None:
+            return None
+        from app.keys import KeyFileError, read_keys_file
+
+        path = value.expanduser().resolve()
+        try:
+            read_keys_file(path)
+        except KeyFileError as e:
+            raise ValueError(str(e)) from None
+        return path
+
+    @field_validator("audit_log", "snapshots_dir")
+    @classmethod
+    def _parent_exists(cls, value: Path | None) -> Path | None:
+        if value is None:
+            return None
+        path = value.expanduser().resolve()
+        if not path.parent.is_dir():
+            raise ValueError(f"the directory {path.parent} does not exist")
+        return path
 
     @field_validator("model", "reranker", mode="before")
     @classmethod

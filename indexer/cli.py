@@ -412,10 +412,11 @@ def verify(
 
 def _register_extra_commands() -> None:
     """Commands that live in their own modules attach themselves here."""
-    from indexer import eval_cmd, train_cmd
+    from indexer import eval_cmd, snapshot_cmd, train_cmd
 
     eval_cmd.register(app)
     train_cmd.register(app)
+    snapshot_cmd.register(app)
 
 
 _register_extra_commands()

@@ -195,6 +195,17 @@ def app_flags() -> set[str]:
 
 
 @cache
+def keys_flags() -> set[str]:
+    """The flags of ``python -m app.keys`` (add, list, remove)."""
+    from app.keys import build_parser
+
+    flags: set[str] = set()
+    for action in build_parser()._actions:
+        for sub in getattr(action, "choices", None) or {}:
+            flags |= {f for a in action.choices[sub]._actions for f in a.option_strings}
+    return flags
+
+
 def bench_flags(script: str) -> set[str] | None:
     """Flags a bench script defines (its quoted ``"--x"`` literals and those of ``_common.py``); None if
     there is no such script."""
@@ -338,7 +349,7 @@ def command_problems(lines: Lines) -> list[str]:
 
 def any_flag_problems(lines: Lines) -> list[str]:
     """Prose names flags without their command (``--backend torch``): each must be some command's."""
-    known = set(EXTERNAL_FLAGS) | app_flags()
+    known = set(EXTERNAL_FLAGS) | app_flags() | keys_flags()
     known |= {f for path in indexer_commands() for f in indexer_flags(path)}
     known |= {f for script in (REPO / "bench").glob("*.py") for f in bench_flags(script.name) or ()}
     return [

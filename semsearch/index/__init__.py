@@ -12,6 +12,7 @@ from semsearch.index.memory import MEMORY_IID_BASE, MemoryRows
 from semsearch.index.merging import force_merge, maybe_merge, merge_groups, segments_per_shard
 from semsearch.index.segment import Segment, SegmentView
 from semsearch.index.sharding import segment_shard, shard_count
+from semsearch.index.snapshot import SNAPSHOT_SUFFIXES, SnapshotInfo, restore_snapshot, write_snapshot
 from semsearch.index.store import Record
 from semsearch.index.wal import WAL_DIR, WalCorruptError, WalRecord, WalUnavailableError, WriteAheadLog
 from semsearch.index.writer import (
@@ -31,6 +32,7 @@ __all__ = [
     "INDEX_FILE",
     "MANIFEST",
     "MEMORY_IID_BASE",
+    "SNAPSHOT_SUFFIXES",
     "WAL_DIR",
     "BaseVersion",
     "IndexRoot",
@@ -42,6 +44,7 @@ __all__ = [
     "Record",
     "Segment",
     "SegmentView",
+    "SnapshotInfo",
     "VectorIndex",
     "WalCorruptError",
     "WalRecord",
@@ -55,9 +58,11 @@ __all__ = [
     "merge_groups",
     "resolve_params",
     "resolve_version_dir",
+    "restore_snapshot",
     "segment_shard",
     "segments_per_shard",
     "shard_count",
     "top_k",
     "upgrade",
+    "write_snapshot",
 ]
