@@ -17,8 +17,8 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 from app.errors import invalid
 from app.settings import Settings
 from semsearch.errors import InvalidInputError
-from semsearch.ids import MAX_ID_CHARS, MAX_SAFE_INT, id_key, id_problem
-from semsearch.rows import metadata_problem
+from semsearch.ids import MAX_ID_CHARS, MAX_SAFE_INT, as_id, id_key, id_problem
+from semsearch.rows import INT64_MAX, INT64_MIN, MAX_METADATA_DEPTH, metadata_problem
 from semsearch.search import Mode, filters
 from semsearch.text import NON_BLANK_PATTERN, TEXT_PATTERN, text_problem
 
@@ -333,6 +333,7 @@ def valid_id(value: Any) -> Any:
 
 DocId = Annotated[
     int | str,
+    BeforeValidator(as_id),
     AfterValidator(valid_id),
     WithJsonSchema(
         {
@@ -343,6 +344,9 @@ DocId = Annotated[
         }
     ),
 ]
+
+
+METADATA_MARK = "x-semsearch-metadata"  # replaced by a $ref to the Metadata component (pydantic resolves $refs)
 
 
 def valid_metadata(value: dict[str, Any]) -> dict[str, Any]:
@@ -358,9 +362,9 @@ class DocumentIn(_Request):
 
     id: DocId = Field(description='The document\'s id: a string or an integer (`1` and `"1"` are one id).')
     text: NonBlank = Field(description="The text to index (not blank, at most max_text_chars).")
-    metadata: Annotated[dict[str, Any], AfterValidator(valid_metadata)] = Field(
-        default_factory=dict, description="JSON object stored with the text and matched by filters."
-    )
+    metadata: Annotated[
+        dict[str, Any], AfterValidator(valid_metadata), WithJsonSchema({"type": "object", METADATA_MARK: True})
+    ] = Field(default_factory=dict, description="JSON object stored with the text and matched by filters.")
 
 
 def _duplicate_problem(ids: list[Any], field: str) -> None:
@@ -509,11 +513,55 @@ def install_openapi_limits(app: Any, s: Settings) -> None:
     app.openapi = openapi
 
 
+def _link_metadata(node: Any) -> Any:
+    if isinstance(node, dict):
+        if node.get(METADATA_MARK):
+            return {"$ref": "#/components/schemas/Metadata"}
+        return {k: _link_metadata(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_link_metadata(v) for v in node]
+    return node
+
+
+def metadata_schemas() -> dict[str, dict[str, Any]]:
+    """JSON Schema of what :func:`semsearch.rows.metadata_problem` accepts, as far as JSON Schema can say
+    it: NUL-free keys and strings, integers within 64 bits, finite numbers, at most
+    :data:`~semsearch.rows.MAX_METADATA_DEPTH` levels (one named schema per level, ``Metadata`` the
+    first). Not expressible: the size bound and lone surrogates; the server answers those with 422."""
+    text = {"type": "string", "pattern": TEXT_PATTERN}
+    scalars: list[dict[str, Any]] = [
+        text,
+        {"type": "integer", "minimum": INT64_MIN, "maximum": INT64_MAX},
+        {"type": "number", "not": {"type": "integer"}},
+        {"type": "boolean"},
+        {"type": "null"},
+    ]
+
+    def value(n: int) -> dict[str, Any]:  # a value inside a container of level n - 1
+        return {"anyOf": scalars} if n > MAX_METADATA_DEPTH else {"$ref": f"#/components/schemas/MetadataValue{n}"}
+
+    def containers(n: int) -> list[dict[str, Any]]:  # an object or array at level n (arrays count, as rows.py)
+        key = {"pattern": TEXT_PATTERN}
+        obj = {"type": "object", "propertyNames": key, "additionalProperties": value(n + 1)}
+        return [obj, {"type": "array", "items": value(n + 1)}]
+
+    out: dict[str, dict[str, Any]] = {
+        f"MetadataValue{n}": {"anyOf": [*scalars, *containers(n)]} for n in range(2, MAX_METADATA_DEPTH + 1)
+    }
+    out["Metadata"] = {
+        **containers(1)[0],
+        "description": "JSON object stored with the text and matched by filters (limits: docs/api.md).",
+    }
+    return out
+
+
 def document_errors(schema: dict[str, Any], s: Settings, is_public: Any) -> dict[str, Any]:
     """Declare what every route can answer besides its own responses: 401 (API key), 413 (body size),
     and the Bearer scheme when a key is configured; ``/metrics`` is text."""
     ref = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}}
+    schema = _link_metadata(schema)
     components = schema.setdefault("components", {})
+    components.setdefault("schemas", {}).update(metadata_schemas())
     if s.api_key is not None:
         components.setdefault("securitySchemes", {})["bearer"] = {"type": "http", "scheme": "bearer"}
     for path, operations in schema.get("paths", {}).items():

@@ -8,7 +8,8 @@ An id is a JSON integer or a non-empty string:
 - **A row keeps the type it was written with**, and search returns exactly that value. A later write
   of the same id with the other type is refused (it would change what clients get back).
 - **Integers stay exact in every JSON client**: within ±(2^53 − 1) (JavaScript's safe integers); use a
-  string for anything larger.
+  string for anything larger. A JSON number without a fractional part (``5.0``) is the integer ``5``, as
+  JSON Schema's ``integer`` says (:func:`as_id`); ``5.5`` is refused.
 - Strings: at most :data:`MAX_ID_CHARS` characters, encodable as UTF-8 (no lone surrogates), no NUL.
 """
 
@@ -40,6 +41,14 @@ def id_problem(value: Any) -> str | None:
     except UnicodeEncodeError as e:
         return f"is not valid Unicode text: lone surrogate U+{ord(value[e.start]):04X} at position {e.start}"
     return None
+
+
+def as_id(value: Any) -> Any:
+    """``value`` with an integral float (``5.0``, how some JSON encoders write integers) turned into the
+    integer it equals; anything else unchanged (for :func:`id_problem` to judge)."""
+    if isinstance(value, float) and value.is_integer() and abs(value) <= MAX_SAFE_INT:
+        return int(value)
+    return value
 
 
 def id_key(value: UserId) -> str:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import IO, Any, TypeVar
 
 from semsearch.errors import InvalidInputError
-from semsearch.ids import id_problem
+from semsearch.ids import as_id, id_problem
 from semsearch.rows import MAX_METADATA_BYTES, RowError, loads_row, metadata_problem
 from semsearch.text import text_problem
 from semsearch.types import Record, Reject
@@ -183,7 +183,7 @@ def read_jsonl(
         reason = _check_text(text, max_chars)
         if reason:
             return Reject(src, lineno, reason, _snippet(line))
-        ext_id = obj.pop(id_field, None)
+        ext_id = as_id(obj.pop(id_field, None))
         if ext_id is not None:
             problem = id_problem(ext_id)
             if problem:

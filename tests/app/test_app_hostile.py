@@ -733,7 +733,7 @@ def test_every_get_route_answers_head(client: TestClient) -> None:
     assert client.post("/documents", json={"documents": [doc]}).status_code == 200  # GET /documents/{id} finds it
     for path in [*gets, "/static/app.css", "/docs", "/openapi.json"]:
         known = GOOD_REQUESTS.get(("GET", path), {}).get("path", {})
-        url = re.sub(r"\{([^}]*)\}", lambda m: known.get(m.group(1), "all-MiniLM-L6-v2"), path)
+        url = re.sub(r"\{([^}]*)\}", lambda m, known=known: known.get(m.group(1), "all-MiniLM-L6-v2"), path)
         url += "?q=a+large+wild+cat" if path == "/search" else ""
         get, head = client.get(url), client.head(url)
         assert get.status_code == 200, (url, get.text[:200])

@@ -171,3 +171,13 @@ def test_flush_and_restart_keep_everything(
         [sys.executable, "-m", "indexer", "verify", "--index", str(root)], cwd=REPO, capture_output=True, text=True
     )
     assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+def test_an_integral_float_id_is_the_integer(writable: tuple[Path, ServerProcess]) -> None:
+    """630966.0 is a JSON Schema integer (schemathesis sent it): it is stored and returned as 630966."""
+    _, server = writable
+    with server.client() as c:
+        r = c.post("/documents", json={"documents": [{"id": 630966.0, "text": "an integral float id"}]})
+        assert r.status_code == 200, r.text
+        assert c.get("/documents/630966").json()["id"] == 630966
+        assert_error(c.post("/documents", json={"documents": [{"id": 6.5, "text": "no"}]}), 422)

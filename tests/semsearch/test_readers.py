@@ -329,7 +329,7 @@ JSONL_LIMIT_CASES = [
     ('{"text": "t", "x": "a\\u0000b"}', "metadata field 'x' must not contain NUL"),
     ('{"text": "t", "id": "i\\ud800"}', "'id' is not valid Unicode text"),
     ('{"text": "t", "id": ""}', "'id' must not be empty"),
-    ('{"text": "t", "id": 1.0}', "'id' must be a string or an integer"),
+    ('{"text": "t", "id": 1.5}', "'id' must be a string or an integer, got a number with a fraction"),
     ('{"text": "t", "id": 9007199254740992}', "'id' integer ids must be within"),
     ('{"text": "t", "id": "' + "i" * 1025 + '"}', "'id' has 1025 characters"),
     ('{"text": "t", "id": " 1 "}', None),  # ids are exact text: kept as written
@@ -417,3 +417,11 @@ def test_a_stray_quote_rejects_its_row_only(tmp_path: Path) -> None:
         ("Record", "3"),
     ]
     assert rows[2].text == "multi\nline"
+
+
+def test_an_integral_float_id_is_that_integer(tmp_path: Path) -> None:
+    """JSON Schema's `integer` admits 5.0 and some encoders write integers that way: it is the id 5."""
+    path = write_jsonl(tmp_path / "f.jsonl", [{"id": 5.0, "text": "five"}, {"id": 5.5, "text": "five and a half"}])
+    rows = list(read_inputs([path]))
+    assert isinstance(rows[0], Record) and rows[0].ext_id == 5 and isinstance(rows[0].ext_id, int)
+    assert isinstance(rows[1], Reject) and "fraction" in rows[1].reason
