@@ -6,7 +6,18 @@ entry point), :func:`compile_filter`. Imports ``models``, ``index`` and the base
 
 from semsearch.search import filters
 from semsearch.search.filters import CompiledFilter, compile_filter, matching_iids
-from semsearch.search.modes import DEFAULT_HYBRID, Candidate, HybridParams, Mode, fuse_candidates, rerank, search
+from semsearch.search.grouping import Group, Grouping
+from semsearch.search.modes import (
+    DEFAULT_HYBRID,
+    Candidate,
+    HybridParams,
+    Mode,
+    fuse_candidates,
+    group_reranked,
+    rerank,
+    search,
+    search_groups,
+)
 from semsearch.search.reader import Hit, SearchIndex, SegmentPool, verify
 from semsearch.search.sharded import ShardedIndex, shard_call
 
@@ -14,6 +25,8 @@ __all__ = [
     "DEFAULT_HYBRID",
     "Candidate",
     "CompiledFilter",
+    "Group",
+    "Grouping",
     "Hit",
     "HybridParams",
     "Mode",
@@ -23,9 +36,11 @@ __all__ = [
     "compile_filter",
     "filters",
     "fuse_candidates",
+    "group_reranked",
     "matching_iids",
     "rerank",
     "search",
+    "search_groups",
     "shard_call",
     "verify",
 ]
