@@ -54,7 +54,7 @@ from app.errors import ApiError, OverloadedError
 from app.metrics import Metrics
 from app.services import IndexHolder, version_name
 from semsearch.models import Encoder
-from semsearch.search import CompiledFilter, Hit, Mode, compile_filter, search
+from semsearch.search import CompiledFilter, Group, Grouping, Hit, Mode, compile_filter, search, search_groups
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +69,8 @@ class SearchSpec:
     mode: Mode = "dense"
     filter: dict[str, Any] | None = None
     with_dense_scores: bool = False  # lexical hits get their cosine (``dense_score``) too, e.g. for reranking
+    grouping: Grouping | None = None  # groups instead of hits (semsearch.search.grouping), from ``offset`` on
+    offset: int = 0
 
     @property
     def needs_vectors(self) -> bool:
@@ -78,6 +80,8 @@ class SearchSpec:
     def group(self) -> tuple[str, str, bool]:
         """Jobs with the same group are searched together (with the group's largest k)."""
         key = json.dumps(self.filter, sort_keys=True, default=str) if self.filter else ""
+        if self.grouping is not None:
+            key += f"\x00{self.grouping}\x00{self.offset}"
         return self.mode, key, self.needs_vectors
 
 
@@ -85,6 +89,7 @@ class SearchSpec:
 class SearchOutcome:
     hits: list[list[Hit]]
     index_version: str
+    groups: list[list[Group]] | None = None  # with ``SearchSpec.grouping`` (then ``hits`` is empty)
 
 
 def estimate_tokens(text: str, max_seq_length: int) -> int:
@@ -431,6 +436,16 @@ class MicroBatcher:
             k = max(batch[i].job.spec.k for i in jobs)  # type: ignore[union-attr]
             queries = [q for i in jobs for q in batch[i].job.texts]
             matrix = np.concatenate([vectors[i] for i in jobs]) if first.needs_vectors else None
+            if first.grouping is not None:
+                groups = search_groups(
+                    index, queries, matrix, k, first.mode, first.filter, grouping=first.grouping, offset=first.offset
+                )
+                row = 0
+                for i in jobs:
+                    job_k, n = batch[i].job.spec.k, len(batch[i].job.texts)  # type: ignore[union-attr]
+                    results[i] = SearchOutcome([], version, [g[:job_k] for g in groups[row : row + n]])
+                    row += n
+                return
             hits = search(index, queries, matrix, k, mode=first.mode, filter=first.filter)
             row = 0
             for i in jobs:

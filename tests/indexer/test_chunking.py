@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -32,7 +33,7 @@ def test_chunker_packs_whole_sentences_and_cuts_long_ones(encoder):
         assert encoder.token_lengths([text[s:e]])[0] <= 16
     # overlap: one sentence shared between consecutive passages of whole sentences
     spans = Chunker(Chunking(20, 1), encoder.token_lengths, encoder.token_offsets).spans(DOCS[0]["text"])
-    assert len(spans) >= 2 and all(b[0] < a[1] for a, b in zip(spans, spans[1:], strict=False))
+    assert len(spans) >= 2 and all(b[0] < a[1] for a, b in itertools.pairwise(spans))
     assert Chunker(Chunking(64), encoder.token_lengths, encoder.token_offsets).spans(DOCS[0]["text"]) == [
         (0, len(DOCS[0]["text"]))
     ]
@@ -52,7 +53,7 @@ def test_build_and_add_with_chunk_tokens(tmp_path: Path):
     for d in docs:
         by_doc.setdefault(d.doc_id, []).append(d)
     assert set(by_doc) >= {"a", "long"} and len(by_doc) == 3
-    assert [d.id for d in by_doc["a"]][0] == "a#0"
+    assert next(d.id for d in by_doc["a"]) == "a#0"
     for passages in by_doc.values():
         stored = [p.document for p in passages if p.document is not None]
         assert len(stored) == 1  # the document text, once
