@@ -113,6 +113,7 @@ class Job:
     costs: list[int] = field(default_factory=list)
     cursor: int = 0
     parts: list[np.ndarray] = field(default_factory=list)
+    prompt: str = ""  # prepended to each text when encoding (a search: the index's query prompt)
 
     @property
     def needs_vectors(self) -> bool:
@@ -209,12 +210,12 @@ class MicroBatcher:
         """Top-``spec.k`` hits for each query, all from one index version."""
         if spec.filter:
             await self._match_filter(compile_filter(spec.filter))
-        outcome: SearchOutcome = await self._submit(list(queries), spec)
+        outcome: SearchOutcome = await self._submit(list(queries), spec, self.encoder.query_prompt or "")
         return outcome
 
-    async def embed(self, texts: Sequence[str]) -> np.ndarray:
-        """Unit vectors of ``texts`` (the index's encoder)."""
-        vectors: np.ndarray = await self._submit(list(texts), None)
+    async def embed(self, texts: Sequence[str], prompt: str = "") -> np.ndarray:
+        """Unit vectors of ``texts`` (the index's encoder), each prefixed with ``prompt``."""
+        vectors: np.ndarray = await self._submit(list(texts), None, prompt)
         return vectors
 
     @property
@@ -248,11 +249,11 @@ class MicroBatcher:
         with self.indexes.use() as index:
             index.matching_iids(compiled)  # cached per segment (per version when sharded)
 
-    async def _submit(self, texts: list[str], spec: SearchSpec | None) -> Any:
+    async def _submit(self, texts: list[str], spec: SearchSpec | None, prompt: str = "") -> Any:
         self._check_running()
         if len(self._pending) >= self.max_queue:
             raise OverloadedError("encoder", self.max_queue, self.retry_after_s)
-        job = Job(texts, spec, asyncio.get_running_loop().create_future())
+        job = Job(texts, spec, asyncio.get_running_loop().create_future(), prompt=prompt)
         if job.needs_vectors:
             job.costs = [estimate_tokens(t, self.max_seq_length) for t in texts]
         else:
@@ -373,7 +374,8 @@ class MicroBatcher:
         if texts:
             self.metrics.encode_batch_size.observe(len(texts))
             try:
-                matrix = self.encoder.encode(texts, batch_size=len(texts))
+                prompts = [batch[i].job.prompt for i in to_encode for _ in batch[i].texts]
+                matrix = self.encoder.encode(texts, batch_size=len(texts), prompt=prompts)
             except Exception as e:
                 if len(to_encode) == 1:
                     results[to_encode[0]] = e
@@ -414,7 +416,7 @@ class MicroBatcher:
         for i in to_encode:
             texts = batch[i].texts
             try:
-                vectors[i] = self.encoder.encode(texts, batch_size=len(texts))
+                vectors[i] = self.encoder.encode(texts, batch_size=len(texts), prompt=batch[i].job.prompt)
             except Exception as e:
                 log.warning("encoding failed for one job of a micro-batch (%s: %s)", type(e).__name__, e)
                 results[i] = e

@@ -146,6 +146,22 @@ class _Request(BaseModel):
 
 
 MAX_OFFSET = 10_000
+InputType = Literal["query", "passage"]
+INPUT_TYPE_DESCRIPTION = (
+    "query: prepend the index's query prompt; passage: its passage prompt (models such as e5 need them); "
+    "absent: the raw text."
+)
+
+
+def prompt_for(encoder: Any, input_type: str | None) -> str:
+    """The prompt ``input_type`` asks for (empty for none, or for a model without prompts)."""
+    if input_type == "query":
+        return str(encoder.query_prompt or "")
+    if input_type == "passage":
+        return str(encoder.passage_prompt or "")
+    return ""
+
+
 GROUP_BY_PATTERN = r"^[A-Za-z0-9_]+(\.[A-Za-z0-9_]+){0,7}$"
 
 
@@ -217,6 +233,7 @@ class EmbedRequest(_Request):
     model_config = ConfigDict(json_schema_extra={"examples": [{"texts": ["a large wild cat"]}]})
 
     texts: list[NonBlank] = Field(min_length=1, description="Texts to embed (at most max_embed_texts).")
+    input_type: InputType | None = Field(None, description=INPUT_TYPE_DESCRIPTION)
 
     def check_limits(self, s: Settings) -> None:
         check_range(["body", "texts"], len(self.texts), s.max_embed_texts, "SEMSEARCH_MAX_EMBED_TEXTS")

@@ -79,3 +79,29 @@ def test_pages_are_disjoint_and_concatenate(grouped_server):
 def test_grouping_fields_are_validated(grouped_server):
     for bad in ({"group_by": "a b"}, {"group_by": "doc_id", "group_size": 0}, {"offset": -1}, {"group_size": "3"}):
         assert grouped_server.post("/search", json={"query": "x", **bad}).status_code == 422, bad
+
+
+def _metric(text: str, name: str) -> float:
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name + " "))
+
+
+def test_query_cache_metrics_and_input_type(grouped_server):
+    before = grouped_server.get("/metrics").text
+    for _ in range(3):
+        assert grouped_server.post("/search", json={"query": "a repeated query about sourdough"}).status_code == 200
+    after = grouped_server.get("/metrics").text
+    assert _metric(after, "semsearch_query_cache_hits_total") - _metric(before, "semsearch_query_cache_hits_total") >= 2
+    assert _metric(after, "semsearch_query_cache_entries") >= 1
+    # MiniLM declares no prompts: input_type changes nothing; an unknown input_type is a 422
+    plain = grouped_server.post("/embed", json={"texts": ["bread"]}).json()["embeddings"]
+    for kind in ("query", "passage"):
+        assert (
+            grouped_server.post("/embed", json={"texts": ["bread"], "input_type": kind}).json()["embeddings"] == plain
+        )
+    assert grouped_server.post("/embed", json={"texts": ["bread"], "input_type": "doc"}).status_code == 422
+    r = grouped_server.post(
+        "/v1/embeddings",
+        json={"model": "sentence-transformers/all-MiniLM-L6-v2", "input": "bread", "input_type": "query"},
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["data"][0]["embedding"] == plain[0]

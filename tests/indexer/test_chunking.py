@@ -15,6 +15,8 @@ from semsearch.index.manifest import Manifest
 from semsearch.ingest import Chunker, Chunking
 from semsearch.search import SearchIndex
 
+pytestmark = pytest.mark.slow  # real model, real builds
+
 LONG_WORD_RUN = " ".join(["extraordinarily"] * 120)
 DOCS = [
     {"id": "a", "text": "Cats purr. Dogs bark loudly at night. Birds sing in the morning. Fish swim.", "topic": "pets"},
