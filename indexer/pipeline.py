@@ -253,9 +253,18 @@ def _ingest(writer: IndexWriter, encoder: Encoder, opts: BuildOptions) -> tuple[
     chunking = chunking_of(writer.encoder_meta)
     chunker = Chunker(chunking, encoder.token_lengths, encoder.token_offsets) if chunking else None
     rows = read_rows(opts, writer.first_iid, chunker)
+    # an add of passages replaces each document's passages as a whole: remember the ids written per document
+    replaced: dict[str, set[str]] | None = {} if chunker is not None and writer.base is not None else None
+
+    def note(item: Record | Reject) -> None:
+        if replaced is not None and isinstance(item, Record) and item.ext_id is not None and item.doc_id:
+            replaced.setdefault(item.doc_id, set()).add(str(item.ext_id))
+
     for _ in range(resumed):  # fast-forward past committed rows (reading is cheap, encoding is not)
-        if next(rows, None) is None:
+        skipped = next(rows, None)
+        if skipped is None:
             break
+        note(skipped)
     pending: list[Record] = []
     pending_rejects: list[Reject] = []
     n_items = 0
@@ -273,6 +282,7 @@ def _ingest(writer: IndexWriter, encoder: Encoder, opts: BuildOptions) -> tuple[
 
     try:
         for item in rows:
+            note(item)
             n_items += 1
             if isinstance(item, Reject):
                 pending_rejects.append(item)
@@ -285,7 +295,29 @@ def _ingest(writer: IndexWriter, encoder: Encoder, opts: BuildOptions) -> tuple[
     finally:
         if bar is not None:
             bar.close()
+    if replaced:
+        _drop_stale_passages(writer, replaced)
     return writer.consumed - writer.rejects, writer.rejects, resumed
+
+
+def _drop_stale_passages(writer: IndexWriter, replaced: dict[str, set[str]]) -> None:
+    """Tombstone the passages of re-added documents that this add did not write again (a document that
+    now has fewer passages than before must not keep its old tail): upserting a document replaces all
+    of its passages."""
+    base = writer.base
+    assert base is not None
+    doc_ids = sorted(replaced)
+    stale: list[str] = []
+    for ref in base.segments:
+        conn = base.conn(ref)
+        for start in range(0, len(doc_ids), 900):
+            part = doc_ids[start : start + 900]
+            marks = ",".join("?" * len(part))
+            sql = f"SELECT ext_id, doc_id FROM docs WHERE doc_id IN ({marks}) AND id_is_int = 0"
+            stale += [e for e, d in conn.execute(sql, part) if e not in replaced[d]]
+    if stale:
+        writer.delete(stale)  # ids already deleted are simply not found
+        log.info("%d passages of re-added documents are gone from them: deleted", len(stale))
 
 
 def _write_rejects(writer: IndexWriter, root: IndexRoot, name: str) -> Path | None:

@@ -77,3 +77,27 @@ def test_build_and_add_with_chunk_tokens(tmp_path: Path):
     with pytest.raises(InvalidInputError, match="more than the model reads"):
         run_build(BuildOptions(inputs=[src], output=tmp_path / "x", chunk_tokens=100_000, progress=False))
     assert json.loads(json.dumps(after.summary()))["chunking"]["tokens"] == 24
+
+
+def test_an_upserted_document_replaces_all_of_its_passages(tmp_path: Path):
+    long_doc = {"id": "d", "text": " ".join(f"Sentence number {i} is here." for i in range(30))}
+    out = tmp_path / "idx"
+    run_build(
+        BuildOptions(
+            inputs=[write_jsonl(tmp_path / "a.jsonl", [long_doc])], output=out, chunk_tokens=16, progress=False
+        )
+    )
+    index = SearchIndex.load(out)
+    before = {d.id for d in index.iter_docs()}
+    index.close()
+    short = {"id": "d", "text": "Now it is one short sentence."}
+    run_build(
+        BuildOptions(
+            inputs=[write_jsonl(tmp_path / "b.jsonl", [short])], output=out, progress=False, on_duplicate="keep-last"
+        ),
+        incremental=True,
+    )
+    index = SearchIndex.load(out)
+    after = [(d.id, d.text) for d in index.iter_docs()]
+    index.close()
+    assert len(before) > 3 and after == [("d#0", short["text"])]
