@@ -26,7 +26,9 @@ from semsearch.types import DOCUMENT_KEY
 _counter = itertools.count()
 
 
-def _build(root: Path, rng: np.random.Generator, docs: int, max_passages: int, segments: int) -> np.ndarray:
+def _build(
+    root: Path, rng: np.random.Generator, docs: int, max_passages: int, segments: int, index_type: str = "flat"
+) -> np.ndarray:
     """``docs`` documents of 1..max_passages passages (doc_id ``D<n>``, metadata ``g``), in ``segments``
     write operations; returns the vectors in insertion order."""
     rows: list[tuple[Record, np.ndarray]] = []
@@ -49,7 +51,9 @@ def _build(root: Path, rng: np.random.Generator, docs: int, max_passages: int, s
             continue
         with index_root.lock():
             base = BaseVersion.read(index_root)
-            writer = IndexWriter(index_root, f"op-{next(_counter)}", META, {"type": "flat", "params": {}}, base=base)
+            writer = IndexWriter(
+                index_root, f"op-{next(_counter)}", META, {"type": index_type, "params": {}}, base=base
+            )
             writer.add_chunk([r for r, _ in part], np.stack([v for _, v in part]), [], len(part), "keep-last")
             writer.commit({"kind": "add"})
     return np.stack([v for _, v in rows])
@@ -134,3 +138,27 @@ def test_documents_and_bounds(tmp_path):
             search(index, ["x"], q, 3, offset=-1)
     finally:
         index.close()
+
+
+# measured on these uniform random 16-d vectors (the hardest case for IVF): hnsw 1.00, ivf 0.84 (default
+# nprobe); docs/api.md "Documents" states them
+@pytest.mark.parametrize(("index_type", "floor"), [("hnsw", 0.95), ("ivf", 0.8)])
+def test_grouped_recall_of_ann_types(tmp_path, index_type, floor):
+    """ANN types group their own top lists: the share of the exact top-10 documents they return."""
+    rng = np.random.default_rng(3)
+    _build(tmp_path, rng, 400, 5, 1, index_type)
+    index = SearchIndex.load(tmp_path)
+    try:
+        q = rng.standard_normal((30, DIM)).astype(np.float32)
+        q /= np.linalg.norm(q, axis=1, keepdims=True)
+        got = search_groups(index, ["x"] * 30, q, 10, grouping=Grouping("doc_id", 3))
+        recall = np.mean(
+            [
+                len({g.group for g in got[i]} & {w[0] for w in _brute(index, q[i], "doc_id", 3)[:10]}) / 10
+                for i in range(30)
+            ]
+        )
+    finally:
+        index.close()
+    print(f"grouped recall@10 {index_type}: {recall:.3f}")
+    assert recall >= floor, recall
