@@ -210,7 +210,9 @@ class MicroBatcher:
         """Top-``spec.k`` hits for each query, all from one index version."""
         if spec.filter:
             await self._match_filter(compile_filter(spec.filter))
-        outcome: SearchOutcome = await self._submit(list(queries), spec, self.encoder.query_prompt or "")
+        outcome: SearchOutcome = await self._submit(
+            list(queries), spec, getattr(self.encoder, "query_prompt", None) or ""
+        )
         return outcome
 
     async def embed(self, texts: Sequence[str], prompt: str = "") -> np.ndarray:
@@ -375,7 +377,7 @@ class MicroBatcher:
             self.metrics.encode_batch_size.observe(len(texts))
             try:
                 prompts = [batch[i].job.prompt for i in to_encode for _ in batch[i].texts]
-                matrix = self.encoder.encode(texts, batch_size=len(texts), prompt=prompts)
+                matrix = self._encode(texts, prompts)
             except Exception as e:
                 if len(to_encode) == 1:
                     results[to_encode[0]] = e
@@ -409,6 +411,11 @@ class MicroBatcher:
         self.metrics.encode_seconds.observe(time.perf_counter() - started)
         return results
 
+    def _encode(self, texts: list[str], prompts: list[str]) -> np.ndarray:
+        if any(prompts):  # (raw text: the plain call, which any encoder-like object answers)
+            return self.encoder.encode(texts, batch_size=len(texts), prompt=prompts)
+        return self.encoder.encode(texts, batch_size=len(texts))
+
     def _encode_one_by_one(
         self, batch: list[Piece], to_encode: list[int], vectors: dict[int, np.ndarray], results: list[Any]
     ) -> None:
@@ -416,7 +423,7 @@ class MicroBatcher:
         for i in to_encode:
             texts = batch[i].texts
             try:
-                vectors[i] = self.encoder.encode(texts, batch_size=len(texts), prompt=batch[i].job.prompt)
+                vectors[i] = self._encode(texts, [batch[i].job.prompt] * len(texts))
             except Exception as e:
                 log.warning("encoding failed for one job of a micro-batch (%s: %s)", type(e).__name__, e)
                 results[i] = e

@@ -63,10 +63,16 @@ def main() -> int:
     ap.add_argument("--work", type=Path, default=Path("/tmp/grouped_quality"))
     ap.add_argument("--chunk-tokens", type=int, nargs="+", default=[128])
     ap.add_argument("--dedup-depth", type=int, default=100)
+    ap.add_argument(
+        "--docs", type=int, default=0, help="Use every judged test document plus random others up to N (0: all 5,183)."
+    )
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
-    docs = c.scifact_docs()
-    queries, qrels = c.scifact_test()
+    if args.docs:
+        docs, queries, qrels = c.scifact_subset(args.docs)
+    else:
+        docs = c.scifact_docs()
+        queries, qrels = c.scifact_test()
     setups: list[tuple[str, Path, dict, bool]] = [
         (f"passages --chunk-tokens {n} + group_by", args.work / f"chunk{n}", {"chunk_tokens": n}, True)
         for n in args.chunk_tokens
@@ -101,7 +107,10 @@ def main() -> int:
     print(
         c.markdown_table(["setup", "mode", "rows", "nDCG@10", "recall@10", "recall@100", "ms/query", "< 10 docs"], rows)
     )
-    c.save("grouped_quality", {"results": results, "dedup_depth": args.dedup_depth, "loadavg": c.loadavg()})
+    c.save(
+        "grouped_quality",
+        {"results": results, "dedup_depth": args.dedup_depth, "documents": len(docs), "loadavg": c.loadavg()},
+    )
     return 0
 
 
