@@ -59,7 +59,7 @@ from app.errors import ApiError, OverloadedError
 from app.metrics import Metrics
 from app.services import IndexHolder, version_name
 from semsearch.models import Encoder
-from semsearch.search import CompiledFilter, Hit, Mode, compile_filter, search
+from semsearch.search import CompiledFilter, Group, Grouping, Hit, Mode, compile_filter, search, search_groups
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +74,8 @@ class SearchSpec:
     mode: Mode = "dense"
     filter: dict[str, Any] | None = None
     with_dense_scores: bool = False  # lexical hits get their cosine (``dense_score``) too, e.g. for reranking
+    grouping: Grouping | None = None  # groups instead of hits (semsearch.search.grouping), from ``offset`` on
+    offset: int = 0
 
     @property
     def needs_vectors(self) -> bool:
@@ -83,6 +85,8 @@ class SearchSpec:
     def group(self) -> tuple[str, str, bool]:
         """Jobs with the same group are searched together (with the group's largest k)."""
         key = json.dumps(self.filter, sort_keys=True, default=str) if self.filter else ""
+        if self.grouping is not None:
+            key += f"\x00{self.grouping}\x00{self.offset}"
         return self.mode, key, self.needs_vectors
 
 
@@ -90,6 +94,7 @@ class SearchSpec:
 class SearchOutcome:
     hits: list[list[Hit]]
     index_version: str
+    groups: list[list[Group]] | None = None  # with ``SearchSpec.grouping`` (then ``hits`` is empty)
 
 
 def estimate_tokens(text: str, max_seq_length: int) -> int:
@@ -113,6 +118,7 @@ class Job:
     costs: list[int] = field(default_factory=list)
     cursor: int = 0
     parts: list[np.ndarray] = field(default_factory=list)
+    prompt: str = ""  # prepended to each text when encoding (a search: the index's query prompt)
 
     @property
     def needs_vectors(self) -> bool:
@@ -213,12 +219,14 @@ class MicroBatcher:
         """Top-``spec.k`` hits for each query, all from one index version."""
         if spec.filter:
             await self._match_filter(compile_filter(spec.filter))
-        outcome: SearchOutcome = await self._submit(list(queries), spec)
+        outcome: SearchOutcome = await self._submit(
+            list(queries), spec, getattr(self.encoder, "query_prompt", None) or ""
+        )
         return outcome
 
-    async def embed(self, texts: Sequence[str]) -> np.ndarray:
-        """Unit vectors of ``texts`` (the index's encoder)."""
-        vectors: np.ndarray = await self._submit(list(texts), None)
+    async def embed(self, texts: Sequence[str], prompt: str = "") -> np.ndarray:
+        """Unit vectors of ``texts`` (the index's encoder), each prefixed with ``prompt``."""
+        vectors: np.ndarray = await self._submit(list(texts), None, prompt)
         return vectors
 
     async def embed_writes(self, texts: Sequence[str]) -> np.ndarray:
@@ -262,11 +270,11 @@ class MicroBatcher:
         with self.indexes.use() as index:
             index.matching_iids(compiled)  # cached per segment (per version when sharded)
 
-    async def _submit(self, texts: list[str], spec: SearchSpec | None) -> Any:
+    async def _submit(self, texts: list[str], spec: SearchSpec | None, prompt: str = "") -> Any:
         self._check_running()
         if len(self._pending) >= self.max_queue:
             raise OverloadedError("encoder", self.max_queue, self.retry_after_s)
-        job = Job(texts, spec, asyncio.get_running_loop().create_future())
+        job = Job(texts, spec, asyncio.get_running_loop().create_future(), prompt=prompt)
         if job.needs_vectors:
             job.costs = [estimate_tokens(t, self.max_seq_length) for t in texts]
         else:
@@ -399,7 +407,8 @@ class MicroBatcher:
         if texts:
             self.metrics.encode_batch_size.observe(len(texts))
             try:
-                matrix = self.encoder.encode(texts, batch_size=len(texts))
+                prompts = [batch[i].job.prompt for i in to_encode for _ in batch[i].texts]
+                matrix = self._encode(texts, prompts)
             except Exception as e:
                 if len(to_encode) == 1:
                     results[to_encode[0]] = e
@@ -433,6 +442,11 @@ class MicroBatcher:
         self.metrics.encode_seconds.observe(time.perf_counter() - started)
         return results
 
+    def _encode(self, texts: list[str], prompts: list[str]) -> np.ndarray:
+        if any(prompts):  # (raw text: the plain call, which any encoder-like object answers)
+            return self.encoder.encode(texts, batch_size=len(texts), prompt=prompts)
+        return self.encoder.encode(texts, batch_size=len(texts))
+
     def _encode_one_by_one(
         self, batch: list[Piece], to_encode: list[int], vectors: dict[int, np.ndarray], results: list[Any]
     ) -> None:
@@ -440,7 +454,7 @@ class MicroBatcher:
         for i in to_encode:
             texts = batch[i].texts
             try:
-                vectors[i] = self.encoder.encode(texts, batch_size=len(texts))
+                vectors[i] = self._encode(texts, [batch[i].job.prompt] * len(texts))
             except Exception as e:
                 log.warning("encoding failed for one job of a micro-batch (%s: %s)", type(e).__name__, e)
                 results[i] = e
@@ -462,6 +476,16 @@ class MicroBatcher:
             k = max(batch[i].job.spec.k for i in jobs)  # type: ignore[union-attr]
             queries = [q for i in jobs for q in batch[i].job.texts]
             matrix = np.concatenate([vectors[i] for i in jobs]) if first.needs_vectors else None
+            if first.grouping is not None:
+                groups = search_groups(
+                    index, queries, matrix, k, first.mode, first.filter, grouping=first.grouping, offset=first.offset
+                )
+                row = 0
+                for i in jobs:
+                    job_k, n = batch[i].job.spec.k, len(batch[i].job.texts)  # type: ignore[union-attr]
+                    results[i] = SearchOutcome([], version, [g[:job_k] for g in groups[row : row + n]])
+                    row += n
+                return
             hits = search(index, queries, matrix, k, mode=first.mode, filter=first.filter)
             row = 0
             for i in jobs:

@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
 
 from app.errors import ApiError, invalid
-from app.schemas import Int, NonBlank, Text, check_range, check_text, integral
+from app.schemas import INPUT_TYPE_DESCRIPTION, InputType, Int, NonBlank, Text, check_range, check_text, integral
 from app.settings import Settings
 from semsearch.text import NON_BLANK_PATTERN, text_problem
 
@@ -73,6 +73,7 @@ class EmbeddingsRequest(_CompatRequest):
         "float", description="float: a list of numbers; base64: little-endian float32 bytes, base64-encoded."
     )
     dimensions: Int | None = Field(None, description="Only the model's own dimension is accepted.")
+    input_type: InputType | None = Field(None, description=INPUT_TYPE_DESCRIPTION)
     user: Text | None = Field(None, description="Accepted (valid text) and ignored.")
 
     def texts(self, s: Settings) -> list[str]:

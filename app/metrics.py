@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -80,6 +82,24 @@ class Metrics:
             ("outcome",),
             registry=r,
         )
+
+
+class QueryCacheCollector:
+    """The query-embedding cache's hits, misses and size, read at scrape time."""
+
+    def __init__(self, cache: Any) -> None:
+        self.cache = cache
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        c = self.cache
+        yield CounterMetricFamily("semsearch_query_cache_hits", "Query vectors served from the cache.", c.stats.hits)
+        yield CounterMetricFamily(
+            "semsearch_query_cache_misses", "Query vectors the cache did not hold.", c.stats.misses
+        )
+        yield GaugeMetricFamily("semsearch_query_cache_entries", "Query vectors in the cache.", len(c))
+        yield GaugeMetricFamily("semsearch_query_cache_bytes", "Bytes the cached query vectors hold.", c.bytes)
 
 
 class MetricsMiddleware:

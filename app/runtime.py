@@ -54,6 +54,10 @@ class Runtime:
         batcher.start()
         reloader.start_polling(settings.reload_poll_s)
         metrics.index_size.set(services.indexes.current.count)
+        if services.encoder.cache is not None:
+            from app.metrics import QueryCacheCollector
+
+            metrics.registry.register(QueryCacheCollector(services.encoder.cache))
         return cls(settings, metrics, services, batcher, reranking, reloader, ready=True)
 
     async def stop(self) -> None:

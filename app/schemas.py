@@ -19,7 +19,7 @@ from app.settings import Settings
 from semsearch.errors import InvalidInputError
 from semsearch.ids import MAX_ID_CHARS, MAX_SAFE_INT, as_id, id_key, id_problem
 from semsearch.rows import INT64_MAX, INT64_MIN, MAX_METADATA_DEPTH, metadata_problem
-from semsearch.search import Mode, filters
+from semsearch.search import MAX_GROUP_SIZE, Mode, filters
 from semsearch.text import NON_BLANK_PATTERN, TEXT_PATTERN, text_problem
 
 
@@ -147,6 +147,26 @@ class _Request(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
+MAX_OFFSET = 10_000
+InputType = Literal["query", "passage"]
+INPUT_TYPE_DESCRIPTION = (
+    "query: prepend the index's query prompt; passage: its passage prompt (models such as e5 need them); "
+    "absent: the raw text."
+)
+
+
+def prompt_for(encoder: Any, input_type: str | None) -> str:
+    """The prompt ``input_type`` asks for (empty for none, or for a model without prompts)."""
+    if input_type == "query":
+        return str(encoder.query_prompt or "")
+    if input_type == "passage":
+        return str(encoder.passage_prompt or "")
+    return ""
+
+
+GROUP_BY_PATTERN = r"^[A-Za-z0-9_]+(\.[A-Za-z0-9_]+){0,7}$"
+
+
 class SearchOptions(_Request):
     """Options shared by single and batch search."""
 
@@ -156,6 +176,19 @@ class SearchOptions(_Request):
     rerank: bool = Field(False, description="Rescore the top `candidates` with the cross-encoder reranker.")
     candidates: Int = Field(
         DEFAULT_CANDIDATES, ge=1, description="With rerank: bi-encoder hits rescored (at least k are used)."
+    )
+    offset: Int = Field(
+        0, ge=0, le=MAX_OFFSET, description="Skip this many results (hits, or groups with group_by): the next page."
+    )
+    group_by: str | None = Field(
+        None,
+        max_length=128,
+        pattern=GROUP_BY_PATTERN,
+        description="Group hits into documents: `doc_id` or a metadata field (dotted path); k then counts groups.",
+    )
+    group_size: Int = Field(3, ge=1, le=MAX_GROUP_SIZE, description="With group_by: hits kept per group.")
+    return_document: bool = Field(
+        False, description="With group_by: add each group's stored document text as `document` (--chunk-tokens)."
     )
 
     def check_options(self, s: Settings) -> None:
@@ -202,6 +235,7 @@ class EmbedRequest(_Request):
     model_config = ConfigDict(json_schema_extra={"examples": [{"texts": ["a large wild cat"]}]})
 
     texts: list[NonBlank] = Field(min_length=1, description="Texts to embed (at most max_embed_texts).")
+    input_type: InputType | None = Field(None, description=INPUT_TYPE_DESCRIPTION)
 
     def check_limits(self, s: Settings) -> None:
         check_range(["body", "texts"], len(self.texts), s.max_embed_texts, "SEMSEARCH_MAX_EMBED_TEXTS")
@@ -257,15 +291,32 @@ class SearchHit(BaseModel):
     retrieval_score: float | None = Field(None, description="The bi-encoder cosine (only when reranked).")
 
 
+class GroupHit(BaseModel):
+    id: int | str
+    text: str
+    score: float
+    start: int | None = Field(None, description="Offset of the passage in the document (`document[start:end]`).")
+    end: int | None = None
+    retrieval_score: float | None = Field(None, description="The bi-encoder cosine (only when reranked).")
+
+
+class SearchGroup(BaseModel):
+    group: Any = Field(description="The group's value: the doc_id, or the metadata field's value.")
+    score: float = Field(description="The group's best hit's score.")
+    metadata: dict[str, Any] = Field(description="The best hit's metadata (the document's, for passages).")
+    hits: list[GroupHit]
+    document: str | None = Field(None, description="The stored document text (with return_document).")
+
+
 class SearchResponse(BaseModel):
-    results: list[SearchHit]
+    results: list[SearchHit] | list[SearchGroup] = Field(description="Hits, or groups with group_by.")
     took_ms: float
     index_version: str
     reranked: bool = Field(description="True when the cross-encoder reordered the results.")
 
 
 class BatchSearchResponse(BaseModel):
-    results: list[list[SearchHit]]
+    results: list[list[SearchHit]] | list[list[SearchGroup]]
     took_ms: float
     index_version: str
     reranked: bool

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from app.settings import Settings
 from semsearch.index import Manifest, resolve_version_dir
-from semsearch.models import Encoder, Reranker
+from semsearch.models import Encoder, QueryCache, Reranker, prompts_of
 from semsearch.search import SearchIndex, SegmentPool
 
 if TYPE_CHECKING:
@@ -116,7 +116,7 @@ RERANK_ARENA_KEEP_TOKENS = 4096  # reranker runs of 32 pairs of up to 128 tokens
 def encoder_for(settings: Settings) -> Encoder:
     """The encoder the index at ``settings.index`` records (model/backend overridable by the settings)."""
     m = Manifest.read(resolve_version_dir(settings.index))
-    return Encoder(
+    encoder = Encoder(
         model=settings.model or m.model,
         pooling=m.pooling,  # type: ignore[arg-type]
         backend=settings.backend or m.backend,  # type: ignore[arg-type]
@@ -124,7 +124,10 @@ def encoder_for(settings: Settings) -> Encoder:
         num_threads=settings.threads,
         spinning=settings.onnx_spinning,
         arena_keep_tokens=ARENA_KEEP_TOKENS,
+        **prompts_of(m),
     )
+    encoder.cache = QueryCache(settings.query_cache) if settings.query_cache else None
+    return encoder
 
 
 def reranker_for(settings: Settings) -> Reranker | None:

@@ -122,6 +122,12 @@ class Settings(BaseSettings):
         description="Let ONNX intra-op threads spin-wait between operators: ~1 ms less per lone query, but "
         "they then hold the cores that the event loop and other requests need (docs/benchmarks.md).",
     )
+    query_cache: int = _in_range(
+        10_000,
+        0,
+        10_000_000,
+        "Query-embedding cache: most query vectors kept (exact text, LRU; also at most 64 MiB). 0 disables it.",
+    )
     max_batch: int = _in_range(32, 1, 4096, "Most texts encoded in one micro-batch; 1 disables batching (baseline).")
     max_queue: int = _in_range(256, 1, 1_000_000, "Requests waiting for the encoder (and for the reranker) before 429.")
     retry_after_s: int = _in_range(1, 1, 3600, "`Retry-After` seconds sent with 429.")

@@ -53,6 +53,22 @@ SplitOpt = Annotated[
     bool, typer.Option("--split-sentences", help="Split documents into sentences (keeps doc id and offsets).")
 ]
 MaxCharsOpt = Annotated[int, typer.Option(min=1, help="Reject rows whose text is longer than this.")]
+ChunkTokensOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--chunk-tokens",
+        min=8,
+        help="Cut documents into passages of whole sentences up to N model tokens (a longer sentence is cut "
+        "at token boundaries, never truncated); ids DOCID#n, doc_id, offsets; the document text is stored "
+        "once. Recorded in the manifest: every later add applies it.",
+    ),
+]
+ChunkOverlapOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--chunk-overlap", min=0, help="With --chunk-tokens: sentences shared by consecutive passages (default 0)."
+    ),
+]
 MaxRejectsOpt = Annotated[
     str,
     typer.Option(
@@ -146,6 +162,19 @@ def build(
     text_field: TextFieldOpt = "text",
     id_field: IdFieldOpt = "id",
     split_sentences: SplitOpt = False,
+    chunk_tokens: ChunkTokensOpt = None,
+    chunk_overlap: ChunkOverlapOpt = None,
+    query_prompt: Annotated[
+        str | None,
+        typer.Option(
+            help="Prompt prepended to queries (e.g. 'query: '); default: the model folder's own "
+            "(config_sentence_transformers.json prompts), else none. Recorded in the manifest."
+        ),
+    ] = None,
+    passage_prompt: Annotated[
+        str | None,
+        typer.Option(help="Prompt prepended to indexed texts (e.g. 'passage: '); default as for --query-prompt."),
+    ] = None,
     max_chars: MaxCharsOpt = 20_000,
     max_rejects: MaxRejectsOpt = "1%",
     on_duplicate: Annotated[
@@ -199,6 +228,8 @@ def build(
     _check_inputs(input)
     opts = _build_options(flags, inputs=input, index_params=parse_params(index_param or []))
     if engine == EngineOpt.ray:
+        if chunk_tokens or query_prompt is not None or passage_prompt is not None:
+            raise typer.BadParameter("--chunk-tokens and the prompts are not supported with --engine ray yet")
         from indexer.ray_build import RayOptions, run_ray_build
 
         ray_opts = RayOptions(address=ray_address, encoders=encoders, cpus=cpus_per_encoder, gpus=gpus_per_encoder)
@@ -215,6 +246,8 @@ def add(
     text_field: TextFieldOpt = "text",
     id_field: IdFieldOpt = "id",
     split_sentences: SplitOpt = False,
+    chunk_tokens: ChunkTokensOpt = None,
+    chunk_overlap: ChunkOverlapOpt = None,
     max_chars: MaxCharsOpt = 20_000,
     max_rejects: MaxRejectsOpt = "1%",
     on_duplicate: Annotated[

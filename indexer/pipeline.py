@@ -36,7 +36,16 @@ from semsearch.index import (
     maybe_merge,
     upgrade,
 )
-from semsearch.ingest import DEFAULT_MAX_CHARS, Reject, explode, read_inputs, split_sentences
+from semsearch.ingest import (
+    DEFAULT_MAX_CHARS,
+    Chunker,
+    Chunking,
+    Reject,
+    explode,
+    passages,
+    read_inputs,
+    split_sentences,
+)
 from semsearch.models import Backend, Encoder, Pooling
 from semsearch.types import Record
 
@@ -59,6 +68,10 @@ class BuildOptions:
     text_field: str = "text"
     id_field: str = "id"
     split_sentences: bool = False
+    chunk_tokens: int | None = None  # passages (--chunk-tokens); add: the index's, checked against this
+    chunk_overlap: int | None = None
+    query_prompt: str | None = None  # None: the model folder's (build) or the index's (add)
+    passage_prompt: str | None = None
     max_chars: int = DEFAULT_MAX_CHARS
     max_rejects: str = "1%"
     on_duplicate: OnDuplicate = "error"
@@ -120,6 +133,8 @@ def _fingerprint(opts: BuildOptions, base: str | None, kind: str) -> str:
         "text_field": opts.text_field,
         "id_field": opts.id_field,
         "split": opts.split_sentences,
+        **({"chunk": [opts.chunk_tokens, opts.chunk_overlap]} if opts.chunk_tokens else {}),
+        **({"prompts": [opts.query_prompt, opts.passage_prompt]} if opts.query_prompt or opts.passage_prompt else {}),
         "max_chars": opts.max_chars,
         "on_duplicate": opts.on_duplicate,
         "base": base,
@@ -150,13 +165,13 @@ def _progress_bar(opts: BuildOptions, initial: int) -> Any:
         return None
     from tqdm.auto import tqdm
 
-    total = None if opts.split_sentences else _estimate_rows(opts.inputs)
+    total = None if opts.split_sentences or opts.chunk_tokens else _estimate_rows(opts.inputs)
     return tqdm(
         total=total, initial=initial, desc="indexing", unit="row", unit_scale=True, smoothing=0.05, mininterval=1.0
     )
 
 
-def read_rows(opts: BuildOptions, first_iid: int) -> Iterator[Record | Reject]:
+def read_rows(opts: BuildOptions, first_iid: int, chunker: Chunker | None = None) -> Iterator[Record | Reject]:
     """Every input item in order, as the writer takes them (``first_iid``: :attr:`IndexWriter.first_iid`).
 
     A reader that fails (an :class:`InvalidInputError`, or anything else: a truncated ``.gz`` ends in
@@ -167,7 +182,8 @@ def read_rows(opts: BuildOptions, first_iid: int) -> Iterator[Record | Reject]:
     ``first_iid`` plus the number of rows before its first sentence. Each operation's numbers lie in
     ``[first_iid, first_iid + rows)`` and the next operation starts after them, so no two documents ever
     share one, and ``--resume`` (reading the inputs again) gives the same. (It equals the first
-    sentence's automatic id unless that had to skip an id a user's row holds.)"""
+    sentence's automatic id unless that had to skip an id a user's row holds.) With a ``chunker``
+    (``--chunk-tokens``) documents become passages, with the same ids and doc ids as sentences."""
     next_iid = first_iid
     for path in opts.inputs:
         last = 0
@@ -190,6 +206,11 @@ def read_rows(opts: BuildOptions, first_iid: int) -> Iterator[Record | Reject]:
             last = _line_of(item) or last
             if isinstance(item, Reject):
                 yield item
+            elif chunker is not None:
+                doc_id = str(item.ext_id) if item.ext_id is not None else str(next_iid)
+                for passage in passages(item, doc_id, chunker.spans(item.text), item.ext_id is not None):
+                    next_iid += 1
+                    yield passage
             elif not opts.split_sentences:
                 next_iid += 1
                 yield item
@@ -229,17 +250,28 @@ def _ingest(writer: IndexWriter, encoder: Encoder, opts: BuildOptions) -> tuple[
     if resumed:
         log.info("resuming: %d input rows already committed", resumed)
     bar = _progress_bar(opts, resumed)
-    rows = read_rows(opts, writer.first_iid)
+    chunking = chunking_of(writer.encoder_meta)
+    chunker = Chunker(chunking, encoder.token_lengths, encoder.token_offsets) if chunking else None
+    rows = read_rows(opts, writer.first_iid, chunker)
+    # an add of passages replaces each document's passages as a whole: remember the ids written per document
+    replaced: dict[str, set[str]] | None = {} if chunker is not None and writer.base is not None else None
+
+    def note(item: Record | Reject) -> None:
+        if replaced is not None and isinstance(item, Record) and item.ext_id is not None and item.doc_id:
+            replaced.setdefault(item.doc_id, set()).add(str(item.ext_id))
+
     for _ in range(resumed):  # fast-forward past committed rows (reading is cheap, encoding is not)
-        if next(rows, None) is None:
+        skipped = next(rows, None)
+        if skipped is None:
             break
+        note(skipped)
     pending: list[Record] = []
     pending_rejects: list[Reject] = []
     n_items = 0
 
     def commit() -> None:
         nonlocal n_items
-        vectors = encoder.encode([r.text for r in pending], batch_size=opts.batch_size)
+        vectors = encoder.encode([r.text for r in pending], batch_size=opts.batch_size, prompt=encoder.passage_prompt)
         writer.add_chunk(pending, vectors, pending_rejects, n_items, opts.on_duplicate)
         if bar is not None:
             bar.update(n_items)
@@ -250,6 +282,7 @@ def _ingest(writer: IndexWriter, encoder: Encoder, opts: BuildOptions) -> tuple[
 
     try:
         for item in rows:
+            note(item)
             n_items += 1
             if isinstance(item, Reject):
                 pending_rejects.append(item)
@@ -262,7 +295,29 @@ def _ingest(writer: IndexWriter, encoder: Encoder, opts: BuildOptions) -> tuple[
     finally:
         if bar is not None:
             bar.close()
+    if replaced:
+        _drop_stale_passages(writer, replaced)
     return writer.consumed - writer.rejects, writer.rejects, resumed
+
+
+def _drop_stale_passages(writer: IndexWriter, replaced: dict[str, set[str]]) -> None:
+    """Tombstone the passages of re-added documents that this add did not write again (a document that
+    now has fewer passages than before must not keep its old tail): upserting a document replaces all
+    of its passages."""
+    base = writer.base
+    assert base is not None
+    doc_ids = sorted(replaced)
+    stale: list[str] = []
+    for ref in base.segments:
+        conn = base.conn(ref)
+        for start in range(0, len(doc_ids), 900):
+            part = doc_ids[start : start + 900]
+            marks = ",".join("?" * len(part))
+            sql = f"SELECT ext_id, doc_id FROM docs WHERE doc_id IN ({marks}) AND id_is_int = 0"
+            stale += [e for e, d in conn.execute(sql, part) if e not in replaced[d]]
+    if stale:
+        writer.delete(stale)  # ids already deleted are simply not found
+        log.info("%d passages of re-added documents are gone from them: deleted", len(stale))
 
 
 def _write_rejects(writer: IndexWriter, root: IndexRoot, name: str) -> Path | None:
@@ -317,6 +372,7 @@ def _publish(
         "rejects": n_rejects,
         "truncated": truncated,
         "split_sentences": opts.split_sentences,
+        **({"chunk_tokens": opts.chunk_tokens, "chunk_overlap": opts.chunk_overlap or 0} if opts.chunk_tokens else {}),
         **(encoding or {}),
     }
     manifest = writer.commit(build_info)
@@ -378,10 +434,11 @@ def run_build(opts: BuildOptions, incremental: bool = False) -> BuildResult:
         kind = "add" if incremental else "build"
         name = f"{kind}-" + _fingerprint(opts, base.manifest.version if base else None, kind)
         encoder = _make_encoder(opts, base.manifest if base else None)
+        meta = encoder_meta(encoder) | _text_settings(opts, encoder, base.manifest if base else None)
         writer = IndexWriter(
             root,
             name,
-            encoder_meta(encoder),
+            meta,
             {"type": opts.index_type, "params": opts.index_params},
             resume=opts.resume,
             segment_rows=opts.segment_rows,
@@ -417,8 +474,72 @@ def encoder_meta(encoder: Encoder) -> dict[str, Any]:
 
 def _make_encoder(opts: BuildOptions, base: Manifest | None) -> Encoder:
     if base is None:
-        return Encoder(model=opts.model, pooling=opts.pooling, backend=opts.backend, max_seq_length=opts.max_seq_length)
+        return Encoder(
+            model=opts.model,
+            pooling=opts.pooling,
+            backend=opts.backend,
+            max_seq_length=opts.max_seq_length,
+            query_prompt=opts.query_prompt,
+            passage_prompt=opts.passage_prompt,
+        )
     return Encoder.from_manifest(base)
+
+
+def chunking_of(meta: dict[str, Any]) -> Chunking | None:
+    """The chunking an index (its manifest's encoder record) applies, if any."""
+    return Chunking.from_dict(meta["chunking"]) if meta.get("chunking") else None
+
+
+def _text_settings(opts: BuildOptions, encoder: Encoder, base: Manifest | None) -> dict[str, Any]:
+    """The manifest's ``chunking`` and ``prompts``: from the flags for a build; for an add the index's,
+    and flags that contradict them are an error (an index holds one kind of passage)."""
+    if opts.chunk_overlap is not None and not opts.chunk_tokens and not (base and base.chunking):
+        raise InvalidInputError("--chunk-overlap needs --chunk-tokens")
+    if opts.chunk_tokens and opts.split_sentences:
+        raise InvalidInputError("--chunk-tokens and --split-sentences exclude each other: passages are whole sentences")
+    out: dict[str, Any] = {}
+    if base is None:
+        if opts.chunk_tokens:
+            chunking = Chunking(opts.chunk_tokens, opts.chunk_overlap or 0)
+            limit = int(encoder.max_seq_length or 512)
+            if chunking.tokens > limit:
+                raise InvalidInputError(
+                    f"--chunk-tokens {chunking.tokens} is more than the model reads ({limit} tokens, "
+                    "--max-seq-length): passages would be truncated"
+                )
+            out["chunking"] = chunking.as_dict()
+        prompts = {"query": encoder.query_prompt or "", "passage": encoder.passage_prompt or ""}
+        if any(prompts.values()):
+            out["prompts"] = prompts
+        return out
+    if opts.query_prompt is not None or opts.passage_prompt is not None:
+        have = base.prompts or {}
+        for name, given in (("query", opts.query_prompt), ("passage", opts.passage_prompt)):
+            if given is not None and given != have.get(name, ""):
+                raise InvalidInputError(
+                    f"--{name}-prompt {given!r} differs from the index's {name} prompt {have.get(name, '')!r}; "
+                    "an index has one prompt (rebuild to change it)"
+                )
+    if base.chunking:
+        chunking = Chunking.from_dict(base.chunking)
+        if opts.split_sentences:
+            raise InvalidInputError(
+                f"the index cuts documents into passages (--chunk-tokens {chunking.tokens}); --split-sentences "
+                "does not apply to it"
+            )
+        if (opts.chunk_tokens and opts.chunk_tokens != chunking.tokens) or (
+            opts.chunk_overlap is not None and opts.chunk_overlap != chunking.overlap
+        ):
+            raise InvalidInputError(
+                f"--chunk-tokens {opts.chunk_tokens} --chunk-overlap {opts.chunk_overlap} differ from the index's "
+                f"chunking ({chunking.tokens} tokens, {chunking.overlap} sentences of overlap); "
+                "add applies the index's own (leave the flags out)"
+            )
+    elif opts.chunk_tokens:
+        raise InvalidInputError(
+            "the index was built without --chunk-tokens; add cannot cut passages into it (rebuild with --chunk-tokens)"
+        )
+    return {key: value for key in ("chunking", "prompts") if (value := getattr(base, key))}
 
 
 def run_delete(

@@ -11,7 +11,11 @@ from typing import Any, Protocol
 
 from semsearch.ids import UserId
 
-__all__ = ["Doc", "EncoderSpec", "Record", "Reject", "UserId"]
+__all__ = ["DOCUMENT_KEY", "Doc", "EncoderSpec", "Record", "Reject", "UserId"]
+
+# The reserved metadata key under which a document's first passage (``--chunk-tokens``) stores the whole
+# document's text, once per document; the store takes it out of the metadata into ``Doc.document``.
+DOCUMENT_KEY = "_semsearch_document"
 
 
 @dataclass
@@ -49,6 +53,7 @@ class Doc:
     start: int | None = None
     end: int | None = None
     source: str | None = None
+    document: str | None = None  # the whole document's text, on a document's first passage only
 
 
 class EncoderSpec(Protocol):

@@ -6,7 +6,7 @@ from fastapi import APIRouter
 
 from app.deps import RuntimeDep
 from app.routes.search import RESPONSES
-from app.schemas import EmbedRequest, EmbedResponse
+from app.schemas import EmbedRequest, EmbedResponse, prompt_for
 
 router = APIRouter(tags=["embed"])
 
@@ -15,8 +15,8 @@ router = APIRouter(tags=["embed"])
 async def embed(body: EmbedRequest, rt: RuntimeDep) -> EmbedResponse:
     """L2-normalised embeddings (cosine = dot product), micro-batched with concurrent searches."""
     body.check_limits(rt.settings)
-    vectors = await rt.batcher.embed(body.texts)
     encoder = rt.services.encoder
+    vectors = await rt.batcher.embed(body.texts, prompt_for(encoder, body.input_type))
     return EmbedResponse(
         embeddings=vectors.tolist(), model=encoder.name, pooling=encoder.pooling, dimension=encoder.dim
     )

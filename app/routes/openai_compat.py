@@ -25,6 +25,7 @@ from app.compat_schemas import (
 from app.deps import RuntimeDep
 from app.errors import ApiError, invalid
 from app.runtime import Runtime
+from app.schemas import prompt_for
 from semsearch.text import text_problem
 
 router = APIRouter(tags=["compatible"])
@@ -97,7 +98,10 @@ async def embeddings(body: EmbeddingsRequest, rt: RuntimeDep) -> EmbeddingsRespo
             {"param": "dimensions", "dimension": encoder.dim},
         )
     texts = body.texts(rt.settings)
-    vectors, tokens = await asyncio.gather(rt.batcher.embed(texts), asyncio.to_thread(encoder.count_tokens, texts))
+    prompt = prompt_for(encoder, body.input_type)
+    vectors, tokens = await asyncio.gather(
+        rt.batcher.embed(texts, prompt), asyncio.to_thread(encoder.count_tokens, [prompt + t for t in texts])
+    )
     data = [
         Embedding(index=i, embedding=_base64(v) if body.encoding_format == "base64" else v.tolist())
         for i, v in enumerate(vectors)

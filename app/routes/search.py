@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Sequence
@@ -18,9 +19,13 @@ from app.runtime import Runtime
 from app.schemas import (
     DEFAULT_CANDIDATES,
     DEFAULT_K,
+    GROUP_BY_PATTERN,
+    MAX_OFFSET,
     BatchSearchRequest,
     BatchSearchResponse,
     ErrorResponse,
+    GroupHit,
+    SearchGroup,
     SearchHit,
     SearchOptions,
     SearchRequest,
@@ -31,7 +36,7 @@ from app.schemas import (
     check_text,
     not_blank,
 )
-from semsearch.search import Hit, Mode
+from semsearch.search import MAX_GROUP_SIZE, Group, Grouping, Hit, Mode, attach_documents, group_hits
 
 router = APIRouter(tags=["search"])
 
@@ -56,15 +61,53 @@ def _hit(hit: Hit, reranked: bool) -> SearchHit:
     )
 
 
-async def run_search(rt: Runtime, queries: Sequence[str], opts: SearchOptions) -> tuple[list[list[SearchHit]], str]:
-    """Retrieve (micro-batched) and, when asked, rerank the top ``candidates`` of each query."""
+def _group(group: Group, reranked: bool) -> SearchGroup:
+    return SearchGroup(
+        group=group.group,
+        score=group.score,
+        metadata=group.metadata,
+        hits=[
+            GroupHit(
+                id=h.id,
+                text=h.text,
+                score=h.score,
+                start=h.start,
+                end=h.end,
+                retrieval_score=h.dense_score if reranked else None,
+            )
+            for h in group.hits
+        ],
+        document=group.document,
+    )
+
+
+async def run_search(rt: Runtime, queries: Sequence[str], opts: SearchOptions) -> tuple[list[list[Any]], str]:
+    """Retrieve (micro-batched) and, when asked, rerank the top ``candidates`` of each query; with
+    ``group_by`` the results are groups (reranked hits are grouped after reranking); ``offset`` pages."""
     if opts.rerank:
         rt.reranking.require()  # 503 before any work: rerank is never silently skipped
-    fetch = max(opts.k, opts.candidates) if opts.rerank else opts.k
+    need = opts.offset + opts.k
+    grouping = Grouping(opts.group_by, opts.group_size, opts.return_document) if opts.group_by is not None else None
+    if grouping is not None and not opts.rerank:
+        spec = SearchSpec(opts.k, opts.mode, opts.filter, grouping=grouping, offset=opts.offset)
+        outcome = await rt.batcher.search(queries, spec)
+        return [[_group(g, False) for g in row] for row in outcome.groups or []], outcome.index_version
+    fetch = max(need, opts.candidates) if opts.rerank else need
     spec = SearchSpec(fetch, opts.mode, opts.filter, with_dense_scores=opts.rerank)
     outcome = await rt.batcher.search(queries, spec)
-    rows = await rt.reranking.rerank(queries, outcome.hits, opts.k) if opts.rerank else outcome.hits
-    return [[_hit(h, opts.rerank) for h in row] for row in rows], outcome.index_version
+    if grouping is not None:  # rerank every candidate passage, then group them
+        rows = await rt.reranking.rerank(queries, outcome.hits, fetch)
+        groups = [group_hits(row, grouping)[opts.offset : need] for row in rows]
+        if grouping.return_document:
+            await asyncio.to_thread(_attach_documents, rt, [g for row in groups for g in row])
+        return [[_group(g, True) for g in row] for row in groups], outcome.index_version
+    rows = await rt.reranking.rerank(queries, outcome.hits, need) if opts.rerank else outcome.hits
+    return [[_hit(h, opts.rerank) for h in row[opts.offset :]] for row in rows], outcome.index_version
+
+
+def _attach_documents(rt: Runtime, groups: list[Group]) -> None:
+    with rt.services.indexes.use() as index:
+        attach_documents(index, groups)
 
 
 MAX_FILTER_PARAM_CHARS = 32_000  # what the GET filter schema allows, escaped; URLs over ~64 KB fail in uvicorn
@@ -115,6 +158,13 @@ async def search_get(
     ] = None,
     rerank: Annotated[bool, Query(description="Rerank with the cross-encoder.")] = False,
     candidates: Annotated[int | None, Query(ge=1, description="Hits rescored when reranking (default 50).")] = None,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET, description="Skip this many results (the next page).")] = 0,
+    group_by: Annotated[
+        str | None,
+        Query(max_length=128, pattern=GROUP_BY_PATTERN, description="Group by doc_id or a metadata field."),
+    ] = None,
+    group_size: Annotated[int, Query(ge=1, le=MAX_GROUP_SIZE, description="Hits per group (default 3).")] = 3,
+    return_document: Annotated[bool, Query(description="Add each group's document text.")] = False,
 ) -> SearchResponse:
     """`POST /search` for browsers and curl: `GET /search?q=a+large+wild+cat&k=5`."""
     started = time.perf_counter()
@@ -130,7 +180,17 @@ async def search_get(
     check_range(["query", "candidates"], candidates, s.max_candidates, "SEMSEARCH_MAX_CANDIDATES")
     parsed = parse_filter_param(filter)
     try:
-        opts = SearchOptions(k=k, mode=mode, filter=parsed, rerank=rerank, candidates=candidates)
+        opts = SearchOptions(
+            k=k,
+            mode=mode,
+            filter=parsed,
+            rerank=rerank,
+            candidates=candidates,
+            offset=offset,
+            group_by=group_by,
+            group_size=group_size,
+            return_document=return_document,
+        )
     except ValidationError as e:  # the filter's grammar and bounds, checked by the schema as for POST
         raise RequestValidationError(
             [{**err, "loc": ("query", *err["loc"])} for err in e.errors(include_url=False, include_input=False)]

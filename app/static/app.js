@@ -40,6 +40,8 @@ async function loadInfo() {
     $("index-info").textContent =
       `${info.count.toLocaleString()} sentences · index ${info.index_version} · ${info.encoder.model}`;
     $("rerank-field").hidden = !(info.reranker && info.reranker.configured);
+    // an index of passages (--chunk-tokens) stores its documents: offer the documents view
+    $("documents-field").hidden = !(info.index && info.index.chunking);
     $("q").maxLength = info.limits.max_query_chars;
     if (info.api_key_required) $("key-field").hidden = false;
   } catch (err) {
@@ -101,10 +103,78 @@ function renderResults(data, mode) {
   }
 }
 
+// the documents view: one card per document, its best passages highlighted in the stored text
+function highlighted(documentText, hits) {
+  const spans = hits.filter((h) => h.start != null && h.end != null)
+    .map((h) => [h.start, h.end]).sort((a, b) => a[0] - b[0]);
+  const merged = [];
+  for (const [s, e] of spans) {
+    if (merged.length && s <= merged[merged.length - 1][1]) {
+      merged[merged.length - 1][1] = Math.max(merged[merged.length - 1][1], e);
+    } else {
+      merged.push([s, e]);
+    }
+  }
+  const p = document.createElement("p");
+  p.className = "document-text";
+  let pos = 0;
+  for (const [s, e] of merged) {
+    p.append(documentText.slice(pos, s));
+    const mark = document.createElement("mark");
+    mark.textContent = documentText.slice(s, e);
+    p.append(mark);
+    pos = e;
+  }
+  p.append(documentText.slice(pos));
+  return p;
+}
+
+function renderDocuments(data, mode) {
+  const list = $("results");
+  list.replaceChildren();
+  const scores = data.results.map((g) => g.score);
+  const max = Math.max(...scores), min = Math.min(...scores);
+  const scoreLabel = data.reranked ? "rerank score" : SCORE_LABELS[mode] || "score";
+  for (const group of data.results) {
+    const li = document.createElement("li");
+    li.className = "result document";
+    const title = document.createElement("h2");
+    title.className = "document-title";
+    title.textContent = `Document ${group.group}`;
+    const body = group.document != null
+      ? highlighted(group.document, group.hits)
+      : Object.assign(document.createElement("p"), { className: "document-text", textContent: group.hits.map((h) => h.text).join(" … ") });
+    const score = document.createElement("div");
+    score.className = "score";
+    const bar = document.createElement("div");
+    bar.className = "bar";
+    bar.setAttribute("role", "img");
+    bar.setAttribute("aria-label", `${scoreLabel} ${group.score.toFixed(3)}, relative to this list`);
+    const fill = document.createElement("span");
+    fill.style.width = `${(barFraction(group.score, min, max) * 100).toFixed(1)}%`;
+    bar.append(fill);
+    const label = document.createElement("span");
+    label.className = "score-label";
+    label.textContent = `${scoreLabel} ${group.score.toFixed(3)} (best passage) · ${group.hits.length} passage${group.hits.length === 1 ? "" : "s"} highlighted`;
+    score.append(bar, label);
+    const meta = document.createElement("ul");
+    meta.className = "meta";
+    meta.setAttribute("aria-label", "metadata");
+    for (const [key, value] of Object.entries(group.metadata)) {
+      const item = document.createElement("li");
+      item.textContent = `${key}: ${typeof value === "object" ? JSON.stringify(value) : value}`;
+      meta.append(item);
+    }
+    li.append(title, body, score, meta);
+    list.append(li);
+  }
+}
+
 // the form's state <-> the page URL (?q=&k=&mode=&rerank=): shareable, and the back button works
 function formParams() {
   const params = new URLSearchParams({ q: $("q").value.trim(), k: $("k").value, mode: $("mode").value });
   if (!$("rerank-field").hidden && $("rerank").checked) params.set("rerank", "true");
+  if (!$("documents-field").hidden && $("documents").checked) params.set("view", "documents");
   return params;
 }
 
@@ -117,6 +187,7 @@ function fillForm(params) {
   selectIfOffered($("k"), params.get("k"));
   selectIfOffered($("mode"), params.get("mode"));
   $("rerank").checked = params.get("rerank") === "true";
+  $("documents").checked = params.get("view") === "documents";
 }
 
 async function runSearch(params) {
@@ -127,11 +198,19 @@ async function runSearch(params) {
   $("status").textContent = "Searching…";
   showError("");
   try {
-    const data = await getJSON(`/search?${params}`);
-    renderResults(data, mode);
+    const documents = params.get("view") === "documents";
+    const api = new URLSearchParams(params);
+    api.delete("view");
+    if (documents) {
+      api.set("group_by", "doc_id");
+      api.set("return_document", "true");
+    }
+    const data = await getJSON(`/search?${api}`);
+    if (documents) renderDocuments(data, mode); else renderResults(data, mode);
     const n = data.results.length;
+    const what = documents ? "document" : "result";
     $("status").textContent =
-      `${n} result${n === 1 ? "" : "s"} in ${data.took_ms.toFixed(1)} ms · index ${data.index_version}` +
+      `${n} ${what}${n === 1 ? "" : "s"} in ${data.took_ms.toFixed(1)} ms · index ${data.index_version}` +
       (data.reranked ? " · reranked" : "");
   } catch (err) {
     $("results").replaceChildren(); // never leave the previous query's results under a refusal

@@ -133,6 +133,20 @@ class Manifest(_Checked):
     shards: dict[str, Any] | None = None
     format: str = FORMAT
     format_version: int = FORMAT_VERSION
+    # Optional, absent from older manifests (and from the checksummed fields when unset, so those keep
+    # their checksum): how documents are cut into passages ({"tokens", "overlap"}: every later add applies
+    # it) and the prompts the encoder prepends ({"query", "passage"}).
+    chunking: dict[str, Any] | None = None
+    prompts: dict[str, str] | None = None
+
+    OPTIONAL = ("chunking", "prompts")
+
+    def fields_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        for key in self.OPTIONAL:
+            if data.get(key) is None:
+                data.pop(key, None)
+        return data
 
     @property
     def legacy(self) -> bool:
@@ -172,6 +186,7 @@ class Manifest(_Checked):
             "format_version": self.format_version,
             "segments": len(self.segments) if not self.legacy else 1,
             "tombstones": self.tombstones,
+            **{key: getattr(self, key) for key in self.OPTIONAL if getattr(self, key) is not None},
         }
 
     def encoder_meta(self) -> dict[str, Any]:
@@ -183,6 +198,7 @@ class Manifest(_Checked):
             "backend": self.backend,
             "max_seq_length": self.max_seq_length,
             "dimension": self.dimension,
+            **{key: getattr(self, key) for key in self.OPTIONAL if getattr(self, key) is not None},
         }
 
 

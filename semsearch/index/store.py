@@ -17,7 +17,7 @@ from typing import Any
 
 from semsearch.errors import CorruptIndexError
 from semsearch.ids import id_key
-from semsearch.types import Doc, UserId
+from semsearch.types import DOCUMENT_KEY, Doc, UserId
 from semsearch.types import Record as Record  # re-exported: the writer and the tests take it from here
 
 DOCS_SCHEMA = """
@@ -85,15 +85,18 @@ def connect(path: Path, readonly: bool = False, schema: str = DOCS_SCHEMA) -> sq
 
 def _row_to_doc(row: Sequence[Any]) -> Doc:
     iid, ext_id, is_int, text, doc_id, start, end, source, metadata = row
+    meta = json.loads(metadata)
+    document = meta.pop(DOCUMENT_KEY, None) if DOCUMENT_KEY in metadata else None
     return Doc(
         iid=iid,
         id=int(ext_id) if is_int else ext_id,
         text=text,
-        metadata=json.loads(metadata),
+        metadata=meta,
         doc_id=doc_id,
         start=start,
         end=end,
         source=source,
+        document=document if isinstance(document, str) else None,
     )
 
 

@@ -620,6 +620,7 @@ class IndexWriter:
             next_iid=int(self._state["next_iid"]),
             index_request=self.index_request,
             shards=self.shards,
+            **{key: meta[key] for key in Manifest.OPTIONAL if meta.get(key)},  # chunking, prompts: kept by every change
         )
         manifest.write(version_dir)
         self.close()

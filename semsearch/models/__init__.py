@@ -4,7 +4,8 @@ Public API: :class:`Encoder` (``encode``, ``count_tokens``, ``from_manifest``), 
 closed choices ``Pooling`` / ``Backend`` and the model resolution helpers. Imports only the base modules.
 """
 
-from semsearch.models.encoder import Backend, Encoder, Pooling, _read_layout, _Tokens, pool_and_normalize
+from semsearch.models.cache import QueryCache
+from semsearch.models.encoder import Backend, Encoder, Pooling, _read_layout, _Tokens, pool_and_normalize, prompts_of
 from semsearch.models.reranker import Reranker, RerankerBackend, available_backends, fuse_logits
 from semsearch.models.source import resolve_model
 
@@ -12,6 +13,7 @@ __all__ = [
     "Backend",
     "Encoder",
     "Pooling",
+    "QueryCache",
     "Reranker",
     "RerankerBackend",
     "_Tokens",
@@ -19,5 +21,6 @@ __all__ = [
     "available_backends",
     "fuse_logits",
     "pool_and_normalize",
+    "prompts_of",
     "resolve_model",
 ]

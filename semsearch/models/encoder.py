@@ -24,6 +24,7 @@ import numpy as np
 
 from semsearch.choices import check_choice
 from semsearch.errors import InvalidInputError, ModelLoadError, ModelMismatchError
+from semsearch.models.cache import QueryCache
 from semsearch.models.runner import Runner, RunnerOptions, TorchRunner, open_runner
 from semsearch.models.source import ResolvedModel, model_fingerprint, resolve_model
 from semsearch.types import EncoderSpec
@@ -69,7 +70,13 @@ class Encoder:
     # torch backend: where the model runs ("cpu", "cuda", "cuda:1", ...; None: cpu). Inputs follow the
     # model's weights (model_runner.TorchRunner), so moving it later with to_device() is safe too.
     device: str | None = None
+    # Prompts prepended to queries and to passages (e5/bge style "query: "); None: the model folder's own
+    # (config_sentence_transformers.json "prompts": "query", and "passage" or "document"), else none.
+    query_prompt: str | None = None
+    passage_prompt: str | None = None
     stats: EncodeStats = field(default_factory=EncodeStats, init=False)
+    # The service's query-embedding cache (None: no cache, as in the indexer)
+    cache: QueryCache | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         check_choice(self.pooling, POOLINGS, "pooling")
@@ -78,6 +85,11 @@ class Encoder:
             raise InvalidInputError(f"device {self.device!r} needs the torch backend (got {self.backend!r})")
         self.resolved: ResolvedModel = resolve_model(self.model)
         self.fingerprint = model_fingerprint(self.resolved.path)
+        declared = read_prompts(self.resolved.path)
+        if self.query_prompt is None:
+            self.query_prompt = declared.get("query", "")
+        if self.passage_prompt is None:
+            self.passage_prompt = declared.get("passage", "")
         self._st: Any = None  # the loaded SentenceTransformer (tokenizer + transformer), when torch is used
         # The ONNX backends need only the tokenizer and the model folder's configuration: torch and
         # sentence-transformers are imported only for the torch backend, an unusual model folder, or
@@ -167,7 +179,7 @@ class Encoder:
             pooling=cast(Pooling, manifest.pooling),
             backend=cast(Backend, manifest.backend),
             max_seq_length=manifest.max_seq_length,
-            **kwargs,
+            **{**prompts_of(manifest), **kwargs},
         )
         if encoder.fingerprint != manifest.model_fingerprint:
             raise ModelMismatchError(
@@ -185,6 +197,11 @@ class Encoder:
         ONNX backends, and safe to call from any thread while another encodes."""
         return self._tokens.lengths(texts)
 
+    def token_offsets(self, text: str) -> list[tuple[int, int]]:
+        """Character ``(start, end)`` spans of ``text``'s tokens (special tokens excluded), untruncated: where
+        a long text can be cut at token boundaries (:mod:`semsearch.ingest.chunking`). Tokenizer only."""
+        return self._tokens.offsets(text)
+
     def count_tokens(self, texts: Sequence[str]) -> int:
         """Tokens the model reads for ``texts``: each text's count (special tokens included) capped at
         ``max_seq_length``, summed (the ``usage`` of ``/v1/embeddings``). Same guarantees as :meth:`token_lengths`."""
@@ -198,8 +215,13 @@ class Encoder:
         batch_size: int = 64,
         progress: bool = False,
         desc: str = "encoding",
+        prompt: str | Sequence[str] | None = None,
     ) -> np.ndarray:
         """Encode ``texts`` to a float32 array (n, dim) of unit vectors, in input order.
+
+        ``prompt`` (one for all, or one per text) is prepended to each text; ``None`` or ``""``: the raw
+        text. With a :attr:`cache`, vectors already computed are taken from it (bit-identical) and only
+        the others encoded.
 
         Texts are tokenised once, then batched by token length (little padding); inputs longer than
         ``max_seq_length`` are truncated and counted in ``self.stats.truncated``. A text's vector
@@ -209,6 +231,32 @@ class Encoder:
         out = np.empty((n, self.dim), dtype=np.float32)
         if n == 0:
             return out
+        prompts = [prompt or ""] * n if prompt is None or isinstance(prompt, str) else [p or "" for p in prompt]
+        if len(prompts) != n:
+            raise InvalidInputError(f"{n} texts but {len(prompts)} prompts")
+        cache = self.cache
+        if cache is not None and cache.enabled:
+            keys = [(self.fingerprint, self.pooling, self.backend, p, t) for p, t in zip(prompts, texts, strict=True)]
+            missing: list[int] = []
+            for i, key in enumerate(keys):
+                hit = cache.get(key)
+                if hit is None:
+                    missing.append(i)
+                else:
+                    out[i] = hit
+            if missing:
+                fresh = self._encode_texts([prompts[i] + texts[i] for i in missing], batch_size, progress, desc)
+                out[missing] = fresh
+                for i, vector in zip(missing, fresh, strict=True):
+                    cache.put(keys[i], vector)
+            return out
+        if any(prompts):
+            texts = [p + t for p, t in zip(prompts, texts, strict=True)]
+        return self._encode_texts(texts, batch_size, progress, desc)
+
+    def _encode_texts(self, texts: Sequence[str], batch_size: int, progress: bool, desc: str) -> np.ndarray:
+        n = len(texts)
+        out = np.empty((n, self.dim), dtype=np.float32)
         started = time.perf_counter()
         tokens = self._tokens.encode(texts)
         self.stats.truncated += tokens.truncated
@@ -228,6 +276,36 @@ class Encoder:
 
     def _encode_batch(self, features: dict[str, np.ndarray]) -> np.ndarray:
         return pool_and_normalize(self._runner(features), features["attention_mask"], self.pooling)
+
+
+PROMPTS_FILE = "config_sentence_transformers.json"
+
+
+def read_prompts(folder: Path) -> dict[str, str]:
+    """``{"query": ..., "passage": ...}`` as the model folder declares them in ``prompts`` of
+    config_sentence_transformers.json (``passage`` may be named ``document`` there); empty when absent."""
+    try:
+        config = json.loads((folder / PROMPTS_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    prompts = config.get("prompts") if isinstance(config, dict) else None
+    if not isinstance(prompts, dict):
+        return {}
+    out: dict[str, str] = {}
+    for name, keys in (("query", ("query",)), ("passage", ("passage", "document"))):
+        for key in keys:
+            value = prompts.get(key)
+            if isinstance(value, str) and value:
+                out[name] = value
+                break
+    return out
+
+
+def prompts_of(spec: Any) -> dict[str, str]:
+    """The prompts an index recorded (its manifest's ``prompts``), as Encoder keyword arguments: an index
+    without them uses none (an index built before prompts existed embedded raw text)."""
+    prompts = getattr(spec, "prompts", None) or {}
+    return {"query_prompt": str(prompts.get("query", "")), "passage_prompt": str(prompts.get("passage", ""))}
 
 
 @dataclass(frozen=True)
@@ -306,9 +384,21 @@ class _Tokens:
     """Tokenisation done once per text: the ``tokenizers`` library straight from ``tokenizer.json``
     (no torch, no transformers import), else the transformers tokenizer sentence-transformers loaded."""
 
-    def __init__(self, encode: Callable[[list[str]], _Batchable], lengths: Callable[[list[str]], np.ndarray]):
+    def __init__(
+        self,
+        encode: Callable[[list[str]], _Batchable],
+        lengths: Callable[[list[str]], np.ndarray],
+        offsets: Callable[[str], list[tuple[int, int]]] | None = None,
+    ):
         self._encode = encode
         self._lengths = lengths
+        self._offsets = offsets
+
+    def offsets(self, text: str) -> list[tuple[int, int]]:
+        """Character spans of ``text``'s tokens, special tokens excluded."""
+        if self._offsets is None:
+            raise InvalidInputError("this model's tokenizer gives no token offsets (a fast tokenizer is needed)")
+        return self._offsets(text)
 
     def encode(self, texts: Sequence[str]) -> _Batchable:
         return self._encode(list(texts))
@@ -346,7 +436,18 @@ class _Tokens:
                 encs = full.encode_batch(prepare(texts))
                 return np.fromiter((len(e.ids) for e in encs), dtype=np.int64, count=len(texts))
 
-            return cls(encode, lengths)
+            def offsets(text: str) -> list[tuple[int, int]]:
+                prepared = prepare([text])[0]
+                if len(prepared) != len(text):  # lowercasing changed the length: offsets would not map back
+                    prepared = text
+                enc = full.encode(prepared)
+                return [
+                    (int(a), int(b))
+                    for (a, b), special in zip(enc.offsets, enc.special_tokens_mask, strict=True)
+                    if not special
+                ]
+
+            return cls(encode, lengths, offsets)
         hf = st.tokenizer
         pad_id = int(hf.pad_token_id or 0)
         # a transformers fast tokenizer sets its truncation per call: one call at a time (counts may come
@@ -366,7 +467,14 @@ class _Tokens:
             types = [list(x) for x in enc.get("token_type_ids") or [[0] * len(i) for i in ids]]
             return _Batchable(ids, types, truncated, pad_id)
 
-        return cls(hf_encode, hf_lengths)
+        def hf_offsets(text: str) -> list[tuple[int, int]]:
+            if not getattr(hf, "is_fast", False):
+                raise InvalidInputError("this model's tokenizer gives no token offsets (a fast tokenizer is needed)")
+            with lock:
+                enc = hf(text, add_special_tokens=False, truncation=False, return_offsets_mapping=True, verbose=False)
+            return [(int(a), int(b)) for a, b in enc["offset_mapping"]]
+
+        return cls(hf_encode, hf_lengths, hf_offsets)
 
 
 def pool_and_normalize(hidden: np.ndarray, mask: np.ndarray, pooling: str) -> np.ndarray:

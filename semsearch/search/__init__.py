@@ -6,26 +6,45 @@ entry point), :func:`compile_filter`. Imports ``models``, ``index`` and the base
 
 from semsearch.search import filters
 from semsearch.search.filters import CompiledFilter, compile_filter, matching_iids
-from semsearch.search.modes import DEFAULT_HYBRID, Candidate, HybridParams, Mode, fuse_candidates, rerank, search
+from semsearch.search.grouping import MAX_GROUP_SIZE, Group, Grouping, group_hits
+from semsearch.search.modes import (
+    DEFAULT_HYBRID,
+    Candidate,
+    HybridParams,
+    Mode,
+    attach_documents,
+    fuse_candidates,
+    group_reranked,
+    rerank,
+    search,
+    search_groups,
+)
 from semsearch.search.reader import Hit, SearchIndex, SegmentPool, verify
 from semsearch.search.sharded import ShardedIndex, shard_call
 
 __all__ = [
     "DEFAULT_HYBRID",
+    "MAX_GROUP_SIZE",
     "Candidate",
     "CompiledFilter",
+    "Group",
+    "Grouping",
     "Hit",
     "HybridParams",
     "Mode",
     "SearchIndex",
     "SegmentPool",
     "ShardedIndex",
+    "attach_documents",
     "compile_filter",
     "filters",
     "fuse_candidates",
+    "group_hits",
+    "group_reranked",
     "matching_iids",
     "rerank",
     "search",
+    "search_groups",
     "shard_call",
     "verify",
 ]

@@ -33,6 +33,7 @@ from semsearch.errors import InvalidInputError
 from semsearch.index.lexical import top_k
 from semsearch.score_norm import normalize
 from semsearch.search.filters import compile_filter
+from semsearch.search.grouping import Group, Grouping, fetch_groups, group_hits
 from semsearch.search.reader import Hit, SearchIndex
 
 if TYPE_CHECKING:
@@ -96,13 +97,21 @@ def search(
     filter: dict[str, Any] | None = None,
     *,
     hybrid: HybridParams | None = None,
+    offset: int = 0,
 ) -> list[list[Hit]]:
     """Top-k hits per query, best first (one list per query, in order).
 
     ``query_vectors`` are the encoded ``queries`` (needed for dense and hybrid; optional for
     lexical, where they only fill in ``dense_score``). ``filter`` restricts results to rows whose
     metadata match (see :mod:`semsearch.search.filters`); ``hybrid`` overrides :data:`DEFAULT_HYBRID`.
+    ``offset`` skips the first results: the page ``[offset, offset + k)`` of the ranking
+    (:mod:`semsearch.search.grouping` says what pages guarantee); :func:`search_groups` groups them.
     """
+    if offset < 0:
+        raise InvalidInputError(f"offset must be >= 0, got {offset}")
+    if offset:
+        rows = search(index, queries, query_vectors, k + offset, mode, filter, hybrid=hybrid)
+        return [row[offset:] for row in rows]
     check_choice(mode, MODES, "search mode")
     if k < 1:
         raise InvalidInputError(f"k must be >= 1, got {k}")
@@ -129,6 +138,64 @@ def search(
         return _lexical(index, queries, query_vectors, k, allowed)
     assert query_vectors is not None
     return _hybrid(index, queries, query_vectors, k, allowed, hybrid or DEFAULT_HYBRID)
+
+
+def search_groups(
+    index: SearchIndex,
+    queries: Sequence[str],
+    query_vectors: np.ndarray | None,
+    k: int,
+    mode: Mode = DEFAULT_MODE,
+    filter: dict[str, Any] | None = None,
+    *,
+    grouping: Grouping,
+    hybrid: HybridParams | None = None,
+    offset: int = 0,
+) -> list[list[Group]]:
+    """The top ``k`` groups (after ``offset``) per query: :func:`search`'s hits grouped by
+    ``grouping.by``, each group scored by its best hit, fetching deeper until there are enough groups
+    (the bound and the exactness are in :mod:`semsearch.search.grouping`)."""
+    if k < 1:
+        raise InvalidInputError(f"k must be >= 1, got {k}")
+    if offset < 0:
+        raise InvalidInputError(f"offset must be >= 0, got {offset}")
+
+    def fetch(numbers: Sequence[int], depth: int) -> list[list[Hit]]:
+        vectors = None if query_vectors is None else np.asarray(query_vectors)[list(numbers)]
+        return search(index, [queries[i] for i in numbers], vectors, depth, mode, filter, hybrid=hybrid)
+
+    groups = fetch_groups(fetch, len(queries), k, offset, grouping, int(index.count))
+    if grouping.return_document:
+        attach_documents(index, [g for row in groups for g in row])
+    return groups
+
+
+def group_reranked(
+    index: SearchIndex, rows: Sequence[Sequence[Hit]], k: int, offset: int, grouping: Grouping
+) -> list[list[Group]]:
+    """Groups of already reranked hits (rerank first, then group: the candidates are all there is)."""
+    groups = [group_hits(row, grouping)[offset : offset + k] for row in rows]
+    if grouping.return_document:
+        attach_documents(index, [g for row in groups for g in row])
+    return groups
+
+
+def attach_documents(index: Any, groups: Sequence[Group]) -> None:
+    """Set each group's ``document``: the stored text of its best hit's document (indexes built with
+    ``--chunk-tokens`` store it once, on the document's first passage: id ``DOCID#0``, or for a document
+    without an id the automatic id equal to its doc_id)."""
+    wanted = {g.hits[0].doc_id for g in groups if g.hits and g.hits[0].doc_id is not None}
+    if not wanted:
+        return
+    iids: set[int] = set()
+    lookup = getattr(index, "iids_for_ext_ids", None)
+    if lookup is not None:
+        iids.update(lookup([f"{d}#0" for d in wanted]).values())
+    iids.update(int(d) for d in wanted if d.isdigit() and len(d) < 19)
+    texts = {doc.doc_id: doc.document for doc in index.docs_for(iids).values() if doc.document is not None}
+    for g in groups:
+        if g.hits and g.hits[0].doc_id is not None:
+            g.document = texts.get(g.hits[0].doc_id)
 
 
 class _Lexical:

@@ -193,7 +193,10 @@ def test_openapi_describes_the_routes_models_and_limits(app_client: TestClient) 
     models = ("SearchRequest", "BatchSearchRequest", "EmbedRequest", "RerankRequest", "SearchHit")
     props = {name: schemas[name]["properties"] for name in models}
     assert props["SearchRequest"]["query"]["maxLength"] == settings.max_query_chars
-    assert set(props["SearchRequest"]) == {"query", "k", "mode", "filter", "rerank", "candidates"}
+    assert set(props["SearchRequest"]) == {
+        *("query", "k", "mode", "filter", "rerank", "candidates"),
+        *("offset", "group_by", "group_size", "return_document"),  # #24: documents and pages
+    }
     for model in ("SearchRequest", "BatchSearchRequest"):
         assert props[model]["k"]["maximum"] == settings.max_k and props[model]["k"]["default"] == 10
         assert props[model]["candidates"]["maximum"] == settings.max_candidates
@@ -209,7 +212,10 @@ def test_openapi_describes_the_routes_models_and_limits(app_client: TestClient) 
     assert set(schemas["SearchResponse"]["required"]) == {"results", "took_ms", "index_version", "reranked"}
     assert set(schemas["ErrorBody"]["properties"]) == {"code", "message", "detail"}
     get = {p["name"]: p for p in doc["paths"]["/search"]["get"]["parameters"]}
-    assert set(get) == {"q", "k", "mode", "filter", "rerank", "candidates"}
+    assert set(get) == {
+        *("q", "k", "mode", "filter", "rerank", "candidates"),
+        *("offset", "group_by", "group_size", "return_document"),
+    }
     assert get["q"]["schema"]["maxLength"] == settings.max_query_chars and get["q"]["required"] is True
     assert get["k"]["schema"]["maximum"] == settings.max_k
     assert set(get["filter"]["content"]) == {"application/json"}

@@ -177,3 +177,63 @@ def test_search_page_labels_scales_url_and_refusals(page_url: str, tmp_path: Pat
         assert icon.status == 200 and icon.headers["content-type"].startswith("image/svg+xml")
         href = page.locator("link[rel=icon]").get_attribute("href")
         assert href and page.request.get(page_url.rstrip("/") + href).status == 200
+
+
+DOCUMENTS = {
+    "cats": "Cats purr when content. A cat hunts mice at night. Kittens play with yarn. Lions are big cats.",
+    "ships": "Ships cross the ocean. A sailor steers the vessel through storms. Harbours shelter boats.",
+    "bread": "Bakers knead dough before dawn. Bread rises in a warm oven. Sourdough needs a starter culture.",
+}
+
+
+@pytest.fixture(scope="module")
+def documents_url(tmp_path_factory: pytest.TempPathFactory, app_settings: Callable[..., Settings]) -> Iterator[str]:
+    """A real server over an index of passages (--chunk-tokens), in a thread of this process."""
+    from app_fixtures import write_jsonl
+
+    from indexer.pipeline import BuildOptions, run_build
+
+    tmp = tmp_path_factory.mktemp("documents")
+    rows = [{"id": name, "text": f"{text} {text}", "topic": name} for name, text in DOCUMENTS.items()]
+    run_build(
+        BuildOptions(inputs=[write_jsonl(tmp / "d.jsonl", rows)], output=tmp / "idx", chunk_tokens=24, progress=False)
+    )
+    port = _free_port()
+    config = uvicorn.Config(
+        create_app(app_settings(index=tmp / "idx")), host="127.0.0.1", port=port, log_level="warning"
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 120
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert server.started, "uvicorn did not start"
+    yield f"http://127.0.0.1:{port}/"
+    server.should_exit = True
+    thread.join(30)
+
+
+def test_documents_view_highlights_passages_in_the_stored_text(documents_url: str, tmp_path: Path) -> None:
+    from playwright.sync_api import expect
+
+    with chromium(tmp_path) as context:
+        page = open_page(context, documents_url)
+        expect(page.locator("#documents-field")).to_be_visible()  # an index of passages offers the view
+        page.get_by_label("Documents").check()
+        submit(page, "a cat chasing mice", k=5)
+        expect(page.locator("#status")).to_contain_text("3 documents")
+        expect(page).to_have_url(re.compile(r"view=documents"))
+        first = page.locator("#results > li.document").first
+        expect(first.locator(".document-title")).to_have_text("Document cats")
+        # the whole stored document is shown, its best passages marked inside it
+        assert first.locator(".document-text").inner_text() == f"{DOCUMENTS['cats']} {DOCUMENTS['cats']}"
+        marks = first.locator(".document-text mark").all_inner_texts()
+        assert marks and all(m in DOCUMENTS["cats"] + " " + DOCUMENTS["cats"] for m in marks)
+        expect(first.locator(".score-label")).to_contain_text("best passage")
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "documents-page.png"), full_page=True)
+        page.get_by_label("Documents").uncheck()  # back to passages
+        submit(page)
+        expect(page.locator("#status")).to_contain_text("results")
+        expect(page.locator("#results > li .result-text").first).to_be_visible()
