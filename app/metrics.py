@@ -106,7 +106,9 @@ class MetricsMiddleware:
             await self.app(scope, receive, send_wrapper)
         finally:
             route = scope.get("route")
-            template = getattr(route, "path", None) or "unmatched"
+            template = (
+                getattr(route, "path_format", None) or getattr(route, "path", None) or "unmatched"
+            )  # {id}, not {id:path}
             labels = (scope["method"], template, str(status))
             self.metrics.requests.labels(*labels).inc()
             self.metrics.latency.labels(*labels).observe(time.perf_counter() - started)

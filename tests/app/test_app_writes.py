@@ -80,6 +80,36 @@ def test_upsert_replaces_and_delete_removes(writable: tuple[Path, ServerProcess]
         assert_error(c.get("/documents/del-me"), 404)
 
 
+def test_python_client_round_trip(writable: tuple[Path, ServerProcess]) -> None:
+    """semsearch.client's upsert/get/delete against the real server, sync and async."""
+    import asyncio
+
+    from semsearch.client import AsyncClient, Client, Document
+
+    _, server = writable
+    text = "a brass telescope that only shows tomorrow's weather"
+    with Client(server.url) as client:
+        done = client.upsert([Document("sdk/1", text, {"via": "sdk"}), {"id": 901, "text": "a second sdk document"}])
+        assert (done.upserted, done.visible) == (2, True)
+        assert client.search(text, k=1).results[0].id == "sdk/1"
+        assert client.get("sdk/1") == Document("sdk/1", text, {"via": "sdk"})  # a '/' in the id survives the path
+        assert client.get(901) == Document(901, "a second sdk document", {})
+        gone = client.delete(["sdk/1", "sdk/never"])
+        assert (gone.deleted, gone.missing, gone.visible) == (1, ["sdk/never"], True)
+        assert client.get("sdk/1") is None
+        assert all(h.id != "sdk/1" for h in client.search(text, k=3).results)
+
+    async def run() -> None:
+        async with AsyncClient(server.url) as aclient:
+            ack = await aclient.upsert([Document("sdk/2", "an async sdk document")], wait=False)
+            assert ack.upserted == 1 and ack.seq > done.seq
+            assert await aclient.get("sdk/2") == Document("sdk/2", "an async sdk document", {})
+            assert (await aclient.delete([901])).deleted == 1
+            assert await aclient.get(901) is None
+
+    asyncio.run(run())
+
+
 def test_a_request_with_one_bad_document_writes_nothing(writable: tuple[Path, ServerProcess]) -> None:
     _, server = writable
     with server.client() as c:
