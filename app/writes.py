@@ -541,7 +541,9 @@ class LiveIndex:
             doomed = [k for k in deletes if k not in upserted]
             if doomed:
                 writer.delete(doomed)
-            manifest = writer.commit({"kind": "flush", "wal_seq": seq, "rows": len(rows), "deletes": len(doomed)})
+            # deleting every document is a valid state of a writable index: publish it (zero live rows)
+            build = {"kind": "flush", "wal_seq": seq, "rows": len(rows), "deletes": len(doomed)}
+            manifest = writer.commit(build, allow_empty=True)
         return manifest.version
 
     def _swap_base(

@@ -201,3 +201,51 @@ def test_flush_and_restart_keep_everything(
         [sys.executable, "-m", "indexer", "verify", "--index", str(root)], cwd=REPO, capture_output=True, text=True
     )
     assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+def test_deleting_every_document_flushes_to_an_empty_version(
+    app_index: Path,
+    app_corpus_rows: list[dict[str, Any]],
+    tmp_path: Path,
+    launch_server: Callable[..., ServerProcess],
+) -> None:
+    """A flush that leaves zero live rows publishes an empty version (it used to fail for good, keeping the
+    deletes in memory and in the WAL); after a kill and a restart searches answer nothing, /info counts 0,
+    and new upserts work."""
+    import json
+
+    root = copy_index(app_index, tmp_path / "root")
+    server = launch_server(root, writable="true", flush_rows="100", refresh_interval_s="0.2")
+    server.wait_started()
+    ids: list[Any] = [r["id"] for r in app_corpus_rows]
+    with server.client() as c:
+        r = c.post("/documents", json={"documents": [{"id": "e1", "text": "a pending row deleted before any flush"}]})
+        assert r.status_code == 200, r.text
+        ids.append("e1")
+        last = 0
+        for i in range(0, len(ids), 100):
+            r = c.post("/documents/delete", json={"ids": ids[i : i + 100], "wait": i + 100 >= len(ids)})
+            assert r.status_code == 200 and r.json()["missing"] == [], r.text
+            last = r.json()["seq"]
+        flushed = root / "wal" / "flushed.json"
+        assert wait_until(lambda: flushed.is_file() and json.loads(flushed.read_text())["seq"] >= last, 60), server.log
+        assert wait_until(lambda: c.get("/info").json()["count"] == 0, 10)
+        assert top(c, "a cat") == [] and top(c, "cat", mode="lexical") == [] and top(c, "cat", mode="hybrid") == []
+    server.proc.kill()  # no shutdown flush: what is on disk is what the background flush published
+    server.proc.wait(30)
+    again = launch_server(root, writable="true", refresh_interval_s="0.2")
+    again.wait_started()
+    with again.client() as c:
+        assert c.get("/info").json()["count"] == 0
+        assert top(c, "a cat") == [] and top(c, "cat", mode="hybrid") == []
+        assert_error(c.get(f"/documents/{ids[0]}"), 404)
+        text = "a lighthouse keeper's cat that counts ships"
+        assert c.post("/documents", json={"documents": [{"id": "after", "text": text}]}).status_code == 200
+        assert [h["id"] for h in top(c, text)] == ["after"]
+        assert c.get("/info").json()["count"] == 1
+    assert again.stop() == -signal.SIGTERM
+    verify = subprocess.run(
+        [sys.executable, "-m", "indexer", "verify", "--index", str(root)], cwd=REPO, capture_output=True, text=True
+    )
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    assert "replayed" not in again.log  # the kill lost nothing: the empty version held every delete
