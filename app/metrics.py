@@ -74,6 +74,23 @@ class Metrics:
         self.flushes = Counter(
             "semsearch_flushes_total", "Flushes of pending writes to a segment, by outcome.", ("outcome",), registry=r
         )
+        self.merges = Counter(
+            "semsearch_merges_total",
+            "Merge-policy versions published after flushes (merged), or merge runs that failed (failed).",
+            ("outcome",),
+            registry=r,
+        )
+        self.wal_bytes = Gauge("semsearch_wal_bytes", "Bytes of write-ahead log files on disk.", registry=r)
+        self.last_refresh = Gauge(
+            "semsearch_last_refresh_timestamp_seconds",
+            "Unix time of the last refresh that made acknowledged writes searchable (0: none yet).",
+            registry=r,
+        )
+        self.last_flush = Gauge(
+            "semsearch_last_flush_timestamp_seconds",
+            "Unix time of the last flush of pending writes to a published version (0: none yet).",
+            registry=r,
+        )
         self.reloads = Counter(
             "semsearch_reloads_total",
             "Index reload attempts by outcome (reloaded, failed).",

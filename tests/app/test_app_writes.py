@@ -26,7 +26,8 @@ def copy_index(src: Path, dst: Path) -> Path:
 @pytest.fixture(scope="module")
 def writable(app_index: Path, tmp_path_factory: pytest.TempPathFactory, launch_server: Callable[..., ServerProcess]):
     root = copy_index(app_index, tmp_path_factory.mktemp("writable") / "root")
-    server = launch_server(root, writable="true", refresh_interval_s="0.5", flush_rows="1000000")
+    # no flush in this module (the counters of test_info_and_metrics_show_the_writes count on it)
+    server = launch_server(root, writable="true", refresh_interval_s="0.5", flush_rows="1000000", flush_age_s="86000")
     server.wait_started()
     return root, server
 
@@ -110,6 +111,42 @@ def test_python_client_round_trip(writable: tuple[Path, ServerProcess]) -> None:
     asyncio.run(run())
 
 
+def metric(text: str, name: str) -> float:
+    """The value of one sample line of the Prometheus text (``name`` with its labels, exactly)."""
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[-1])
+    raise AssertionError(f"{name} not in /metrics")
+
+
+def test_info_and_metrics_show_the_writes(writable: tuple[Path, ServerProcess]) -> None:
+    root, server = writable
+    with server.client() as c:
+        before = c.get("/info").json()["writes"]
+        assert before["writable"] is True and before["flush_rows"] == 1000000 and before["refresh_interval_s"] == 0.5
+        docs = [{"id": f"info-{i}", "text": f"an info counter sentence number {i}"} for i in range(3)]
+        assert c.post("/documents", json={"documents": docs}).status_code == 200
+        assert c.post("/documents/delete", json={"ids": ["info-0", "info-none"]}).status_code == 200
+        after = c.get("/info").json()["writes"]
+        assert after["upsert_requests"] == before["upsert_requests"] + 1
+        assert after["upserted"] == before["upserted"] + 3
+        assert (after["delete_requests"], after["deleted"]) == (before["delete_requests"] + 1, before["deleted"] + 1)
+        assert after["pending_rows"] == before["pending_rows"] + 2  # no flush in this module (flush_rows huge)
+        assert after["applied_seq"] == after["visible_seq"] == before["applied_seq"] + 2
+        assert after["refreshes"] > before["refreshes"] and after["last_refresh"].endswith("Z")
+        wal = sum(p.stat().st_size for p in (root / "wal").glob("*.log"))
+        assert after["wal_bytes"] == wal > before["wal_bytes"] and after["wal_files"] >= 1
+        assert after["flushes"] == 0 and after["last_flush"] is None and after["merges"] == 0
+        assert after["queue"] == {"in_flight": 0, "max": after["queue"]["max"]}
+        text = c.get("/metrics").text
+        assert metric(text, "semsearch_wal_bytes") == wal
+        assert metric(text, "semsearch_pending_writes") == after["pending_rows"] + after["pending_deletes"]
+        assert metric(text, 'semsearch_writes_total{op="upsert"}') >= 3
+        assert metric(text, "semsearch_last_refresh_timestamp_seconds") > 0
+        assert metric(text, "semsearch_last_flush_timestamp_seconds") == 0
+        assert "semsearch_wal_commit_seconds_count" in text
+
+
 def test_a_request_with_one_bad_document_writes_nothing(writable: tuple[Path, ServerProcess]) -> None:
     _, server = writable
     with server.client() as c:
@@ -152,6 +189,7 @@ def test_writes_are_refused_without_writable(app_client: Any) -> None:
     assert app_client.post("/documents/delete", json={"ids": ["x"]}).status_code == 403
     assert app_client.delete("/documents/x").status_code == 403
     assert app_client.get("/documents/nope").status_code == 404
+    assert app_client.get("/info").json()["writes"] == {"writable": False}
 
 
 def test_workers_and_ray_with_writable_are_refused(app_index: Path) -> None:
@@ -182,6 +220,11 @@ def test_flush_and_restart_keep_everything(
             assert c.post("/documents", json={"documents": [d], "wait": False}).status_code == 200
         assert c.post("/documents/delete", json={"ids": ["f3"]}).json()["deleted"] == 1
         assert wait_until(lambda: len(list((root / "versions").iterdir())) > 1, 60)
+        assert wait_until(lambda: c.get("/info").json()["writes"]["flushes"] >= 1, 10)
+        info = c.get("/info").json()["writes"]
+        assert info["last_flush"]["version"] and info["flush_failures"] == 0 and info["last_error"] is None
+        assert metric(c.get("/metrics").text, 'semsearch_flushes_total{outcome="flushed"}') == info["flushes"]
+        assert metric(c.get("/metrics").text, "semsearch_last_flush_timestamp_seconds") > 0
         c.post("/documents", json={"documents": [{"id": "late", "text": "written after the flush"}]})
     assert server.stop() == -signal.SIGTERM  # graceful: uvicorn re-raises the signal
     again = launch_server(root, writable="true")
