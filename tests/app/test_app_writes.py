@@ -7,7 +7,7 @@ import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -292,3 +292,68 @@ def test_deleting_every_document_flushes_to_an_empty_version(
     )
     assert verify.returncode == 0, verify.stdout + verify.stderr
     assert "replayed" not in again.log  # the kill lost nothing: the empty version held every delete
+
+
+@pytest.fixture
+def tiny_wal_disk(app_index: Path, tmp_path: Path) -> Iterator[Path]:
+    """An index root whose ``wal/`` is a 256 KiB tmpfs (needs root and mount(2); skipped otherwise)."""
+    root = copy_index(app_index, tmp_path / "root")
+    wal = root / "wal"
+    wal.mkdir()
+    mount = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(wal)], capture_output=True, text=True
+    )
+    if mount.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs for the full-disk test (needs root): {mount.stderr.strip()}")
+    try:
+        yield root
+    finally:
+        subprocess.run(["umount", "-l", str(wal)], capture_output=True)
+
+
+def test_a_full_wal_disk_is_a_507_and_loses_nothing_acknowledged(
+    tiny_wal_disk: Path, launch_server: Callable[..., ServerProcess]
+) -> None:
+    """Upserts fill the WAL's disk until one gets 507 insufficient_storage: that request wrote nothing,
+    every acknowledged one is kept (also through kill -9 and the WAL replay), and reads keep working."""
+    root = tiny_wal_disk
+    settings = {"writable": "true", "flush_rows": "1000000", "flush_age_s": "86000", "refresh_interval_s": "0.2"}
+    server = launch_server(root, **settings)
+    server.wait_started()
+    acked: dict[str, str] = {}
+    refused: list[str] = []
+    with server.client() as c:
+        for n in range(20):  # ~1.7 KB of WAL per document: 256 KiB is full within 3 requests of 50
+            docs = [{"id": f"fill-{n}-{i}", "text": f"disk filler {n} sentence {i} about tides"} for i in range(50)]
+            r = c.post("/documents", json={"documents": docs, "wait": n % 2 == 0})
+            if r.status_code != 200:
+                assert_error(r, 507, "insufficient_storage")
+                message = r.json()["error"]["message"]
+                assert "write-ahead log" in message and "not applied" in message, message
+                assert r.json()["error"]["detail"]["disk_full"] is True
+                refused = [d["id"] for d in docs]
+                break
+            acked |= {d["id"]: d["text"] for d in docs}
+        assert refused and acked, "the WAL disk never filled up"
+        assert c.get("/health").status_code == 200
+        assert top(c, "disk filler 0 sentence 7 about tides")[0]["id"] == "fill-0-7"  # reads keep working
+        assert c.get("/search", params={"q": "cat", "k": 1}).status_code == 200
+        assert_error(c.get(f"/documents/{refused[0]}"), 404)  # the refused request: nothing of it
+        assert c.get(f"/documents/{next(iter(acked))}").status_code == 200
+        assert c.get("/info").json()["writes"]["last_error"].startswith("could not append")
+        # the refused append was cut back (no partial record holds the space): a small write still fits
+        r = c.post("/documents", json={"documents": [{"id": "after-full", "text": "a small write after the 507"}]})
+        assert r.status_code == 200, r.text
+        acked["after-full"] = "a small write after the 507"
+    server.proc.kill()  # no shutdown flush: the restart must replay the acknowledged writes from the WAL
+    server.proc.wait(30)
+    again = launch_server(root, **settings)
+    again.wait_started()
+    with again.client() as c:
+        for doc_id, text in acked.items():
+            r = c.get(f"/documents/{doc_id}")
+            assert r.status_code == 200 and r.json()["text"] == text, doc_id
+        for doc_id in refused:
+            assert_error(c.get(f"/documents/{doc_id}"), 404)
+        assert top(c, next(iter(acked.values())))[0]["id"] == next(iter(acked))
+    assert "replayed" in again.log
