@@ -357,3 +357,74 @@ def test_a_full_wal_disk_is_a_507_and_loses_nothing_acknowledged(
             assert_error(c.get(f"/documents/{doc_id}"), 404)
         assert top(c, next(iter(acked.values())))[0]["id"] == next(iter(acked))
     assert "replayed" in again.log
+
+
+def test_kill_during_a_flush_loses_nothing_acknowledged(
+    app_index: Path, tmp_path: Path, launch_server: Callable[..., ServerProcess]
+) -> None:
+    """SIGKILL while a flush's ``staging/flush-*`` exists (the flush is writing its segment), restart:
+    every acknowledged document is there with its text, the request in flight is all or nothing, the
+    killed flush's staging is cleaned up by the next commit, and verify passes."""
+    import threading
+    import time
+
+    root = copy_index(app_index, tmp_path / "root")
+    settings = {"writable": "true", "flush_rows": "150", "flush_age_s": "86000", "refresh_interval_s": "0.2"}
+    server = launch_server(root, **settings)
+    server.wait_started()
+    staging = root / "staging"
+    killed = threading.Event()
+
+    def in_flush() -> bool:
+        try:
+            return any(p.name.startswith("flush-") for p in staging.iterdir())
+        except OSError:
+            return False
+
+    def killer() -> None:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and server.proc.poll() is None:
+            if in_flush():
+                server.proc.kill()
+                killed.set()
+                return
+            time.sleep(0.0005)
+
+    watcher = threading.Thread(target=killer, daemon=True)
+    watcher.start()
+    acked: dict[str, str] = {}
+    in_flight: list[dict[str, Any]] = []
+    with server.client() as c:
+        for n in range(200):
+            docs = [
+                {"id": f"k{n}-{i}", "text": f"kill during flush {n} sentence {i} about lanterns"} for i in range(25)
+            ]
+            in_flight = docs
+            try:
+                r = c.post("/documents", json={"documents": docs, "wait": False})
+            except httpx.TransportError:
+                break
+            assert r.status_code == 200, r.text
+            acked |= {d["id"]: d["text"] for d in docs}
+            in_flight = []
+            if killed.is_set():
+                break
+    watcher.join(60)
+    assert killed.is_set(), "no flush was caught in the act"
+    server.proc.wait(30)
+    assert in_flush()  # the kill did land inside the flush
+    again = launch_server(root, **settings)
+    again.wait_started()
+    with again.client() as c:
+        for doc_id, text in acked.items():
+            r = c.get(f"/documents/{doc_id}")
+            assert r.status_code == 200 and r.json()["text"] == text, doc_id
+        if in_flight:
+            present = {c.get(f"/documents/{d['id']}").status_code for d in in_flight}
+            assert len(present) == 1, "the request in flight at the kill was half applied"
+    assert again.stop() == -signal.SIGTERM  # graceful: flushes, and that commit removes the dead staging
+    assert not in_flush()
+    verify = subprocess.run(
+        [sys.executable, "-m", "indexer", "verify", "--index", str(root)], cwd=REPO, capture_output=True, text=True
+    )
+    assert verify.returncode == 0, verify.stdout + verify.stderr
