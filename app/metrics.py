@@ -76,6 +76,23 @@ class Metrics:
         self.flushes = Counter(
             "semsearch_flushes_total", "Flushes of pending writes to a segment, by outcome.", ("outcome",), registry=r
         )
+        self.merges = Counter(
+            "semsearch_merges_total",
+            "Merge-policy versions published after flushes (merged), or merge runs that failed (failed).",
+            ("outcome",),
+            registry=r,
+        )
+        self.wal_bytes = Gauge("semsearch_wal_bytes", "Bytes of write-ahead log files on disk.", registry=r)
+        self.last_refresh = Gauge(
+            "semsearch_last_refresh_timestamp_seconds",
+            "Unix time of the last refresh that made acknowledged writes searchable (0: none yet).",
+            registry=r,
+        )
+        self.last_flush = Gauge(
+            "semsearch_last_flush_timestamp_seconds",
+            "Unix time of the last flush of pending writes to a published version (0: none yet).",
+            registry=r,
+        )
         self.reloads = Counter(
             "semsearch_reloads_total",
             "Index reload attempts by outcome (reloaded, failed).",
@@ -126,7 +143,9 @@ class MetricsMiddleware:
             await self.app(scope, receive, send_wrapper)
         finally:
             route = scope.get("route")
-            template = getattr(route, "path", None) or "unmatched"
+            template = (
+                getattr(route, "path_format", None) or getattr(route, "path", None) or "unmatched"
+            )  # {id}, not {id:path}
             labels = (scope["method"], template, str(status))
             self.metrics.requests.labels(*labels).inc()
             self.metrics.latency.labels(*labels).observe(time.perf_counter() - started)

@@ -50,7 +50,7 @@ class Runtime:
         reloader = Reloader(settings.index, services, metrics)
         if services.writes is not None:  # the service is the index's writer: its own versions are served
             reloader.root = None
-            services.writes.metrics = metrics
+            services.writes.bind_metrics(metrics)
         batcher.start()
         reloader.start_polling(settings.reload_poll_s)
         metrics.index_size.set(services.indexes.current.count)

@@ -135,7 +135,24 @@ class LiveIndex:
         self.flushed_seq = 0
         self.first_pending_at: float | None = None
         self.last_refresh = 0.0
+        self.last_refresh_at: float | None = None  # wall clock of the last refresh (for /info and /metrics)
         self.last_flush: dict[str, Any] | None = None
+        self.last_merge: dict[str, Any] | None = None
+        # since start-up: requests and documents acknowledged, refreshes, flushes and merges (and failures)
+        self.stats = dict.fromkeys(
+            (
+                "upsert_requests",
+                "delete_requests",
+                "upserted",
+                "deleted",
+                "refreshes",
+                "flushes",
+                "flush_failures",
+                "merges",
+                "merge_failures",
+            ),
+            0,
+        )
         self.last_error: str | None = None
         self.wal = WriteAheadLog(self.root.path / WAL_DIR)
 
@@ -269,16 +286,48 @@ class LiveIndex:
     def pending(self) -> int:
         return len(self.memory or ()) + len(self.deleted)
 
+    def wal_bytes(self) -> int:
+        """Bytes of the write-ahead log files on disk (what a restart would read)."""
+        total = 0
+        for path in self.wal.files():
+            with contextlib.suppress(OSError):  # a file dropped by a concurrent flush
+                total += path.stat().st_size
+        return total
+
     def info(self) -> dict[str, Any]:
+        """The ``writes`` section of ``/info``."""
+        s = self.settings
+        with self._state:
+            state = {
+                "pending_rows": len(self.memory or ()),
+                "pending_deletes": len(self.deleted),
+                "applied_seq": self.applied_seq,
+                "visible_seq": self.visible_seq,
+                "flushed_seq": self.flushed_seq,
+            }
         return {
-            "pending_rows": len(self.memory or ()),
-            "pending_deletes": len(self.deleted),
-            "applied_seq": self.applied_seq,
-            "visible_seq": self.visible_seq,
-            "flushed_seq": self.flushed_seq,
+            "writable": True,
+            **state,
+            "wal_bytes": self.wal_bytes(),
+            "wal_files": len(self.wal.files()),
+            "queue": {"in_flight": self._in_flight, "max": s.max_write_queue},
+            **self.stats,
+            "last_refresh": _iso(self.last_refresh_at),
             "last_flush": self.last_flush,
+            "last_merge": self.last_merge,
             "last_error": self.last_error,
+            "refresh_interval_s": s.refresh_interval_s,
+            "flush_rows": s.flush_rows,
+            "flush_age_s": s.flush_age_s,
         }
+
+    def bind_metrics(self, metrics: Metrics) -> None:
+        """Report into ``metrics``: counters as things happen, the state gauges read at scrape time."""
+        self.metrics = metrics
+        metrics.pending_rows.set_function(lambda: float(self.pending))
+        metrics.wal_bytes.set_function(lambda: float(self.wal_bytes()))
+        metrics.last_refresh.set_function(lambda: self.last_refresh_at or 0.0)
+        metrics.last_flush.set_function(lambda: float((self.last_flush or {}).get("at_s", 0.0)))
 
     # ------------------------------------------------------------------ writer thread
 
@@ -341,9 +390,14 @@ class LiveIndex:
             if self.first_pending_at is None:
                 self.first_pending_at = time.monotonic()
             pending = self.pending
-        if self.metrics is not None:
-            self.metrics.pending_rows.set(pending)
-            for req in accepted:
+        for req in accepted:
+            if req.op == "upsert":
+                self.stats["upsert_requests"] += 1
+                self.stats["upserted"] += len(req.ids)
+            else:
+                self.stats["delete_requests"] += 1
+                self.stats["deleted"] += int(req.result.get("deleted", 0))
+            if self.metrics is not None:
                 self.metrics.writes.labels(req.op).inc(len(req.ids))
         for req in accepted:
             if req.wait:
@@ -451,6 +505,8 @@ class LiveIndex:
             reader = nrt_reader(base, snapshot, dead, self.pool)
             self.indexes.swap(reader)
             self.last_refresh = time.monotonic()
+            self.last_refresh_at = time.time()
+            self.stats["refreshes"] += 1
             with self._state:
                 self.visible_seq = max(self.visible_seq, seq)
                 ready = [r for r in self._waiters if r.seq <= seq]
@@ -479,7 +535,13 @@ class LiveIndex:
                 self.flush(merge=True)
             except Exception as e:
                 self.last_error = f"flush failed: {e}"
+                self.stats["flush_failures"] += 1
+                if self.metrics is not None:
+                    self.metrics.flushes.labels("failed").inc()
                 log.exception("flush failed; pending writes stay in memory and in the write-ahead log")
+                with self._state:  # the age trigger fires again (the rows trigger does anyway)
+                    if self.pending and self.first_pending_at is None:
+                        self.first_pending_at = time.monotonic()
                 self._stopping.wait(1.0)
 
     def flush(self, merge: bool = True) -> str | None:
@@ -499,8 +561,10 @@ class LiveIndex:
             self._swap_base(rows, deletes, seq)
             self.wal.mark_flushed(seq)
             took = round(time.perf_counter() - started, 3)
+            now = time.time()
             self.last_flush = {"version": version, "wal_seq": seq, "rows": len(rows), "deletes": len(deletes)}
-            self.last_flush["took_s"] = took
+            self.last_flush |= {"took_s": took, "at": _iso(now), "at_s": now}
+            self.stats["flushes"] += 1
             if self.metrics is not None:
                 self.metrics.flushes.labels("flushed").inc()
             log.info(
@@ -512,10 +576,31 @@ class LiveIndex:
                 took,
             )
             if merge:
-                for merged in maybe_merge(self.root):
-                    log.info("merge policy published %s", merged)
-                    self._swap_base([], {}, None)
+                self._merge()
             return version
+
+    def _merge(self) -> None:
+        """Run the merge policy after a flush; a failed merge leaves the flushed version serving (and the
+        flush acknowledged): it is logged and counted, and the next flush tries again."""
+        started = time.perf_counter()
+        try:
+            versions = maybe_merge(self.root)
+        except Exception as e:
+            self.last_error = f"merge failed: {e}"
+            self.stats["merge_failures"] += 1
+            if self.metrics is not None:
+                self.metrics.merges.labels("failed").inc()
+            log.exception("merge after a flush failed; the flushed version keeps serving")
+            return
+        for merged in versions:
+            log.info("merge policy published %s", merged)
+        if versions:
+            self._swap_base([], {}, None)
+            self.stats["merges"] += len(versions)
+            took = round(time.perf_counter() - started, 3)
+            self.last_merge = {"versions": versions, "took_s": took, "at": _iso(time.time())}
+            if self.metrics is not None:
+                self.metrics.merges.labels("merged").inc(len(versions))
 
     def _write_version(
         self, seq: int, rows: Sequence[tuple[int, UserId, str, dict[str, Any], np.ndarray]], deletes: dict[str, int]
@@ -541,7 +626,9 @@ class LiveIndex:
             doomed = [k for k in deletes if k not in upserted]
             if doomed:
                 writer.delete(doomed)
-            manifest = writer.commit({"kind": "flush", "wal_seq": seq, "rows": len(rows), "deletes": len(doomed)})
+            # deleting every document is a valid state of a writable index: publish it (zero live rows)
+            build = {"kind": "flush", "wal_seq": seq, "rows": len(rows), "deletes": len(doomed)}
+            manifest = writer.commit(build, allow_empty=True)
         return manifest.version
 
     def _swap_base(
@@ -569,6 +656,10 @@ class LiveIndex:
         self._publish()
         if old is not None:
             old.close()
+
+
+def _iso(at: float | None) -> str | None:
+    return None if at is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at))
 
 
 def document(index: SearchIndex, key: str) -> tuple[UserId, str, dict[str, Any]] | None:

@@ -5,10 +5,16 @@
 ...     hits = client.search("a large wild cat", k=3).results
 
 ``Client`` and ``AsyncClient`` have the same methods (``search``, ``search_batch``, ``embed``, ``rerank``,
-``info``, ``health``, ``ready``, ``reload``). A 429 or 503 answer is retried up to ``max_retries`` times, waiting what
+``info``, ``health``, ``ready``, ``reload``, and the online writes of a ``--writable`` service: ``upsert``,
+``delete``, ``get``). A 429 or 503 answer is retried up to ``max_retries`` times, waiting what
 the server's ``Retry-After`` says (else an exponential backoff from ``backoff_s``, at most
 ``max_wait_s``); connection failures are retried the same way. Every other error raises a
 :class:`ServiceError` subclass that carries the server's ``status``, ``code``, ``message`` and ``detail``.
+
+Writes are safe to retry: a 429 or 503 answer (queue full, WAL unavailable) wrote nothing, and an upsert
+or delete sent twice (a connection lost after the server acknowledged it) leaves the same documents; only
+the counts of a repeated delete differ (its ids are then ``missing``). ``get`` of an id that names no
+document returns ``None`` (the service's 404 ``not_found`` for that id); every other 404 raises.
 
 This is the only HTTP module of the ``semsearch`` package; it needs httpx and nothing of the service.
 """
@@ -19,6 +25,7 @@ import asyncio
 import email.utils
 import functools
 import time
+import urllib.parse
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, ParamSpec, TypeVar, overload
@@ -184,6 +191,54 @@ class RerankResult:
         return cls(hits, str(data["model"]), float(data["took_ms"]), str(data.get("scoring", "")))
 
 
+@dataclass(frozen=True)
+class Document:
+    """A stored document (``get``), or one to write (``upsert`` takes these or mappings with the same keys)."""
+
+    id: int | str
+    text: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Document:
+        return cls(data["id"], str(data["text"]), dict(data.get("metadata") or {}))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "text": self.text, "metadata": dict(self.metadata)}
+
+
+@dataclass(frozen=True)
+class UpsertResult:
+    """``upserted``: documents written (all of the request's); ``seq``: the request's write-ahead log
+    sequence number; ``visible``: searches already see them (true when sent with ``wait=True``)."""
+
+    upserted: int
+    seq: int
+    visible: bool
+    took_ms: float
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> UpsertResult:
+        return cls(int(data["upserted"]), int(data["seq"]), bool(data["visible"]), float(data["took_ms"]))
+
+
+@dataclass(frozen=True)
+class DeleteResult:
+    """``deleted``: ids that named a live document; ``missing``: the ids that named none."""
+
+    deleted: int
+    missing: list[int | str]
+    seq: int
+    visible: bool
+    took_ms: float
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> DeleteResult:
+        return cls(
+            int(data["deleted"]), list(data["missing"]), int(data["seq"]), bool(data["visible"]), float(data["took_ms"])
+        )
+
+
 # ----------------------------------------------------------------------------------- calls (sans-IO)
 
 
@@ -196,6 +251,7 @@ class _Call(Generic[T]):
     parse: Callable[[Any], T]
     json: Any = None
     params: Mapping[str, Any] | None = None
+    none_if_absent: bool = False  # a 404 ``not_found`` naming the requested id reads as ``None``
 
 
 def _search_options(k: int, mode: Mode, filter: Mapping[str, Any] | None, rerank: bool, candidates: int | None) -> dict:
@@ -249,6 +305,26 @@ def _rerank(
     if top_k is not None:
         body["top_k"] = top_k
     return _Call("POST", "/rerank", RerankResult.from_json, body)
+
+
+def _upsert(documents: Sequence[Document | Mapping[str, Any]], *, wait: bool = True) -> _Call[UpsertResult]:
+    """``POST /documents`` (``--writable`` service): insert or replace ``documents`` by id, all of them or
+    none. ``wait``: return once they are searchable (else once durable: in the write-ahead log)."""
+    docs = [d.to_json() if isinstance(d, Document) else dict(d) for d in documents]
+    return _Call("POST", "/documents", UpsertResult.from_json, {"documents": docs, "wait": wait})
+
+
+def _delete(ids: Sequence[int | str], *, wait: bool = True) -> _Call[DeleteResult]:
+    """``POST /documents/delete`` (``--writable`` service): delete documents by id; ids that named no
+    document are listed in ``missing``. ``wait``: return once the deletes are visible to searches."""
+    return _Call("POST", "/documents/delete", DeleteResult.from_json, {"ids": list(ids), "wait": wait})
+
+
+def _get(id: int | str) -> _Call[Document | None]:
+    """``GET /documents/{id}``: the document (with ``--writable``: every acknowledged write, searchable yet
+    or not), or ``None`` when no document has this id."""
+    path = "/documents/" + urllib.parse.quote(str(id), safe="")
+    return _Call("GET", path, Document.from_json, none_if_absent=True)
 
 
 def _json_object(data: Any) -> dict[str, Any]:
@@ -339,6 +415,9 @@ class _Base(Generic[H]):
     health = _Endpoint(_plain("GET", "/health", "``GET /health``."))
     ready = _Endpoint(_plain("GET", "/ready", "``GET /ready`` (UnavailableError while not ready, after the retries)."))
     reload = _Endpoint(_plain("POST", "/admin/reload", "``POST /admin/reload``: load ``current`` now (API key)."))
+    upsert = _Endpoint(_upsert)
+    delete = _Endpoint(_delete)
+    get = _Endpoint(_get)
 
     def _request(self, call: _Call[Any]) -> dict[str, Any]:
         """The arguments of ``httpx.Client.request`` (or ``AsyncClient.request``) for ``call``."""
@@ -377,8 +456,17 @@ class _Base(Generic[H]):
         if isinstance(outcome, httpx.TransportError):
             raise outcome
         if outcome.status_code >= 400:
-            raise error_from_response(outcome)
+            error = error_from_response(outcome)
+            if call.none_if_absent and _names_no_document(error):
+                return None  # type: ignore[return-value]  # such calls are _Call[X | None]
+            raise error
         return call.parse(outcome.json())
+
+
+def _names_no_document(error: ServiceError) -> bool:
+    """The document route's 404 (``not_found`` with the id in its detail), not an unknown route's 404
+    (a server without ``/documents``), which stays an error."""
+    return error.status == 404 and error.code == "not_found" and isinstance(error.detail, dict) and "id" in error.detail
 
 
 def _parse_retry_after(value: str) -> float | None:

@@ -114,7 +114,7 @@ async def delete_many(body: DeleteRequest, rt: RuntimeDep) -> DeleteResponse:
     return await _delete(rt, list(body.ids), body.wait, started)
 
 
-@router.delete("/documents/{id}", response_model=DeleteResponse, responses=WRITE_RESPONSES)
+@router.delete("/documents/{id:path}", response_model=DeleteResponse, responses=WRITE_RESPONSES)
 async def delete_one(id: str, rt: RuntimeDep) -> DeleteResponse:
     """Delete one document (the id as the path gives it: `/documents/7` names `7` and `"7"` alike);
     waits until the delete is visible."""
@@ -124,7 +124,7 @@ async def delete_one(id: str, rt: RuntimeDep) -> DeleteResponse:
 
 
 @router.get(
-    "/documents/{id}",
+    "/documents/{id:path}",
     response_model=DocumentOut,
     responses={404: {"model": ErrorResponse, "description": "No document with this id."}},
 )

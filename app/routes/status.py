@@ -71,6 +71,7 @@ async def info(rt: RuntimeDep) -> dict[str, Any]:
         "last_reload": rt.reloader.last_reload,
         "last_reload_error": rt.reloader.last_error,
         "api_key_required": s.api_key is not None,
+        "writes": rt.services.writes.info() if rt.services.writes is not None else {"writable": False},
     }
 
 

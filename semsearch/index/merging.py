@@ -47,7 +47,9 @@ def merge_groups(root: IndexRoot, groups: list[list[str]], kind: str) -> Manifes
     with disk_errors(root, writer), aborting(writer):
         merged = [writer.merge(group) for group in groups]
         into: str | list[str] = merged[0] if len(merged) == 1 else merged
-        return writer.commit({"kind": kind, "merged": [n for g in groups for n in g], "into": into})
+        # a merge never changes the live rows: it publishes an empty version only when the base was one
+        build = {"kind": kind, "merged": [n for g in groups for n in g], "into": into}
+        return writer.commit(build, allow_empty=True)
 
 
 def maybe_merge(root: IndexRoot, policy: MergePolicy | None = None, max_rounds: int = 4) -> list[str]:

@@ -562,8 +562,19 @@ class IndexWriter:
 
     # ------------------------------------------------------------------------------------ commit
 
-    def commit(self, build: dict[str, Any], parent: Manifest | None = None, corpus_base: str | None = None) -> Manifest:
-        """Seal what is open, write the version manifest (last) and publish; returns the manifest."""
+    def commit(
+        self,
+        build: dict[str, Any],
+        parent: Manifest | None = None,
+        corpus_base: str | None = None,
+        *,
+        allow_empty: bool = False,
+    ) -> Manifest:
+        """Seal what is open, write the version manifest (last) and publish; returns the manifest.
+
+        A version without live rows is refused unless ``allow_empty``: the service's writer publishes one
+        when its writes delete every document (the flush must still publish, or the deletes would stay in
+        memory and in the WAL for good), and a merge of such a version keeps it empty."""
         self.seal()
         sealed = list(self._state["sealed"])
         merged_away = self._merged_away
@@ -579,7 +590,7 @@ class IndexWriter:
             gone = [_segment_ids(r) for r in self.base.segments if r.name in merged_away]
             tombs = tombs[~np.isin(tombs, np.concatenate(gone))]
         count = sum(m.count for _, _, m in entries) - len(tombs)
-        if count <= 0:
+        if count < 0 or (count == 0 and not allow_empty):
             raise InvalidInputError("no sentences to index: every row was rejected, deleted or the input is empty")
         base_sum = hex_sum(
             corpus_base if corpus_base is not None else (self.base.manifest.corpus_checksum if self.base else "")

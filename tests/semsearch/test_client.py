@@ -16,6 +16,8 @@ from semsearch.client import (
     AsyncClient,
     BatchSearchResult,
     Client,
+    DeleteResult,
+    Document,
     EmbedResult,
     Hit,
     InvalidRequestError,
@@ -25,6 +27,7 @@ from semsearch.client import (
     ServiceError,
     Source,
     UnavailableError,
+    UpsertResult,
 )
 
 HIT = {"id": 7, "text": "a cat", "score": 0.5, "metadata": {"pos": "n"}, "source": {"doc_id": "d1", "start": 0}}
@@ -205,7 +208,7 @@ def test_other_errors_are_raised_at_once_with_the_servers_code(results: Any) -> 
 
 def test_methods_keep_their_names_signatures_and_kinds() -> None:
     client, aclient = Client("http://svc"), AsyncClient("http://svc")
-    for name in ("search", "search_batch", "embed", "rerank", "info", "health", "ready", "reload"):
+    for name in ("search", "search_batch", "embed", "rerank", "info", "health", "ready", "reload", *WRITE_METHODS):
         method, amethod = getattr(client, name), getattr(aclient, name)
         assert method.__name__ == amethod.__name__ == name
         assert method.__doc__ and method.__doc__ == amethod.__doc__
@@ -216,3 +219,129 @@ def test_methods_keep_their_names_signatures_and_kinds() -> None:
     assert params["k"].default == 10 and params["k"].kind is inspect.Parameter.KEYWORD_ONLY
     client.close()
     asyncio.run(aclient.aclose())
+
+
+# ------------------------------------------------------------------------------- online writes (#22)
+
+WRITE_METHODS = ("upsert", "delete", "get")
+STORED = {"id": "cat/1", "text": "a cat", "metadata": {"pos": "n"}}
+
+
+def documents_server(requests: list[tuple[str, str, Any]]) -> Handler:
+    """The write routes of a ``--writable`` service: one stored document, ``cat/1``."""
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content) if request.content else None
+        path = request.url.raw_path.decode()
+        requests.append((request.method, path, body))
+        if path == "/documents":
+            return httpx.Response(
+                200, json={"upserted": len(body["documents"]), "seq": 4, "visible": True, "took_ms": 1}
+            )
+        if path == "/documents/delete":
+            answer = {"deleted": 1, "missing": body["ids"][1:], "seq": 5, "visible": body["wait"], "took_ms": 2.5}
+            return httpx.Response(200, json=answer)
+        if path == "/documents/cat%2F1":
+            return httpx.Response(200, json=STORED)
+        if path.startswith("/documents/"):
+            error = {"code": "not_found", "message": "no document with id 'x'", "detail": {"id": "x"}}
+            return httpx.Response(404, json={"error": error})
+        return httpx.Response(404, json={"error": {"code": "not_found", "message": "no route", "detail": None}})
+
+    return handle
+
+
+def write_calls(client: Any) -> Iterator[Any]:
+    yield client.upsert([{"id": "cat/1", "text": "a cat", "metadata": {"pos": "n"}}, Document(2, "a dog")])
+    yield client.upsert([Document("x", "y")], wait=False)
+    yield client.delete(["cat/1", 9], wait=False)
+    yield client.get("cat/1")
+    yield client.get(7)
+
+
+def test_write_methods_send_the_same_requests_and_read_the_same_answers() -> None:
+    sent: dict[str, list[tuple[str, str, Any]]] = {"sync": [], "async": []}
+    with Client(
+        "http://svc", http_client=httpx.Client(transport=httpx.MockTransport(documents_server(sent["sync"])))
+    ) as c:
+        got_sync = list(write_calls(c))
+
+    async def run() -> list[Any]:
+        http = httpx.AsyncClient(transport=httpx.MockTransport(documents_server(sent["async"])))
+        async with AsyncClient("http://svc", http_client=http) as client:
+            return [await call for call in write_calls(client)]
+
+    got_async = asyncio.run(run())
+    assert sent["sync"] == sent["async"]
+    assert got_sync == got_async
+    assert sent["sync"] == [
+        (
+            "POST",
+            "/documents",
+            {
+                "documents": [
+                    {"id": "cat/1", "text": "a cat", "metadata": {"pos": "n"}},
+                    {"id": 2, "text": "a dog", "metadata": {}},
+                ],
+                "wait": True,
+            },
+        ),
+        ("POST", "/documents", {"documents": [{"id": "x", "text": "y", "metadata": {}}], "wait": False}),
+        ("POST", "/documents/delete", {"ids": ["cat/1", 9], "wait": False}),
+        ("GET", "/documents/cat%2F1", None),  # the id is one path segment, escaped
+        ("GET", "/documents/7", None),
+    ]
+    assert got_sync == [
+        UpsertResult(2, 4, True, 1.0),
+        UpsertResult(1, 4, True, 1.0),
+        DeleteResult(1, [9], 5, False, 2.5),
+        Document("cat/1", "a cat", {"pos": "n"}),
+        None,  # no document with this id
+    ]
+
+
+def test_get_raises_on_a_404_that_is_not_a_missing_document() -> None:
+    """A server without the /documents routes answers an unknown route's 404: an error, not "no such document"."""
+
+    def no_route(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(404, json={"error": {"code": "not_found", "message": "no route", "detail": None}})
+
+    with (
+        Client("http://svc", http_client=httpx.Client(transport=httpx.MockTransport(no_route))) as c,
+        pytest.raises(InvalidRequestError) as error,
+    ):
+        c.get("x")
+    assert error.value.status == 404
+
+
+@pytest.mark.parametrize("status", [403, 507])
+def test_write_refusals_raise_with_the_servers_code(status: int) -> None:
+    """403 writes_disabled (a read-only service) and 507 (the WAL's disk is full) are not retried."""
+    codes = {403: "writes_disabled", 507: "insufficient_storage"}
+    paths: list[str] = []
+
+    def refuse(request: httpx.Request) -> httpx.Response:
+        paths.append(request.url.path)
+        return httpx.Response(status, json={"error": {"code": codes[status], "message": "no", "detail": None}})
+
+    with (
+        Client("http://svc", max_retries=3, http_client=httpx.Client(transport=httpx.MockTransport(refuse))) as c,
+        pytest.raises(ServiceError) as error,
+    ):
+        c.upsert([Document("a", "b")])
+    assert (error.value.status, error.value.code) == (status, codes[status])
+    assert paths == ["/documents"]
+
+
+def test_writes_are_retried_on_429_like_reads() -> None:
+    answers = [
+        httpx.Response(429, json={"error": {"code": "overloaded", "message": "full"}}, headers={"Retry-After": "0"})
+    ]
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        if answers:
+            return answers.pop()
+        return httpx.Response(200, json={"deleted": 0, "missing": ["a"], "seq": 1, "visible": True, "took_ms": 0.1})
+
+    with Client("http://svc", backoff_s=0, http_client=httpx.Client(transport=httpx.MockTransport(handle))) as c:
+        assert c.delete(["a"]) == DeleteResult(0, ["a"], 1, True, 0.1)
