@@ -74,6 +74,21 @@ class Metrics:
         self.flushes = Counter(
             "semsearch_flushes_total", "Flushes of pending writes to a segment, by outcome.", ("outcome",), registry=r
         )
+        self.collection_requests = Counter(
+            "semsearch_collection_requests_total",
+            "Requests on a collection's routes (prefixed, or unprefixed on the default collection).",
+            ("collection",),
+            registry=r,
+        )
+        self.collection_loaded = Gauge(
+            "semsearch_collection_loaded",
+            "1 while the collection is loaded, 0 once unloaded.",
+            ("collection",),
+            registry=r,
+        )
+        self.collection_size = Gauge(
+            "semsearch_collection_size", "Sentences in the collection's loaded version.", ("collection",), registry=r
+        )
         self.reloads = Counter(
             "semsearch_reloads_total",
             "Index reload attempts by outcome (reloaded, failed).",

@@ -62,7 +62,7 @@ async def run_search(rt: Runtime, queries: Sequence[str], opts: SearchOptions) -
         rt.reranking.require()  # 503 before any work: rerank is never silently skipped
     fetch = max(opts.k, opts.candidates) if opts.rerank else opts.k
     spec = SearchSpec(fetch, opts.mode, opts.filter, with_dense_scores=opts.rerank)
-    outcome = await rt.batcher.search(queries, spec)
+    outcome = await rt.batcher.search(queries, spec, rt.services.indexes)
     rows = await rt.reranking.rerank(queries, outcome.hits, opts.k) if opts.rerank else outcome.hits
     return [[_hit(h, opts.rerank) for h in row] for row in rows], outcome.index_version
 
