@@ -262,8 +262,9 @@ class Settings(BaseSettings):
     def _index_or_data(self) -> Settings:
         if (self.index is None) == (self.data is None):
             raise ValueError(
-                "give exactly one of SEMSEARCH_INDEX / --index (one index) and SEMSEARCH_DATA / --data (a "
-                "directory of collections)" + ("" if self.index is None else ", not both")
+                "SEMSEARCH_INDEX / --index: required, or SEMSEARCH_DATA / --data (a directory of collections)"
+                if self.index is None
+                else "give one of SEMSEARCH_INDEX / --index and SEMSEARCH_DATA / --data, not both"
             )
         if self.default_collection is not None and self.data is None:
             raise ValueError("SEMSEARCH_DEFAULT_COLLECTION / --default-collection needs --data")
