@@ -175,6 +175,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "write-ahead log and the in-memory segment, which other workers could not see"
         )
         return 2
+    if settings.data is not None:
+        return _serve_data(settings, server)
     if settings.engine == "ray":
         from app.ray import deploy
 
@@ -214,6 +216,50 @@ def main(argv: Sequence[str] | None = None) -> int:
     app = create_app(settings, services=services)
     config = uvicorn.Config(app, **common)
     _Server(config, str(settings.index), describe).run()
+    return 0
+
+
+def _serve_data(settings: Settings, server: dict[str, Any]) -> int:
+    """``--data DIR``: every index directory under DIR as a collection, loaded on first use."""
+    refused = (
+        "--writable (writes stay single-index: serve the collection to write with --index DIR --writable)"
+        if settings.writable
+        else "--engine ray"
+        if settings.engine == "ray"
+        else "--workers > 1"
+        if server["workers"] > 1
+        else None
+    )
+    if refused:
+        log.error("cannot start: --data does not support %s", refused)
+        return 2
+    from app import connections
+    from app.catalog import default_collection, scan
+    from app.main import create_app
+    from semsearch.errors import SemsearchError
+
+    assert settings.data is not None
+    try:
+        names = list(scan(settings.data))
+        default = default_collection(settings, names)
+    except (SemsearchError, OSError) as e:
+        log.error("cannot start: %s", getattr(e, "message", e))
+        return 1
+    cap = connections.fit_fd_limit(settings.max_connections)
+    connections.configure(connections.ConnectionLimits(cap, settings.header_timeout_s, settings.body_timeout_s))
+    common: dict[str, Any] = {
+        "host": settings.host,
+        "port": settings.port,
+        "log_config": None,
+        "log_level": settings.log_level,
+        "access_log": settings.access_log,
+        "lifespan": "on",
+        "loop": server["loop"],
+        "http": connections.guarded_protocol(server["http"]),
+        "timeout_keep_alive": settings.keep_alive_s,
+    }
+    config = uvicorn.Config(create_app(settings), **common)
+    _Server(config, f"{settings.data} ({len(names)} collections, default {default or 'none'})", lambda: ("-", 0)).run()
     return 0
 
 

@@ -5,8 +5,9 @@ waiting job, waits up to ``window_s`` for more (or until ``max_batch`` texts), a
 single worker thread, which
 
 1. encodes every text of the batch that needs a vector in ONE ``Encoder.encode`` call,
-2. borrows the current index version once for the whole batch (hot reload never splits a batch),
-3. runs one ``semsearch.search.modes.search`` per group of search jobs with the same ``mode`` and ``filter``
+2. borrows the current version of each collection in it once for the whole batch (hot reload never splits a batch),
+3. runs one ``semsearch.search.modes.search`` per group of search jobs with the same collection (the job's
+   ``indexes`` holder: collections with the same model share one batcher), ``mode`` and ``filter``
    (with the group's largest ``k``; each job keeps its own top ``k``),
 
 and the collector resolves each job's future. A search job with a filter the current version has not
@@ -117,6 +118,7 @@ class Job:
     future: asyncio.Future[Any]
     costs: list[int] = field(default_factory=list)
     cursor: int = 0
+    indexes: IndexHolder | None = None  # the job's collection (None: the batcher's own index)
     parts: list[np.ndarray] = field(default_factory=list)
     prompt: str = ""  # prepended to each text when encoding (a search: the index's query prompt)
 
@@ -215,12 +217,16 @@ class MicroBatcher:
 
     # ------------------------------------------------------------------ API (event loop)
 
-    async def search(self, queries: Sequence[str], spec: SearchSpec) -> SearchOutcome:
-        """Top-``spec.k`` hits for each query, all from one index version."""
+    async def search(
+        self, queries: Sequence[str], spec: SearchSpec, indexes: IndexHolder | None = None
+    ) -> SearchOutcome:
+        """Top-``spec.k`` hits for each query, all from one index version (of ``indexes``, the collection's
+        holder, when collections share this batcher's encoder; default: the batcher's own)."""
+        holder = indexes or self.indexes
         if spec.filter:
-            await self._match_filter(compile_filter(spec.filter))
+            await self._match_filter(compile_filter(spec.filter), holder)
         outcome: SearchOutcome = await self._submit(
-            list(queries), spec, getattr(self.encoder, "query_prompt", None) or ""
+            list(queries), spec, getattr(self.encoder, "query_prompt", None) or "", holder
         )
         return outcome
 
@@ -247,7 +253,7 @@ class MicroBatcher:
         if self._task is None or self._task.done():
             raise ApiError(503, "not_ready", "the encoder worker is not running")
 
-    async def _match_filter(self, compiled: CompiledFilter) -> None:
+    async def _match_filter(self, compiled: CompiledFilter, holder: IndexHolder | None = None) -> None:
         """Evaluate a filter the current version has not cached on the filter thread, not in a batch.
 
         Only this request waits for it (behind at most ``filter_workers`` evaluations running and the
@@ -256,25 +262,28 @@ class MicroBatcher:
         in a new version between the two, the worker evaluates the filter on the new segments.
         """
         self._check_running()
-        if not compiled or self.indexes.current.filter_cached(compiled):
+        holder = holder or self.indexes
+        if not compiled or holder.current.filter_cached(compiled):
             return
         if self._filtering >= self.max_queue:
             raise OverloadedError("filter", self.max_queue, self.retry_after_s)
         self._filtering += 1
         try:
-            await asyncio.get_running_loop().run_in_executor(self._filter_executor, self._match, compiled)
+            await asyncio.get_running_loop().run_in_executor(self._filter_executor, self._match, compiled, holder)
         finally:
             self._filtering -= 1
 
-    def _match(self, compiled: CompiledFilter) -> None:
-        with self.indexes.use() as index:
+    def _match(self, compiled: CompiledFilter, holder: IndexHolder) -> None:
+        with holder.use() as index:
             index.matching_iids(compiled)  # cached per segment (per version when sharded)
 
-    async def _submit(self, texts: list[str], spec: SearchSpec | None, prompt: str = "") -> Any:
+    async def _submit(
+        self, texts: list[str], spec: SearchSpec | None, prompt: str = "", holder: IndexHolder | None = None
+    ) -> Any:
         self._check_running()
         if len(self._pending) >= self.max_queue:
             raise OverloadedError("encoder", self.max_queue, self.retry_after_s)
-        job = Job(texts, spec, asyncio.get_running_loop().create_future(), prompt=prompt)
+        job = Job(texts, spec, asyncio.get_running_loop().create_future(), prompt=prompt, indexes=holder)
         if job.needs_vectors:
             job.costs = [estimate_tokens(t, self.max_seq_length) for t in texts]
         else:
@@ -420,7 +429,8 @@ class MicroBatcher:
                     n = len(batch[i].texts)
                     vectors[i] = matrix[row : row + n]
                     row += n
-        groups: dict[tuple[str, str, bool], list[int]] = {}
+        groups: dict[tuple[int, Any], list[int]] = {}  # by collection, then the spec's group
+        holders: dict[int, IndexHolder] = {}
         for i, piece in enumerate(batch):
             if results[i] is not None:  # its encode failed
                 continue
@@ -433,12 +443,15 @@ class MicroBatcher:
             if job.spec is None:
                 results[i] = vectors[i]
             else:
-                groups.setdefault(job.spec.group, []).append(i)
-        if groups:
-            with self.indexes.use() as index:
+                holder = job.indexes or self.indexes
+                holders[id(holder)] = holder
+                groups.setdefault((id(holder), job.spec.group), []).append(i)
+        for key, holder in holders.items():  # each collection's version borrowed once for the batch
+            with holder.use() as index:
                 version = version_name(index)
-                for members in groups.values():
-                    self._search_group(batch, members, vectors, index, version, results)
+                for (owner, _), members in groups.items():
+                    if owner == key:
+                        self._search_group(batch, members, vectors, index, version, results)
         self.metrics.encode_seconds.observe(time.perf_counter() - started)
         return results
 

@@ -12,12 +12,14 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.staticfiles import StaticFiles
 
 from app.audit import AuditLog, AuditMiddleware
+from app.catalog import default_collection, load_reranker, scan
 from app.compat_errors import CompatErrorMiddleware
+from app.deps import use_default_collection, use_named_collection
 from app.errors import install_error_handlers
 from app.keys import KeyRing, KeyWatcher
 from app.metrics import Metrics, MetricsMiddleware
@@ -51,13 +53,21 @@ def create_app(
     settings = settings or get_settings()
     metrics = Metrics()
     loader = load or (lambda: Services.load(settings))
+    if settings.data is not None and load is None:
+        data_default = default_collection(settings, list(scan(settings.data)))
+    else:
+        data_default = None
     keyring = KeyRing(settings.keys_file) if settings.keys_file is not None else None
     audit = AuditLog(settings.audit_log)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        loaded = services if services is not None else await asyncio.to_thread(loader)
-        runtime = Runtime.start(settings, loaded, metrics)
+        if settings.data is not None and load is None:  # collections: nothing loaded until first use
+            reranker = await asyncio.to_thread(load_reranker, settings)
+            runtime = Runtime.start_data(settings, metrics, reranker)
+        else:
+            loaded = services if services is not None else await asyncio.to_thread(loader)
+            runtime = Runtime.start(settings, loaded, metrics)
         app.state.runtime = runtime
         watcher = KeyWatcher(keyring, settings.reload_poll_s) if keyring is not None else None
         if watcher is not None:
@@ -77,7 +87,12 @@ def create_app(
     app.state.metrics = metrics
     app.state.runtime = None
     install_error_handlers(app)
-    for module in (search, documents, embed, rerank, status, admin, collections, web, openai_compat, cohere_compat):
+    # the routes that act on a collection: unprefixed on the default one, and as /collections/{name}/...
+    for module in (search, documents, embed, rerank, admin, openai_compat, cohere_compat):
+        app.include_router(module.router, dependencies=[Depends(use_default_collection)])
+    for module in (search, documents, embed, rerank, admin):
+        app.include_router(module.router, prefix="/collections/{name}", dependencies=[Depends(use_named_collection)])
+    for module in (status, collections, web):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=web.STATIC_DIR), name="static")
     install_openapi_limits(app, settings)
@@ -89,7 +104,7 @@ def create_app(
         ApiKeyMiddleware,
         api_key=settings.api_key_bytes(),
         keyring=keyring,
-        default_collection=collection_name(settings),
+        default_collection=collection_name(settings) if settings.data is None else (data_default or ""),
     )
     app.add_middleware(AuditMiddleware, audit=audit)  # right outside the key check: refusals are audited too
     app.add_middleware(CompatErrorMiddleware)  # OpenAI's error shape on /v1, /v2 (auth and size errors too)

@@ -93,6 +93,21 @@ class Metrics:
             "Unix time of the last flush of pending writes to a published version (0: none yet).",
             registry=r,
         )
+        self.collection_requests = Counter(
+            "semsearch_collection_requests_total",
+            "Requests on a collection's routes (prefixed, or unprefixed on the default collection).",
+            ("collection",),
+            registry=r,
+        )
+        self.collection_loaded = Gauge(
+            "semsearch_collection_loaded",
+            "1 while the collection is loaded, 0 once unloaded.",
+            ("collection",),
+            registry=r,
+        )
+        self.collection_size = Gauge(
+            "semsearch_collection_size", "Sentences in the collection's loaded version.", ("collection",), registry=r
+        )
         self.reloads = Counter(
             "semsearch_reloads_total",
             "Index reload attempts by outcome (reloaded, failed).",

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from app.settings import Settings
+from semsearch.errors import SemsearchError
 from semsearch.index import Manifest, resolve_version_dir
 from semsearch.models import Encoder, QueryCache, Reranker, prompts_of
 from semsearch.search import SearchIndex, SegmentPool
@@ -113,9 +114,22 @@ ARENA_KEEP_TOKENS = 1024  # ~32 queries of 30 tokens keep onnxruntime's arena; l
 RERANK_ARENA_KEEP_TOKENS = 4096  # reranker runs of 32 pairs of up to 128 tokens keep it; longer ones free theirs
 
 
+def index_path(settings: Settings) -> Path:
+    """The served index (``--index``; a collection's settings under ``--data`` carry their own)."""
+    if settings.index is None:
+        raise SemsearchError("no index: this settings object serves --data collections")
+    return settings.index
+
+
+def encoder_key(settings: Settings, m: Manifest) -> tuple[str, str, str]:
+    """What identifies the encoder a collection needs: (model fingerprint, pooling, backend). Collections with
+    the same key share one :class:`Encoder` and one micro-batcher."""
+    return (m.model_fingerprint or m.model, m.pooling, settings.backend or m.backend)
+
+
 def encoder_for(settings: Settings) -> Encoder:
     """The encoder the index at ``settings.index`` records (model/backend overridable by the settings)."""
-    m = Manifest.read(resolve_version_dir(settings.index))
+    m = Manifest.read(resolve_version_dir(index_path(settings)))
     encoder = Encoder(
         model=settings.model or m.model,
         pooling=m.pooling,  # type: ignore[arg-type]
@@ -192,14 +206,17 @@ class Services:
     writes: LiveIndex | None = field(default=None, init=False)  # --writable: the service's writer (app.writes)
 
     @classmethod
-    def load(cls, settings: Settings) -> Services:
-        """Load everything or raise the core error that says why not (nothing half-started)."""
+    def load(cls, settings: Settings, *, shared: tuple[Encoder, Reranker | None] | None = None) -> Services:
+        """Load everything or raise the core error that says why not (nothing half-started).
+
+        A collection of ``--data`` passes ``shared``: the (warm) encoder it shares with the collections of
+        the same model, pooling and backend, and the service's reranker; by default both are loaded here."""
         set_threads(settings.threads)
-        encoder = encoder_for(settings)
+        encoder = shared[0] if shared is not None else encoder_for(settings)
         pool = SegmentPool()
-        index = load_index(settings.index, encoder, pool)
+        index = load_index(index_path(settings), encoder, pool)
         m = index.manifest
-        reranker = start_reranker(settings, encoder, index)
+        reranker = shared[1] if shared is not None else start_reranker(settings, encoder, index)
         holder = IndexHolder(index)
         writes = None
         if settings.writable:

@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -52,7 +52,27 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", validate_default=True)
 
     # --- what to serve
-    index: Path = Field(description="Index root directory (follows its `current` version) or a version directory.")
+    index: Path | None = Field(
+        None,
+        description="Index root directory (follows its `current` version) or a version directory. "
+        "Exactly one of index and data.",
+    )
+    data: Path | None = Field(
+        None,
+        description="Serve every index directory directly under this directory as a collection named by its "
+        "directory name (loaded on first use). Exactly one of index and data.",
+    )
+    default_collection: str | None = Field(
+        None,
+        description="data: the collection the unprefixed routes (/search, /embed, ...) act on. Default: the only "
+        "collection when there is one; else those routes answer 404.",
+    )
+    max_loaded_collections: int = _in_range(
+        0,
+        0,
+        1_000_000,
+        "data: most collections loaded at once; the least recently used idle one is unloaded beyond it. 0: no limit.",
+    )
     model: str | None = Field(
         None,
         description="Expected encoder model; startup is refused if it is not the model the index was "
@@ -244,9 +264,45 @@ class Settings(BaseSettings):
         """The usual sources, plus the renamed fields' old variables just below the environment."""
         return init_settings, env_settings, RenamedEnvSource(settings_cls), dotenv_settings, file_secret_settings
 
+    @model_validator(mode="after")
+    def _index_or_data(self) -> Settings:
+        if (self.index is None) == (self.data is None):
+            raise ValueError(
+                "SEMSEARCH_INDEX / --index: required, or SEMSEARCH_DATA / --data (a directory of collections)"
+                if self.index is None
+                else "give one of SEMSEARCH_INDEX / --index and SEMSEARCH_DATA / --data, not both"
+            )
+        if self.default_collection is not None and self.data is None:
+            raise ValueError("SEMSEARCH_DEFAULT_COLLECTION / --default-collection needs --data")
+        return self
+
+    @field_validator("data")
+    @classmethod
+    def _data_is_dir(cls, value: Path | None) -> Path | None:
+        if value is None:
+            return None
+        path = value.expanduser()
+        if not path.is_dir():
+            raise ValueError(f"{path} is not a directory (it should hold one index directory per collection)")
+        return path.resolve()
+
+    @field_validator("default_collection")
+    @classmethod
+    def _default_collection_name(cls, value: str | None) -> str | None:
+        from app.security import COLLECTION_NAME, COLLECTION_NAME_MAX
+
+        if value is not None and (len(value) > COLLECTION_NAME_MAX or not COLLECTION_NAME.match(value)):
+            raise ValueError(
+                f"{value!r} is not a collection name (letters, digits, `_`, `-`, single dots between them, "
+                f"at most {COLLECTION_NAME_MAX} characters)"
+            )
+        return value
+
     @field_validator("index")
     @classmethod
-    def _index_exists(cls, value: Path) -> Path:
+    def _index_exists(cls, value: Path | None) -> Path | None:
+        if value is None:
+            return None
         path = value.expanduser()
         if not path.exists():
             raise ValueError(
@@ -372,7 +428,11 @@ def explain(error: ValidationError) -> str:
     """A validation error as lines naming both the env variable and the flag."""
     lines = []
     for e in error.errors(include_url=False):
-        field = str(e["loc"][0]) if e["loc"] else "?"
+        msg = e["msg"].removeprefix("Value error, ")
+        if not e["loc"]:  # a rule over several fields names them itself
+            lines.append(msg)
+            continue
+        field = str(e["loc"][0])
         where = f"{ENV_PREFIX}{field.upper()} / --{field.replace('_', '-')}"
         msg = e["msg"].removeprefix("Value error, ")
         lines.append(f"{where}: {msg}")

@@ -40,7 +40,7 @@ import numpy as np
 
 from app.errors import ApiError, OverloadedError, invalid
 from app.metrics import Metrics
-from app.services import IndexHolder, load_index
+from app.services import IndexHolder, index_path, load_index
 from app.settings import Settings
 from semsearch.errors import InvalidInputError
 from semsearch.ids import id_key
@@ -113,7 +113,7 @@ class LiveIndex:
         self.indexes = indexes
         self.pool = pool
         self.metrics = metrics
-        self.root = IndexRoot(settings.index)
+        self.root = IndexRoot(index_path(settings))
         self._lock_stack = contextlib.ExitStack()
         self._state = threading.RLock()
         self._publish_lock = threading.Lock()
@@ -163,7 +163,7 @@ class LiveIndex:
         cls, settings: Settings, encoder: Encoder, indexes: IndexHolder, pool: SegmentPool, metrics: Metrics | None
     ) -> LiveIndex:
         """Take the writer lock, replay the WAL into memory, serve the result, start the threads."""
-        if (settings.index / MANIFEST).is_file():
+        if (index_path(settings) / MANIFEST).is_file():
             raise InvalidInputError(
                 f"--writable needs an index root (with `current`), not the version directory {settings.index}"
             )

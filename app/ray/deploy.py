@@ -16,6 +16,7 @@ from typing import Any
 
 from app.ray.ingress import Ingress
 from app.ray.shard import ShardReplica
+from app.services import index_path
 from app.settings import Settings
 from semsearch.errors import SemsearchError
 from semsearch.index import Manifest, resolve_version_dir, shard_count
@@ -157,7 +158,7 @@ def run(settings: Settings) -> int:
     and returns 1."""
     try:
         ray = import_ray("ray.serve", flag="--engine ray")
-        manifest = Manifest.read(resolve_version_dir(settings.index))
+        manifest = Manifest.read(resolve_version_dir(index_path(settings)))
         shards = shard_count(manifest.shards)
         connected = connect(ray, settings.ray_address, then="nothing was deployed")
     except SemsearchError as e:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from app.ray.fanout import PartialLog, PartialMiddleware, ServeFanout
-from app.services import IndexHolder, Services, encoder_for, set_threads, start_reranker
+from app.services import IndexHolder, Services, encoder_for, index_path, set_threads, start_reranker
 from app.settings import Settings
 from semsearch.errors import CorruptIndexError
 from semsearch.index import Manifest, resolve_version_dir, shard_count
@@ -51,7 +51,7 @@ def load_services(settings: Settings, handles: list[Any], partial_log: PartialLo
     """The plain service's startup (encoder, reranker, checks) with a sharded index."""
     set_threads(settings.threads)
     encoder = encoder_for(settings)
-    index = open_version(settings.index, encoder, handles, settings, partial_log)
+    index = open_version(index_path(settings), encoder, handles, settings, partial_log)
     reranker = start_reranker(settings, encoder, index)
     holder = IndexHolder(index)  # type: ignore[arg-type]
     services = ShardedServices(encoder, holder, reranker, SegmentPool(), handles, settings, partial_log)

@@ -21,11 +21,14 @@ from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.audit import note
+from app.catalog import Catalog, Collection
 from app.deps import RuntimeDep
 from app.errors import ApiError
 from app.keys import ANONYMOUS, Principal
+from app.runtime import Runtime
 from app.schemas import ErrorResponse
 from app.security import COLLECTION_NAME, COLLECTION_NAME_MAX, PRINCIPAL_KEY
+from app.services import index_path
 from app.settings import Settings
 from semsearch.index import MANIFEST, SNAPSHOT_SUFFIXES, write_snapshot
 
@@ -52,17 +55,19 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
 
 def index_root(settings: Settings) -> Path:
     """The served index root (a version directory given as ``--index`` belongs to ``../..``)."""
-    path = Path(settings.index)
+    path = index_path(settings)
     return path.parent.parent if (path / MANIFEST).is_file() else path
 
 
 def collection_name(settings: Settings) -> str:
-    """The served collection's name: its index directory's name."""
-    return Path(settings.index).name
+    """The ``--index`` collection's name: its index directory's name."""
+    return index_path(settings).name
 
 
-def snapshots_dir(settings: Settings) -> Path:
-    return settings.snapshots_dir or index_root(settings) / "snapshots"
+def snapshots_dir(settings: Settings, root: Path) -> Path:
+    """Where a collection's snapshots go: ``--snapshots-dir``, else ``ROOT/snapshots`` (``--data``: never inside
+    the data directory itself, where a ``snapshots`` directory would just be skipped, as not an index)."""
+    return settings.snapshots_dir or root / "snapshots"
 
 
 def _principal(request: Request) -> Principal:
@@ -70,26 +75,13 @@ def _principal(request: Request) -> Principal:
     return principal if isinstance(principal, Principal) else ANONYMOUS
 
 
-def _summary(rt: RuntimeDep, name: str) -> dict[str, Any]:
-    index = rt.services.indexes.current
-    m = index.manifest
-    return {
-        "name": name,
-        "count": index.count,
-        "model": m.model,
-        "pooling": m.pooling,
-        "backend": m.backend,
-        "index_type": m.index_type,
-        "segments": m.summary()["segments"],
-        "version": index.directory.name,
-        "writable": rt.services.writes is not None,
-        "loaded": True,
-    }
+def _catalog(rt: Runtime) -> Catalog:
+    assert rt.catalog is not None
+    return rt.catalog
 
 
-def _served(rt: RuntimeDep, name: str) -> None:
-    if name != collection_name(rt.settings):
-        raise ApiError(404, "collection_not_found", f"no collection {name!r} is served here", {"collection": name})
+def _served(rt: Runtime, name: str) -> Collection:
+    return _catalog(rt).find(name)
 
 
 class CollectionList(BaseModel):
@@ -124,16 +116,16 @@ class SnapshotList(BaseModel):
 @router.get("/collections", response_model=CollectionList, responses=RESPONSES)
 async def list_collections(rt: RuntimeDep, request: Request) -> CollectionList:
     """The collections served here that the key may use (none it may not)."""
-    name = collection_name(rt.settings)
-    visible = [_summary(rt, name)] if _principal(request).sees(name) else []
+    catalog = _catalog(rt)
+    principal = _principal(request)
+    visible = [catalog.summary(c) for name, c in catalog.collections.items() if principal.sees(name)]
     return CollectionList(collections=visible)
 
 
 @router.get("/collections/{name}", responses=RESPONSES)
 async def get_collection(rt: RuntimeDep, name: CollectionName) -> dict[str, Any]:
-    """One collection: count, model, pooling, index type, segments, version."""
-    _served(rt, name)
-    return _summary(rt, name)
+    """One collection: count, model, pooling, index type, segments, version, loaded (never loads it)."""
+    return _catalog(rt).summary(_served(rt, name))
 
 
 def _listing(directory: Path, collection: str) -> list[SnapshotFile]:
@@ -162,16 +154,16 @@ async def create_snapshot(
 ) -> SnapshotCreated:
     """Archive the collection's current version (manifest, segments, tombstones) into one file under the
     snapshots directory; consistent while writes continue. Restore with `indexer restore`."""
-    _served(rt, name)
+    coll = _served(rt, name)
     options = body or SnapshotRequest(compress=False)
-    directory = snapshots_dir(rt.settings)
+    directory = snapshots_dir(rt.settings, coll.path)
     lock: asyncio.Lock = request.app.state.__dict__.setdefault("snapshot_lock", asyncio.Lock())
     async with lock:
         directory.mkdir(parents=True, exist_ok=True)
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
         suffix = SNAPSHOT_SUFFIXES[1] if options.compress else SNAPSHOT_SUFFIXES[0]
         target = directory / f"{name}-{stamp}-{secrets.token_hex(3)}{suffix}"
-        info = await asyncio.to_thread(write_snapshot, index_root(rt.settings), target)
+        info = await asyncio.to_thread(write_snapshot, coll.path, target)
     note(request.scope, snapshot=target.name, rows=info.count)
     st = target.stat()
     return SnapshotCreated(
@@ -189,8 +181,8 @@ async def create_snapshot(
 @router.get("/collections/{name}/snapshots", response_model=SnapshotList, responses=RESPONSES)
 async def list_snapshots(rt: RuntimeDep, name: CollectionName) -> SnapshotList:
     """The collection's snapshot files, oldest first."""
-    _served(rt, name)
-    return SnapshotList(collection=name, snapshots=_listing(snapshots_dir(rt.settings), name))
+    coll = _served(rt, name)
+    return SnapshotList(collection=name, snapshots=_listing(snapshots_dir(rt.settings, coll.path), name))
 
 
 @router.get(
@@ -200,7 +192,7 @@ async def list_snapshots(rt: RuntimeDep, name: CollectionName) -> SnapshotList:
 )
 async def download_snapshot(rt: RuntimeDep, name: CollectionName, file: SnapshotName) -> FileResponse:
     """Download one snapshot file (a name `GET /collections/{name}/snapshots` listed)."""
-    _served(rt, name)
+    coll = _served(rt, name)
     if not SNAPSHOT_FILE.match(file) or ".." in file or not file.startswith(f"{name}-"):
         raise ApiError(
             422,
@@ -208,7 +200,7 @@ async def download_snapshot(rt: RuntimeDep, name: CollectionName, file: Snapshot
             "path.file: not a snapshot file name (letters, digits, `.`, `_`, `-`, ending .tar or .tar.gz)",
             [{"loc": ["path", "file"], "msg": "not a snapshot file name", "type": "value_error"}],
         )
-    directory = snapshots_dir(rt.settings)
+    directory = snapshots_dir(rt.settings, coll.path)
     path = directory / file
     if path.is_symlink() or not path.is_file() or path.parent.resolve() != directory.resolve():
         raise ApiError(404, "snapshot_not_found", f"no snapshot {file!r} of collection {name!r}", {"file": file})

@@ -94,7 +94,7 @@ async def run_search(rt: Runtime, queries: Sequence[str], opts: SearchOptions) -
         return [[_group(g, False) for g in row] for row in outcome.groups or []], outcome.index_version
     fetch = max(need, opts.candidates) if opts.rerank else need
     spec = SearchSpec(fetch, opts.mode, opts.filter, with_dense_scores=opts.rerank)
-    outcome = await rt.batcher.search(queries, spec)
+    outcome = await rt.batcher.search(queries, spec, rt.services.indexes)
     if grouping is not None:  # rerank every candidate passage, then group them
         rows = await rt.reranking.rerank(queries, outcome.hits, fetch)
         groups = [group_hits(row, grouping)[opts.offset : need] for row in rows]

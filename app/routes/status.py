@@ -26,7 +26,10 @@ async def health() -> Status:
 
 @router.get("/ready", response_model=Status, responses={503: {"model": ErrorResponse, "description": "Not ready."}})
 async def ready(rt: RuntimeDep) -> Status:
-    """Readiness: 200 once the index and model are loaded, 503 before and while shutting down."""
+    """Readiness: 200 once the index and model are loaded, 503 before and while shutting down (``--data``:
+    once the collections are listed; each loads on first use)."""
+    if rt.collection is None:
+        return Status(status="ready")
     return Status(status="ready", index_version=version_name(rt.services.indexes.current))
 
 
@@ -34,6 +37,14 @@ async def ready(rt: RuntimeDep) -> Status:
 async def info(rt: RuntimeDep) -> dict[str, Any]:
     """What is served: index manifest summary, encoder, reranker, limits, batching, last reload."""
     s = rt.settings
+    if rt.collection is None:  # --data: no index of its own, the collections and their shared encoders
+        return {
+            "service": {"name": "semsearch", "version": __version__, "started_at": rt.started_at},
+            "data": str(s.data),
+            "collections": rt.catalog.info() if rt.catalog is not None else None,
+            "reranker": reranker_info(rt.reranking.reranker),
+            "api_key_required": s.api_key is not None,
+        }
     index = rt.services.indexes.current
     encoder = rt.services.encoder
     return {
@@ -72,6 +83,7 @@ async def info(rt: RuntimeDep) -> dict[str, Any]:
         "last_reload_error": rt.reloader.last_error,
         "api_key_required": s.api_key is not None,
         "writes": rt.services.writes.info() if rt.services.writes is not None else {"writable": False},
+        "collections": rt.catalog.info() if rt.catalog is not None else None,
     }
 
 
