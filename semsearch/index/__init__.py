@@ -5,10 +5,11 @@ Public API: :class:`IndexRoot` (the directory), :class:`IndexWriter` (every chan
 """
 
 from semsearch.index.ann import INDEX_FILE, VectorIndex, resolve_params
+from semsearch.index.entries import EncoderMeta, IndexRequest, SegmentEntry
 from semsearch.index.layout import IndexRoot, resolve_version_dir
 from semsearch.index.lexical import top_k
 from semsearch.index.manifest import MANIFEST, Manifest
-from semsearch.index.merging import force_merge, maybe_merge, merge_groups, segments_per_shard
+from semsearch.index.merging import segments_per_shard
 from semsearch.index.sharding import segment_shard, shard_count
 from semsearch.index.store import Record
 from semsearch.index.writer import (
@@ -17,9 +18,13 @@ from semsearch.index.writer import (
     IndexWriter,
     MergePolicy,
     OnDuplicate,
+    WriteKind,
     aborting,
     disk_errors,
+    force_merge,
     legacy_base_dir,
+    maybe_merge,
+    merge_groups,
     upgrade,
 )
 
@@ -28,13 +33,17 @@ __all__ = [
     "INDEX_FILE",
     "MANIFEST",
     "BaseVersion",
+    "EncoderMeta",
+    "IndexRequest",
     "IndexRoot",
     "IndexWriter",
     "Manifest",
     "MergePolicy",
     "OnDuplicate",
     "Record",
+    "SegmentEntry",
     "VectorIndex",
+    "WriteKind",
     "aborting",
     "disk_errors",
     "force_merge",

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from semsearch.errors import CorruptIndexError, ModelMismatchError
+from semsearch.index.entries import SegmentEntry
 from semsearch.index.format import (
     FORMAT,
     FORMAT_VERSION,
@@ -153,6 +154,11 @@ class Manifest(_Checked):
             raise CorruptIndexError(f"{path}: its checksum does not match its fields (was it edited by hand?)")
         return obj
 
+    @property
+    def entries(self) -> list[SegmentEntry]:
+        """Its ``segments`` list, typed (the JSON on disk stays the list of dicts)."""
+        return [SegmentEntry.of(e) for e in self.segments]
+
     def summary(self) -> dict[str, Any]:
         """The fields users ask about first (``indexer info --json``, ``GET /info``)."""
         return {
@@ -175,7 +181,7 @@ class Manifest(_Checked):
         }
 
     def encoder_meta(self) -> dict[str, Any]:
-        """What an index records of its encoder (the same dict :meth:`Encoder.meta` gives)."""
+        """What an index records of its encoder, as a dict (:class:`~semsearch.index.entries.EncoderMeta`'s JSON)."""
         return {
             "model": self.model,
             "fingerprint": self.model_fingerprint,
