@@ -63,7 +63,7 @@ class BaseVersion:
 
     @property
     def encoder(self) -> EncoderMeta:
-        return EncoderMeta.of(self.manifest.encoder_meta())
+        return EncoderMeta.recorded(self.manifest)
 
     def entry(self, name: str) -> SegmentEntry:
         for entry in self.manifest.entries:

@@ -107,12 +107,7 @@ class VersionCommit:
         if parent is None and self.base is not None:
             parent = self.base.manifest
         manifest = Manifest(
-            model=enc.model,
-            model_fingerprint=enc.fingerprint,
-            pooling=enc.pooling,
-            backend=enc.backend,
-            max_seq_length=enc.max_seq_length,
-            dimension=enc.dimension,
+            **enc.manifest_fields(),
             index_type=kind,
             index_params=resolve_params(kind, count, enc.dimension, self.request.params),
             count=count,

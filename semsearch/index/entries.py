@@ -43,10 +43,23 @@ class EncoderMeta:
             dimension=int(value["dimension"]),
         )
 
-    def to_json(self) -> dict[str, Any]:
+    @classmethod
+    def recorded(cls, manifest: Any) -> EncoderMeta:
+        """What a version manifest records of its encoder."""
+        return cls(
+            manifest.model,
+            manifest.model_fingerprint,
+            manifest.pooling,
+            manifest.backend,
+            manifest.max_seq_length,
+            manifest.dimension,
+        )
+
+    def manifest_fields(self) -> dict[str, Any]:
+        """The same as a version manifest's fields (``fingerprint`` is ``model_fingerprint`` there)."""
         return {
             "model": self.model,
-            "fingerprint": self.fingerprint,
+            "model_fingerprint": self.fingerprint,
             "pooling": self.pooling,
             "backend": self.backend,
             "max_seq_length": self.max_seq_length,

@@ -182,7 +182,7 @@ class IndexRoot:
                 manifest = Manifest.read(self.versions_dir / version)
             except Exception:  # a version we cannot read may still reference anything
                 return {p.name for p in self.segments_dir.iterdir()} if self.segments_dir.is_dir() else set()
-            names.update(s["name"] for s in manifest.segments)
+            names.update(e.name for e in manifest.entries)
         return names
 
     def collect_garbage(self) -> list[str]:

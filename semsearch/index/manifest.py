@@ -180,17 +180,6 @@ class Manifest(_Checked):
             "tombstones": self.tombstones,
         }
 
-    def encoder_meta(self) -> dict[str, Any]:
-        """What an index records of its encoder, as a dict (:class:`~semsearch.index.entries.EncoderMeta`'s JSON)."""
-        return {
-            "model": self.model,
-            "fingerprint": self.model_fingerprint,
-            "pooling": self.pooling,
-            "backend": self.backend,
-            "max_seq_length": self.max_seq_length,
-            "dimension": self.dimension,
-        }
-
 
 class LoadedVersion:
     """What a loaded index version answers from its manifest: its version name, its row count and

@@ -35,7 +35,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from semsearch.errors import DiskFullError, InvalidInputError, SemsearchError
+from semsearch.errors import DiskFullError, SemsearchError
 from semsearch.index.base_version import BaseVersion, SegmentRef
 from semsearch.index.commit import VersionCommit
 from semsearch.index.entries import EncoderMeta, IndexRequest
@@ -131,14 +131,6 @@ class IndexWriter:
         self.committed: Manifest | None = None
 
     @property
-    def encoder_meta(self) -> dict[str, Any]:
-        return self.encoder.to_json()
-
-    @property
-    def index_request(self) -> dict[str, Any]:
-        return self.request.to_json()
-
-    @property
     def consumed(self) -> int:
         """Input items (rows and rejects) committed so far: what ``--resume`` skips."""
         return self.staging.consumed
@@ -216,12 +208,6 @@ class IndexWriter:
     def merge(self, names: Sequence[str]) -> str:
         """Rewrite the live rows of these base segments (of one shard) into one new segment."""
         return self.merger.merge(names, sharded=self.shards is not None)
-
-    def base_shard(self, name: str) -> int:
-        """The shard of one of the base version's segments."""
-        if self.base is None:
-            raise InvalidInputError(f"internal: {name} is not a segment of the base version")
-        return self.base.shard_of_segment(name)
 
     def upgrade_legacy(self, version_dir: Path, manifest: Manifest) -> str:
         """Stage a format-1 version's files as this operation's one segment (hard links)."""
@@ -356,7 +342,7 @@ def upgrade(root: IndexRoot) -> Manifest | None:
         return None
     old = Manifest.read(version_dir)
     writer = IndexWriter(
-        root, f"upgrade-{old.version}", old.encoder_meta(), IndexRequest(old.index_type), kind="upgrade"
+        root, f"upgrade-{old.version}", EncoderMeta.recorded(old), IndexRequest(old.index_type), kind="upgrade"
     )
     with disk_errors(root, writer):
         writer.upgrade_legacy(version_dir, old)

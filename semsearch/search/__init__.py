@@ -1,13 +1,15 @@
 """Reading an index version and answering queries: dense, lexical, hybrid, filters, rerank, shards.
 
 Public API: :class:`SearchIndex` (one loaded version), :class:`ShardedIndex`, :func:`search` (the one
-entry point), :func:`compile_filter`. Imports ``models``, ``index`` and the base modules.
+entry point), :func:`compile_filter`, :func:`load_index` (load a version and check it against the
+encoder). Imports ``models``, ``index`` and the base modules.
 """
 
 from semsearch.search import filters
 from semsearch.search.filters import CompiledFilter, compile_filter, matching_iids
+from semsearch.search.hits import hit_of, join_hits, merge_top_k
 from semsearch.search.modes import DEFAULT_HYBRID, Candidate, HybridParams, Mode, fuse_candidates, rerank, search
-from semsearch.search.reader import Hit, SearchIndex, SegmentPool, verify
+from semsearch.search.reader import Hit, SearchIndex, SegmentPool, load_index, verify
 from semsearch.search.sharded import ShardedIndex, shard_call
 
 __all__ = [
@@ -23,7 +25,11 @@ __all__ = [
     "compile_filter",
     "filters",
     "fuse_candidates",
+    "hit_of",
+    "join_hits",
+    "load_index",
     "matching_iids",
+    "merge_top_k",
     "rerank",
     "search",
     "shard_call",
