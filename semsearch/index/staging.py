@@ -68,14 +68,18 @@ class StagingState:
         elif resume:
             log.warning("--resume: no checkpoint for these inputs and options; starting from the beginning")
         if not self.dir.exists():
-            (self.dir / NEW_SEGMENTS).mkdir(parents=True)
+            # made complete under another name, then renamed: a kill never leaves an unmarked transient one
+            tmp = self.dir.with_name(f".{self.dir.name}.new")
+            shutil.rmtree(tmp, ignore_errors=True)
+            (tmp / NEW_SEGMENTS).mkdir(parents=True)
+            if not resumable:
+                (tmp / TRANSIENT).touch()
+            tmp.rename(self.dir)
             self.db = connect(self.dir / STAGING_DB, schema=STAGING_SCHEMA)
             with self.db:
                 self._write(fresh)
         self._state = {**fresh, **self._read()}
         (self.dir / OPEN_VECTORS).mkdir(exist_ok=True)
-        if not resumable:
-            (self.dir / TRANSIENT).touch()
 
     @property
     def segments_dir(self) -> Path:
@@ -161,6 +165,6 @@ def _remove_transient(staging_dir: Path) -> None:
     while the caller holds the index lock, so they are garbage."""
     if staging_dir.is_dir():
         for old in staging_dir.iterdir():
-            if (old / TRANSIENT).exists():
+            if (old / TRANSIENT).exists() or (old.name.startswith(".") and old.name.endswith(".new")):
                 log.info("removing the staging of an interrupted operation: %s", old)
                 shutil.rmtree(old, ignore_errors=True)
