@@ -48,6 +48,7 @@ from semsearch.index import (
     MANIFEST,
     WAL_DIR,
     BaseVersion,
+    EncoderMeta,
     IndexRoot,
     IndexWriter,
     MemoryRows,
@@ -609,7 +610,12 @@ class LiveIndex:
         if base is None:
             raise InvalidInputError(f"{self.root.path} lost its current version")
         writer = IndexWriter(
-            self.root, f"flush-{time.time_ns()}", base.manifest.encoder_meta(), base.index_request, base=base
+            self.root,
+            f"flush-{time.time_ns()}",
+            EncoderMeta.recorded(base.manifest),
+            base.index_request,
+            base=base,
+            kind="flush",  # never resumed (the WAL holds its rows): a killed flush's staging is removed
         )
         with disk_errors(self.root, writer), aborting(writer):
             if rows:

@@ -139,11 +139,11 @@ def beir(
     filter_spec = _parse_filter(filter_json)
 
     from semsearch.eval import evaluate_retrieval
-    from semsearch.index import IndexRoot
+    from semsearch.index import MANIFEST, IndexRoot
     from semsearch.models import Encoder
     from semsearch.search import SearchIndex
 
-    has_version = IndexRoot(index).current_version() is not None or (index / "manifest.json").is_file()
+    has_version = IndexRoot(index).current_version() is not None or (index / MANIFEST).is_file()
     if rebuild or (build and not has_version):
         version = build_beir_index(
             dataset,

@@ -15,7 +15,7 @@ import logging
 import math
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,16 +24,18 @@ from semsearch.ids import UserId, id_key
 from semsearch.index import (
     DEFAULT_SEGMENT_ROWS,
     BaseVersion,
+    EncoderMeta,
+    IndexRequest,
     IndexRoot,
     IndexWriter,
     Manifest,
     MergePolicy,
     OnDuplicate,
+    WriteKind,
     aborting,
     disk_errors,
     force_merge,
     legacy_base_dir,
-    maybe_merge,
     upgrade,
 )
 from semsearch.ingest import (
@@ -250,7 +252,7 @@ def _ingest(writer: IndexWriter, encoder: Encoder, opts: BuildOptions) -> tuple[
     if resumed:
         log.info("resuming: %d input rows already committed", resumed)
     bar = _progress_bar(opts, resumed)
-    chunking = chunking_of(writer.encoder_meta)
+    chunking = chunking_of(writer.encoder)
     chunker = Chunker(chunking, encoder.token_lengths, encoder.token_offsets) if chunking else None
     rows = read_rows(opts, writer.first_iid, chunker)
     # an add of passages replaces each document's passages as a whole: remember the ids written per document
@@ -403,10 +405,11 @@ def _existing_base(root: IndexRoot) -> BaseVersion:
     return base
 
 
-def _finish(root: IndexRoot, opts_keep: int | None, merge: bool, result: BuildResult) -> BuildResult:
-    """After a publish: the merge policy (each merge is its own published version), then pruning."""
-    if merge:
-        result.merged = maybe_merge(root)
+def _finish(root: IndexRoot, opts_keep: int | None, writer: IndexWriter | None, result: BuildResult) -> BuildResult:
+    """After a publish: the writer's merge policy when given (each merge is its own published version),
+    then pruning."""
+    if writer is not None:
+        result.merged = writer.maybe_merge()
     result.pruned = root.prune(opts_keep) if opts_keep else []
     final = Manifest.read(root.resolve())
     result.version = final.version
@@ -429,21 +432,22 @@ def run_build(opts: BuildOptions, incremental: bool = False) -> BuildResult:
             if opts.model and opts.model != bm.model:
                 raise ModelMismatchError(f"--model {opts.model!r} differs from the index's model {bm.model!r}")
             request = base.index_request
-            opts.index_type = request["type"]
-            opts.index_params = {**request.get("params", {}), **opts.index_params}
-        kind = "add" if incremental else "build"
+            opts.index_type = request.type
+            opts.index_params = {**request.params, **opts.index_params}
+        kind: WriteKind = "add" if incremental else "build"
         name = f"{kind}-" + _fingerprint(opts, base.manifest.version if base else None, kind)
         encoder = _make_encoder(opts, base.manifest if base else None)
-        meta = encoder_meta(encoder) | _text_settings(opts, encoder, base.manifest if base else None)
+        meta = replace(encoder_meta(encoder), **_text_settings(opts, encoder, base.manifest if base else None))
         writer = IndexWriter(
             root,
             name,
             meta,
-            {"type": opts.index_type, "params": opts.index_params},
+            IndexRequest(opts.index_type, opts.index_params),
             resume=opts.resume,
             segment_rows=opts.segment_rows,
             base=base,
             shards=None if incremental else opts.shards,
+            kind=kind,
         )
         with disk_errors(root, writer), aborting(writer, resumable=True):
             rows, n_rejects, resumed = _ingest(writer, encoder, opts)
@@ -455,21 +459,22 @@ def run_build(opts: BuildOptions, incremental: bool = False) -> BuildResult:
             result = _publish(writer, root, opts, kind, rows, n_rejects, encoder.stats.truncated, encoding=encoding)
         result.resumed_rows = resumed
         result.deleted = max(0, base_count + rows - result.count) if base else 0
-        _finish(root, opts.keep, opts.merge and incremental, result)
+        _finish(root, opts.keep, writer if opts.merge and incremental else None, result)
     result.seconds = time.perf_counter() - started
     return result
 
 
-def encoder_meta(encoder: Encoder) -> dict[str, Any]:
-    """What an index records of its encoder (the same keys as :meth:`Manifest.encoder_meta`)."""
-    return {
-        "model": encoder.name,
-        "fingerprint": encoder.fingerprint,
-        "pooling": encoder.pooling,
-        "backend": encoder.backend,
-        "max_seq_length": encoder.max_seq_length,
-        "dimension": encoder.dim,
-    }
+def encoder_meta(encoder: Encoder) -> EncoderMeta:
+    """What an index records of its encoder (the fields of :meth:`Manifest.encoder_meta`)."""
+    assert encoder.max_seq_length is not None  # set once the model is loaded
+    return EncoderMeta(
+        model=encoder.name,
+        fingerprint=encoder.fingerprint,
+        pooling=encoder.pooling,
+        backend=encoder.backend,
+        max_seq_length=encoder.max_seq_length,
+        dimension=encoder.dim,
+    )
 
 
 def _make_encoder(opts: BuildOptions, base: Manifest | None) -> Encoder:
@@ -485,9 +490,9 @@ def _make_encoder(opts: BuildOptions, base: Manifest | None) -> Encoder:
     return Encoder.from_manifest(base)
 
 
-def chunking_of(meta: dict[str, Any]) -> Chunking | None:
+def chunking_of(meta: EncoderMeta) -> Chunking | None:
     """The chunking an index (its manifest's encoder record) applies, if any."""
-    return Chunking.from_dict(meta["chunking"]) if meta.get("chunking") else None
+    return Chunking.from_dict(meta.chunking) if meta.chunking else None
 
 
 def _text_settings(opts: BuildOptions, encoder: Encoder, base: Manifest | None) -> dict[str, Any]:
@@ -555,7 +560,7 @@ def run_delete(
     with root.lock(), disk_errors(root):
         base = _existing_base(root)
         writer = IndexWriter(
-            root, f"delete-{time.time_ns()}", base.manifest.encoder_meta(), base.index_request, base=base
+            root, f"delete-{time.time_ns()}", base.encoder, base.index_request, base=base, kind="delete"
         )
         with disk_errors(root, writer), aborting(writer):
             missing = writer.delete(ids)
@@ -574,7 +579,7 @@ def run_delete(
                 manifest = writer.commit({"kind": "delete", "deleted": found})
                 result = BuildResult(version=manifest.version, count=manifest.count, deleted=found)
         if not result.unchanged:
-            _finish(root, keep, merge, result)
+            _finish(root, keep, writer if merge else None, result)
     result.seconds = time.perf_counter() - started
     return result
 
@@ -596,7 +601,7 @@ def run_compact(
             result = BuildResult(version=before.version, count=before.count)
         else:
             result = BuildResult(version=manifest.version, count=manifest.count, deleted=before.tombstones)
-        _finish(root, keep, False, result)
+        _finish(root, keep, None, result)
     result.seconds = time.perf_counter() - started
     return result
 

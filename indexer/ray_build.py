@@ -38,7 +38,7 @@ from indexer.pipeline import (
     read_rows,
 )
 from semsearch.errors import SemsearchError
-from semsearch.index import IndexRoot, IndexWriter, Record, disk_errors
+from semsearch.index import IndexRequest, IndexRoot, IndexWriter, Record, disk_errors
 from semsearch.ingest import Reject
 from semsearch.models import Encoder
 from semsearch.ray_cluster import RayUnavailableError as RayUnavailableError  # its old home: re-exported
@@ -230,10 +230,11 @@ def run_ray_build(opts: BuildOptions, ray_opts: RayOptions) -> BuildResult:
                 root,
                 name,
                 meta,
-                {"type": opts.index_type, "params": opts.index_params},
+                IndexRequest(opts.index_type, opts.index_params),
                 resume=opts.resume,
                 segment_rows=opts.segment_rows,
                 shards=opts.shards,
+                kind="build",
             )
             with disk_errors(root, writer):
                 truncated, encode_s, n_nodes = _ingest(ray, writer, opts, ray_opts)
@@ -253,7 +254,7 @@ def run_ray_build(opts: BuildOptions, ray_opts: RayOptions) -> BuildResult:
         finally:
             if connected:
                 ray.shutdown()
-        _finish(root, opts.keep, False, result)
+        _finish(root, opts.keep, None, result)
     result.seconds = time.perf_counter() - started
     return result
 

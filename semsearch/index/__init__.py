@@ -5,11 +5,12 @@ Public API: :class:`IndexRoot` (the directory), :class:`IndexWriter` (every chan
 """
 
 from semsearch.index.ann import INDEX_FILE, VectorIndex, resolve_params
+from semsearch.index.entries import EncoderMeta, IndexRequest, SegmentEntry
 from semsearch.index.layout import IndexRoot, resolve_version_dir
 from semsearch.index.lexical import top_k
 from semsearch.index.manifest import MANIFEST, Manifest
 from semsearch.index.memory import MEMORY_IID_BASE, MemoryRows
-from semsearch.index.merging import force_merge, maybe_merge, merge_groups, segments_per_shard
+from semsearch.index.merging import segments_per_shard
 from semsearch.index.segment import Segment, SegmentView
 from semsearch.index.sharding import segment_shard, shard_count
 from semsearch.index.snapshot import SNAPSHOT_SUFFIXES, SnapshotInfo, restore_snapshot, write_snapshot
@@ -21,9 +22,13 @@ from semsearch.index.writer import (
     IndexWriter,
     MergePolicy,
     OnDuplicate,
+    WriteKind,
     aborting,
     disk_errors,
+    force_merge,
     legacy_base_dir,
+    maybe_merge,
+    merge_groups,
     upgrade,
 )
 
@@ -35,6 +40,8 @@ __all__ = [
     "SNAPSHOT_SUFFIXES",
     "WAL_DIR",
     "BaseVersion",
+    "EncoderMeta",
+    "IndexRequest",
     "IndexRoot",
     "IndexWriter",
     "Manifest",
@@ -43,6 +50,7 @@ __all__ = [
     "OnDuplicate",
     "Record",
     "Segment",
+    "SegmentEntry",
     "SegmentView",
     "SnapshotInfo",
     "VectorIndex",
@@ -50,6 +58,7 @@ __all__ = [
     "WalRecord",
     "WalUnavailableError",
     "WriteAheadLog",
+    "WriteKind",
     "aborting",
     "disk_errors",
     "force_merge",

@@ -20,6 +20,7 @@ import numpy as np
 
 from semsearch.choices import IndexType, check_choice
 from semsearch.errors import CorruptIndexError, InvalidInputError
+from semsearch.index.format import IDS_FILE, INDEX_FILE, VECTORS_FILE
 
 log = logging.getLogger(__name__)
 
@@ -27,9 +28,6 @@ log = logging.getLogger(__name__)
 # downcast results); the module is used untyped here rather than sprinkling ignores.
 faiss: Any = _faiss
 
-INDEX_FILE = "index.faiss"
-VECTORS_FILE = "vectors.npy"
-IDS_FILE = "ids.npy"
 
 INDEX_TYPES: tuple[str, ...] = get_args(IndexType)
 # Params a user may set with --index-param key=value, and their types.

@@ -10,7 +10,8 @@ Format 2 (segments + tombstones)::
       segments/<segment>/                immutable; shared by reference by every version that lists it
         segment.json                     the segment's own manifest (counts, file sha256s, self checksum)
         index.faiss  vectors.npy  ids.npy  docs.sqlite (docs + docs_fts)
-      staging/<operation>/               unfinished builds/adds/merges and their checkpoints
+      staging/<operation>/               unfinished builds/adds/merges and their checkpoints:
+        build.sqlite  open/<shard>.npy  segments/<segment>/  version/
       rejects/<operation>.jsonl          rows the indexer refused
       .lock                              held by the one writer
 
@@ -52,6 +53,13 @@ VECTORS_FILE = "vectors.npy"
 IDS_FILE = "ids.npy"
 DOCS_DB = "docs.sqlite"
 SEGMENT_FILES = (INDEX_FILE, VECTORS_FILE, IDS_FILE, DOCS_DB)
+
+# inside staging/<operation>/ (semsearch.index.staging): never read by a reader
+STAGING_DB = "build.sqlite"  # the open segment's rows, rejects, tombstones, resume state
+OPEN_VECTORS = "open"  # the open segment's vectors, one .npy per shard, appended chunk by chunk
+NEW_SEGMENTS = "segments"  # segments this operation sealed or merged
+NEW_VERSION = "version"  # the version manifest being committed
+TRANSIENT = ".transient"  # marks an operation that is never resumed (delete, merge): the next writer removes it
 
 
 def file_sha256(path: Path) -> str:

@@ -37,7 +37,6 @@ log = logging.getLogger(__name__)
 _VERSION_RE = re.compile(r"^v(\d{6})$")
 # exactly the names semsearch.index.writer.new_segment_name makes: garbage collection touches nothing else
 SEGMENT_NAME = re.compile(r"^s\d{14}-[0-9a-f]{8}$")
-RESUMABLE_OPS = ("build-", "add-")  # staging names of the operations `--resume` continues (indexer/pipeline.py)
 # what an index root holds before its first version is published (a failed or interrupted first build)
 _UNPUBLISHED_ENTRIES = frozenset({LOCK, STAGING, REJECTS})
 
@@ -196,24 +195,8 @@ class IndexRoot:
                 manifest = Manifest.read(self.versions_dir / version)
             except Exception:  # a version we cannot read may still reference anything
                 return {p.name for p in self.segments_dir.iterdir()} if self.segments_dir.is_dir() else set()
-            names.update(s["name"] for s in manifest.segments)
+            names.update(e.name for e in manifest.entries)
         return names
-
-    def remove_dead_staging(self) -> list[str]:
-        """Remove what killed operations left in ``staging/`` that nothing can continue: a merge, delete,
-        compact or upgrade is never resumed (only ``build-*``/``add-*`` are, with ``--resume``). Call it
-        holding the writer lock, so no live operation's staging is among them."""
-        removed = []
-        if self.staging_dir.is_dir():
-            for entry in sorted(self.staging_dir.iterdir()):
-                if entry.is_dir() and not entry.name.startswith(RESUMABLE_OPS):
-                    shutil.rmtree(entry, ignore_errors=True)
-                    removed.append(entry.name)
-            with contextlib.suppress(OSError):
-                self.staging_dir.rmdir()
-        if removed:
-            log.info("removed the staging of %d killed operation(s): %s", len(removed), ", ".join(removed))
-        return removed
 
     def collect_garbage(self) -> list[str]:
         """Remove segments that no published version references (left by a crash or by pruning).

@@ -38,6 +38,8 @@ from typing import Protocol
 
 import numpy as np
 
+from semsearch.index.store import param_chunks
+
 MAX_TERMS = 64  # bounds the cost of one query; longer queries keep their first 64 distinct terms
 K1 = 1.2
 B = 0.75
@@ -135,9 +137,7 @@ def doc_lengths(conn: sqlite3.Connection, iids: np.ndarray) -> np.ndarray:
     """Token counts (FTS5's ``docsize``) of the given rows, in the order given."""
     ids = [int(i) for i in iids]
     found: dict[int, int] = {}
-    for start in range(0, len(ids), 900):
-        part = ids[start : start + 900]
-        marks = ",".join("?" * len(part))
+    for marks, part in param_chunks(ids):
         for iid, blob in conn.execute(f"SELECT id, sz FROM docs_fts_docsize WHERE id IN ({marks})", part):
             found[int(iid)] = _varint(blob)
     return np.array([found.get(i, 0) for i in ids], dtype=np.float64)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from semsearch.errors import CorruptIndexError, ModelMismatchError
+from semsearch.index.entries import SegmentEntry
 from semsearch.index.format import (
     FORMAT,
     FORMAT_VERSION,
@@ -167,6 +168,11 @@ class Manifest(_Checked):
             raise CorruptIndexError(f"{path}: its checksum does not match its fields (was it edited by hand?)")
         return obj
 
+    @property
+    def entries(self) -> list[SegmentEntry]:
+        """Its ``segments`` list, typed (the JSON on disk stays the list of dicts)."""
+        return [SegmentEntry.of(e) for e in self.segments]
+
     def summary(self) -> dict[str, Any]:
         """The fields users ask about first (``indexer info --json``, ``GET /info``)."""
         return {
@@ -186,18 +192,6 @@ class Manifest(_Checked):
             "format_version": self.format_version,
             "segments": len(self.segments) if not self.legacy else 1,
             "tombstones": self.tombstones,
-            **{key: getattr(self, key) for key in self.OPTIONAL if getattr(self, key) is not None},
-        }
-
-    def encoder_meta(self) -> dict[str, Any]:
-        """What an index records of its encoder (the same dict :meth:`Encoder.meta` gives)."""
-        return {
-            "model": self.model,
-            "fingerprint": self.model_fingerprint,
-            "pooling": self.pooling,
-            "backend": self.backend,
-            "max_seq_length": self.max_seq_length,
-            "dimension": self.dimension,
             **{key: getattr(self, key) for key in self.OPTIONAL if getattr(self, key) is not None},
         }
 

@@ -10,6 +10,7 @@ segment seen through one version's tombstones.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import sqlite3
 from collections.abc import Callable
@@ -268,7 +269,7 @@ def write_segment(
     parent: Path,
     name: str,
     ids: np.ndarray,
-    vectors: np.ndarray,
+    vectors: np.ndarray | Path,
     fill_docs: Callable[[sqlite3.Connection], None],
     *,
     index_type: str,
@@ -277,12 +278,13 @@ def write_segment(
     origin: dict[str, Any],
 ) -> tuple[Path, SegmentManifest]:
     """Write a complete segment ``parent/name`` from ascending ``ids``, their ``vectors`` (row order =
-    ids) and ``fill_docs`` (inserts exactly those rows into ``docs``); returns its directory and manifest.
+    ids; an array, or a finished ``.npy`` file that is linked in, not copied) and ``fill_docs`` (inserts
+    exactly those rows into ``docs``); returns its directory and manifest.
 
     Everything is written into ``parent/.name.partial`` and renamed when complete, so a crash never
     leaves a directory that looks like a segment.
     """
-    n, dim = vectors.shape
+    n, dim = np.load(vectors, mmap_mode="r").shape if isinstance(vectors, Path) else vectors.shape
     if len(ids) != n:
         raise InvalidInputError(f"internal: {len(ids)} ids for {n} vectors")
     if n == 0:
@@ -290,30 +292,12 @@ def write_segment(
     tmp = parent / f".{name}.partial"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    out = np.lib.format.open_memmap(tmp / VECTORS_FILE, mode="w+", dtype=np.float32, shape=(n, dim))
-    for start in range(0, n, _COPY_BLOCK):
-        out[start : start + _COPY_BLOCK] = vectors[start : start + _COPY_BLOCK]
-    out.flush()
-    del out
+    _place_vectors(tmp / VECTORS_FILE, vectors)
     ids = np.ascontiguousarray(ids, dtype=np.int64)
     np.save(tmp / IDS_FILE, ids)
-    conn = connect(tmp / DOCS_DB)
-    conn.execute("PRAGMA synchronous=OFF")  # unpublished: durability comes from the fsync at publish
-    with conn:
-        fill_docs(conn)
-    stored = np.fromiter((r[0] for r in conn.execute("SELECT iid FROM docs ORDER BY iid")), dtype=np.int64)
-    if not np.array_equal(stored, ids):
-        conn.close()
-        raise InvalidInputError(f"internal: segment {name} stores {len(stored)} rows for {n} vectors")
-    with conn:
-        conn.executescript(FTS_SCHEMA + VOCAB_SCHEMA)
-        conn.execute("INSERT INTO docs_fts(docs_fts) VALUES ('rebuild')")
-    corpus = sum_hex(rows_sum(conn.execute("SELECT ext_id, text, metadata FROM docs")))
-    tokens = total_tokens(conn)
-    conn.close()
+    corpus, tokens = _write_docs(tmp / DOCS_DB, ids, fill_docs, name)
     kind, params = segment_index(index_type, index_params, n)
-    vecs = np.load(tmp / VECTORS_FILE, mmap_mode="r")
-    vi = VectorIndex.build(vecs, ids, kind, params)
+    vi = VectorIndex.build(np.load(tmp / VECTORS_FILE, mmap_mode="r"), ids, kind, params)
     vi.save(tmp)
     meta = SegmentManifest(
         name=name,
@@ -334,6 +318,43 @@ def write_segment(
     tmp.rename(final)
     log.info("wrote segment %s: %d rows, %s", name, n, vi.index_type)
     return final, meta
+
+
+def _place_vectors(target: Path, vectors: np.ndarray | Path) -> None:
+    """The segment's ``vectors.npy``: a finished file is hard-linked (no byte written; copied only
+    where links fail), an array written block by block."""
+    if isinstance(vectors, Path):
+        try:
+            os.link(vectors, target)
+        except OSError:
+            shutil.copyfile(vectors, target)
+        return
+    out = np.lib.format.open_memmap(target, mode="w+", dtype=np.float32, shape=vectors.shape)
+    for start in range(0, len(vectors), _COPY_BLOCK):
+        out[start : start + _COPY_BLOCK] = vectors[start : start + _COPY_BLOCK]
+    out.flush()
+    del out
+
+
+def _write_docs(
+    path: Path, ids: np.ndarray, fill_docs: Callable[[sqlite3.Connection], None], name: str
+) -> tuple[str, int]:
+    """The segment's ``docs.sqlite`` (rows + FTS5); returns its corpus sum and token count."""
+    conn = connect(path)
+    conn.execute("PRAGMA synchronous=OFF")  # unpublished: durability comes from the fsync at publish
+    with conn:
+        fill_docs(conn)
+    stored = np.fromiter((r[0] for r in conn.execute("SELECT iid FROM docs ORDER BY iid")), dtype=np.int64)
+    if not np.array_equal(stored, ids):
+        conn.close()
+        raise InvalidInputError(f"internal: segment {name} stores {len(stored)} rows for {len(ids)} vectors")
+    with conn:
+        conn.executescript(FTS_SCHEMA + VOCAB_SCHEMA)
+        conn.execute("INSERT INTO docs_fts(docs_fts) VALUES ('rebuild')")
+    corpus = sum_hex(rows_sum(conn.execute("SELECT ext_id, text, metadata FROM docs")))
+    tokens = total_tokens(conn)
+    conn.close()
+    return corpus, tokens
 
 
 def link_legacy_segment(version_dir: Path, manifest: Manifest, parent: Path, name: str) -> tuple[Path, SegmentManifest]:

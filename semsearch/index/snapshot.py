@@ -198,6 +198,52 @@ class _HashingReader(io.RawIOBase):
         return data
 
 
+def _snapshot_meta(version: str, manifest: Any, sources: list[Any]) -> dict[str, Any]:
+    """``snapshot.json``: what the archive holds, with every file's size and sha256."""
+    meta: dict[str, Any] = {
+        "format": SNAPSHOT_FORMAT,
+        "format_version": SNAPSHOT_FORMAT_VERSION,
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "version": version,
+        "count": manifest.count,
+        "model": manifest.model,
+        "segments": [e["name"] for e in manifest.segments],
+        "files": {s.arcname: {"size": s.size, "sha256": s.expected_sha256} for s in sources},
+    }
+    # the version manifest's own sha256 is only known once read; read it now (it is small)
+    head = sources[0]
+    head_bytes = head.handle.read()
+    head.handle.seek(0)
+    meta["files"][head.arcname]["sha256"] = hashlib.sha256(head_bytes).hexdigest()
+    return meta
+
+
+def _write_archive(tmp: Path, compression: str | None, meta: dict[str, Any], sources: list[Any], root: Any) -> int:
+    """Write the tar to ``tmp`` (fsynced), checking every file's sha256 as it is read; returns the bytes."""
+    mode = f"w:{compression}" if compression else "w"
+    total = 0
+    with tmp.open("wb") as raw:
+        with tarfile.open(fileobj=raw, mode=mode, format=tarfile.PAX_FORMAT) as tar:  # type: ignore[call-overload]
+            meta_bytes = json.dumps(meta, indent=2, sort_keys=True).encode("utf-8")
+            tar.addfile(_member(SNAPSHOT_META, len(meta_bytes)), io.BytesIO(meta_bytes))
+            for directory in _directories(meta["version"], meta["segments"]):
+                tar.addfile(_member(directory, 0, tarfile.DIRTYPE))
+            for s in sources:
+                reader = _HashingReader(s.handle, s.size)
+                tar.addfile(_member(s.arcname, s.size), reader)
+                actual = reader.digest.hexdigest()
+                expected = meta["files"][s.arcname]["sha256"]
+                if actual != expected:
+                    raise CorruptIndexError(
+                        f"{s.arcname}: sha256 {actual[:12]}… differs from its manifest's {str(expected)[:12]}…; "
+                        f"nothing was archived (run `python -m indexer verify --index {root.path}`)"
+                    )
+                total += s.size
+        raw.flush()
+        os.fsync(raw.fileno())
+    return total
+
+
 def write_snapshot(index: str | Path, out_path: str | Path) -> SnapshotInfo:
     """Archive the current version of the index root ``index`` into ``out_path`` (``.tar``, ``.tar.gz``
     or ``.tgz``), written to a temporary name and renamed when complete; an existing file is refused."""
@@ -213,42 +259,7 @@ def write_snapshot(index: str | Path, out_path: str | Path) -> SnapshotInfo:
     version, manifest, sources = _open_version(root)
     tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
     try:
-        meta: dict[str, Any] = {
-            "format": SNAPSHOT_FORMAT,
-            "format_version": SNAPSHOT_FORMAT_VERSION,
-            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-            "version": version,
-            "count": manifest.count,
-            "model": manifest.model,
-            "segments": [e["name"] for e in manifest.segments],
-            "files": {s.arcname: {"size": s.size, "sha256": s.expected_sha256} for s in sources},
-        }
-        # the version manifest's own sha256 is only known once read; read it now (it is small)
-        head = sources[0]
-        head_bytes = head.handle.read()
-        head.handle.seek(0)
-        meta["files"][head.arcname]["sha256"] = hashlib.sha256(head_bytes).hexdigest()
-        mode = f"w:{compression}" if compression else "w"
-        total = 0
-        with tmp.open("wb") as raw:
-            with tarfile.open(fileobj=raw, mode=mode, format=tarfile.PAX_FORMAT) as tar:  # type: ignore[call-overload]
-                meta_bytes = json.dumps(meta, indent=2, sort_keys=True).encode("utf-8")
-                tar.addfile(_member(SNAPSHOT_META, len(meta_bytes)), io.BytesIO(meta_bytes))
-                for directory in _directories(version, manifest):
-                    tar.addfile(_member(directory, 0, tarfile.DIRTYPE))
-                for s in sources:
-                    reader = _HashingReader(s.handle, s.size)
-                    tar.addfile(_member(s.arcname, s.size), reader)
-                    actual = reader.digest.hexdigest()
-                    expected = meta["files"][s.arcname]["sha256"]
-                    if actual != expected:
-                        raise CorruptIndexError(
-                            f"{s.arcname}: sha256 {actual[:12]}… differs from its manifest's {str(expected)[:12]}…; "
-                            f"nothing was archived (run `python -m indexer verify --index {root.path}`)"
-                        )
-                    total += s.size
-            raw.flush()
-            os.fsync(raw.fileno())
+        total = _write_archive(tmp, compression, _snapshot_meta(version, manifest, sources), sources, root)
         try:
             os.link(tmp, out)  # never replaces a file that appeared meanwhile
         except FileExistsError:
@@ -274,9 +285,8 @@ def write_snapshot(index: str | Path, out_path: str | Path) -> SnapshotInfo:
     )
 
 
-def _directories(version: str, manifest: Manifest) -> list[str]:
-    dirs = [VERSIONS, f"{VERSIONS}/{version}", SEGMENTS]
-    return dirs + [f"{SEGMENTS}/{e['name']}" for e in manifest.segments]
+def _directories(version: str, segments: list[str]) -> list[str]:
+    return [VERSIONS, f"{VERSIONS}/{version}", SEGMENTS] + [f"{SEGMENTS}/{name}" for name in segments]
 
 
 def _member(name: str, size: int, kind: bytes = tarfile.REGTYPE) -> tarfile.TarInfo:

@@ -13,7 +13,7 @@ import json
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from semsearch.errors import CorruptIndexError
 from semsearch.ids import id_key
@@ -34,8 +34,9 @@ CREATE TABLE IF NOT EXISTS docs (
 );
 """
 
-# The staging database of a write operation (semsearch.index.writer): the open segment's rows, plus the
-# rejects, tombstones and resume state, all committed together chunk by chunk.
+# The staging database of a write operation (semsearch.index.staging): the open segment's rows and which
+# rows its vector files hold (open_vectors, in file order per shard), plus the rejects, tombstones and
+# resume state, all committed together chunk by chunk.
 STAGING_SCHEMA = (
     DOCS_SCHEMA
     + """
@@ -53,6 +54,10 @@ CREATE TABLE IF NOT EXISTS build_state (
 CREATE TABLE IF NOT EXISTS tombstones (
     iid INTEGER PRIMARY KEY
 );
+CREATE TABLE IF NOT EXISTS open_vectors (
+    iid   INTEGER PRIMARY KEY,
+    shard INTEGER NOT NULL
+);
 """
 )
 
@@ -63,6 +68,18 @@ CREATE VIRTUAL TABLE IF NOT EXISTS docs_fts USING fts5(
 """
 
 COLUMNS = 'iid, ext_id, id_is_int, text, doc_id, start, "end", source, metadata'
+
+MAX_PARAMS = 900  # bound parameters per statement, below SQLite's limit (999 before 3.32)
+
+_V = TypeVar("_V")
+
+
+def param_chunks(values: Iterable[_V]) -> Iterator[tuple[str, list[_V]]]:
+    """``(placeholders, part)`` for ``... IN ({placeholders})`` over ``values`` in parts SQLite can bind."""
+    items = list(values)
+    for start in range(0, len(items), MAX_PARAMS):
+        part = items[start : start + MAX_PARAMS]
+        yield ",".join("?" * len(part)), part
 
 
 def connect(path: Path, readonly: bool = False, schema: str = DOCS_SCHEMA) -> sqlite3.Connection:
@@ -115,11 +132,8 @@ class DocStore:
         self.conn.close()
 
     def get(self, iids: Iterable[int]) -> dict[int, Doc]:
-        ids = [int(i) for i in iids]
         out: dict[int, Doc] = {}
-        for start in range(0, len(ids), 900):  # SQLite's bound-parameter limit
-            part = ids[start : start + 900]
-            marks = ",".join("?" * len(part))
+        for marks, part in param_chunks(int(i) for i in iids):
             for row in self.conn.execute(f"SELECT {COLUMNS} FROM docs WHERE iid IN ({marks})", part):
                 doc = _row_to_doc(row)
                 out[doc.iid] = doc
@@ -132,11 +146,8 @@ class DocStore:
     def iids_for_ext_ids(self, ext_ids: Sequence[UserId]) -> dict[str, int]:
         """``{id_key(id): iid}`` for the ids present (exact text: ``1`` and ``"1"`` are one id, ``" 1"``
         another; see :mod:`semsearch.ids`)."""
-        keys = [id_key(e) for e in ext_ids]
         out: dict[str, int] = {}
-        for start in range(0, len(keys), 900):
-            part = keys[start : start + 900]
-            marks = ",".join("?" * len(part))
+        for marks, part in param_chunks(id_key(e) for e in ext_ids):
             out.update(self.conn.execute(f"SELECT ext_id, iid FROM docs WHERE ext_id IN ({marks})", part))
         return out
 

@@ -408,46 +408,54 @@ class _Tokens:
 
     @classmethod
     def build(cls, st: Any, max_length: int | None, layout: _Layout | None) -> _Tokens:
+        """From the model folder's ``tokenizer.json`` (``layout``; no transformers import), else from the
+        sentence-transformers model's tokenizer (``st``)."""
         max_length = int(max_length or 512)
-        if layout is not None:
-            from tokenizers import Tokenizer
+        return cls._of_layout(layout, max_length) if layout is not None else cls._of_transformers(st, max_length)
 
-            tok = Tokenizer.from_file(str(layout.tokenizer_file))
-            tok.no_padding()
-            tok.enable_truncation(max_length)
-            full = Tokenizer.from_file(str(layout.tokenizer_file))
-            full.no_padding()
-            full.no_truncation()
-            lower = layout.lowercase
+    @classmethod
+    def _of_layout(cls, layout: _Layout, max_length: int) -> _Tokens:
+        from tokenizers import Tokenizer
 
-            def prepare(texts: list[str]) -> list[str]:
-                return [t.lower() for t in texts] if lower else texts
+        tok = Tokenizer.from_file(str(layout.tokenizer_file))
+        tok.no_padding()
+        tok.enable_truncation(max_length)
+        full = Tokenizer.from_file(str(layout.tokenizer_file))
+        full.no_padding()
+        full.no_truncation()
+        lower = layout.lowercase
 
-            def encode(texts: list[str]) -> _Batchable:
-                encs = tok.encode_batch(prepare(texts))
-                return _Batchable(
-                    [e.ids for e in encs],
-                    [e.type_ids for e in encs],
-                    sum(1 for e in encs if e.overflowing),
-                    layout.pad_id,
-                )
+        def prepare(texts: list[str]) -> list[str]:
+            return [t.lower() for t in texts] if lower else texts
 
-            def lengths(texts: list[str]) -> np.ndarray:
-                encs = full.encode_batch(prepare(texts))
-                return np.fromiter((len(e.ids) for e in encs), dtype=np.int64, count=len(texts))
+        def encode(texts: list[str]) -> _Batchable:
+            encs = tok.encode_batch(prepare(texts))
+            return _Batchable(
+                [e.ids for e in encs],
+                [e.type_ids for e in encs],
+                sum(1 for e in encs if e.overflowing),
+                layout.pad_id,
+            )
 
-            def offsets(text: str) -> list[tuple[int, int]]:
-                prepared = prepare([text])[0]
-                if len(prepared) != len(text):  # lowercasing changed the length: offsets would not map back
-                    prepared = text
-                enc = full.encode(prepared)
-                return [
-                    (int(a), int(b))
-                    for (a, b), special in zip(enc.offsets, enc.special_tokens_mask, strict=True)
-                    if not special
-                ]
+        def lengths(texts: list[str]) -> np.ndarray:
+            encs = full.encode_batch(prepare(texts))
+            return np.fromiter((len(e.ids) for e in encs), dtype=np.int64, count=len(texts))
 
-            return cls(encode, lengths, offsets)
+        def offsets(text: str) -> list[tuple[int, int]]:
+            prepared = prepare([text])[0]
+            if len(prepared) != len(text):  # lowercasing changed the length: offsets would not map back
+                prepared = text
+            enc = full.encode(prepared)
+            return [
+                (int(a), int(b))
+                for (a, b), special in zip(enc.offsets, enc.special_tokens_mask, strict=True)
+                if not special
+            ]
+
+        return cls(encode, lengths, offsets)
+
+    @classmethod
+    def _of_transformers(cls, st: Any, max_length: int) -> _Tokens:
         hf = st.tokenizer
         pad_id = int(hf.pad_token_id or 0)
         # a transformers fast tokenizer sets its truncation per call: one call at a time (counts may come

@@ -153,8 +153,11 @@ def _any_element(path: str, element: Callable[[str, str], tuple[str, list[Any]]]
     return sql, [path, *p_list, *p_scalar, path, path]
 
 
-def compile_filter(spec: Mapping[str, Any] | None) -> CompiledFilter:
-    """Validate ``spec`` and compile it; errors are :class:`InvalidInputError` naming the problem."""
+def compile_filter(spec: Mapping[str, Any] | CompiledFilter | None) -> CompiledFilter:
+    """Validate ``spec`` and compile it; errors are :class:`InvalidInputError` naming the problem.
+    A filter is compiled once per request, at the edge, and carried: a compiled one comes back as it is."""
+    if isinstance(spec, CompiledFilter):
+        return spec
     if spec is None or (isinstance(spec, Mapping) and not spec):
         return CompiledFilter("", (), "")
     if not isinstance(spec, Mapping):
@@ -166,60 +169,57 @@ def compile_filter(spec: Mapping[str, Any] | None) -> CompiledFilter:
     clauses: list[str] = []
     params: list[Any] = []
     for field in sorted(spec):
-        if isinstance(field, str) and len(field) > MAX_FIELD_CHARS:
-            raise InvalidInputError(
-                f"filter field name {field[:40]!r}... is {len(field)} characters long; the limit is {MAX_FIELD_CHARS}"
-            )
-        if isinstance(field, str) and field.count(".") >= MAX_PATH_DEPTH:
-            raise InvalidInputError(
-                f"filter field {field!r} is {field.count('.') + 1} keys deep; the limit is {MAX_PATH_DEPTH}"
-            )
-        if not isinstance(field, str) or not _FIELD_RE.match(field):
-            raise InvalidInputError(
-                f"invalid filter field name {field!r}: use a metadata key made of letters, digits and "
-                "underscores (dots for nested keys, e.g. 'source.year')"
-            )
-        path = "$." + field
-        cond = spec[field]
-        if not isinstance(cond, Mapping):
-            value = _check_scalar(field, cond, "the value")
-            sql, p = _any_element(path, partial(_element_equal, values=[value]))
-            clauses.append(sql)
-            params += p
-            continue
-        unknown = [op for op in cond if op not in OPERATORS]
-        if unknown or not cond:
-            raise InvalidInputError(
-                f"filter field {field!r}: "
-                + (f"unknown operator(s) {', '.join(map(_short, unknown[:5]))}" if unknown else "empty condition")
-                + f"; valid operators: {', '.join(OPERATORS)} (a condition is {_OPERATOR_HELP})"
-            )
-        if "in" in cond:
-            if len(cond) > 1:
-                raise InvalidInputError(f"filter field {field!r}: 'in' cannot be combined with other operators")
-            values = cond["in"]
-            if not isinstance(values, list | tuple):
-                raise InvalidInputError(f"filter field {field!r}: 'in' takes a list of values, got {_short(values)}")
-            if len(values) > MAX_IN_VALUES:
-                raise InvalidInputError(f"filter field {field!r}: 'in' takes at most {MAX_IN_VALUES} values")
-            checked = [_check_scalar(field, v, "each 'in' value") for v in values]
-            sql, p = _any_element(path, partial(_element_equal, values=checked))
-            clauses.append(sql)
-            params += p
-            continue
-        bounds = {op: _check_scalar(field, v, f"the {op!r} bound") for op, v in cond.items()}
-        kinds = {"bool" if isinstance(v, bool) else "str" if isinstance(v, str) else "num" for v in bounds.values()}
-        if "bool" in kinds or len(kinds) > 1:
-            raise InvalidInputError(
-                f"filter field {field!r}: range bounds must be all numbers or all strings, "
-                f"got {_short(dict(bounds), 200)}"
-            )
-        numeric = kinds == {"num"}
-        sql, p = _any_element(path, partial(_element_range, bounds=bounds, numeric=numeric))
+        _check_field(field)
+        sql, p = _any_element("$." + field, _condition(field, spec[field]))
         clauses.append(sql)
         params += p
     key = json.dumps(spec, sort_keys=True, separators=(",", ":"))
     return CompiledFilter(" AND ".join(clauses), tuple(params), key)
+
+
+def _check_field(field: Any) -> None:
+    if isinstance(field, str) and len(field) > MAX_FIELD_CHARS:
+        raise InvalidInputError(
+            f"filter field name {field[:40]!r}... is {len(field)} characters long; the limit is {MAX_FIELD_CHARS}"
+        )
+    if isinstance(field, str) and field.count(".") >= MAX_PATH_DEPTH:
+        raise InvalidInputError(
+            f"filter field {field!r} is {field.count('.') + 1} keys deep; the limit is {MAX_PATH_DEPTH}"
+        )
+    if not isinstance(field, str) or not _FIELD_RE.match(field):
+        raise InvalidInputError(
+            f"invalid filter field name {field!r}: use a metadata key made of letters, digits and "
+            "underscores (dots for nested keys, e.g. 'source.year')"
+        )
+
+
+def _condition(field: str, cond: Any) -> Callable[[str, str], tuple[str, list[Any]]]:
+    """One field's condition, validated, as the per-element SQL builder :func:`_any_element` takes."""
+    if not isinstance(cond, Mapping):
+        return partial(_element_equal, values=[_check_scalar(field, cond, "the value")])
+    unknown = [op for op in cond if op not in OPERATORS]
+    if unknown or not cond:
+        raise InvalidInputError(
+            f"filter field {field!r}: "
+            + (f"unknown operator(s) {', '.join(map(_short, unknown[:5]))}" if unknown else "empty condition")
+            + f"; valid operators: {', '.join(OPERATORS)} (a condition is {_OPERATOR_HELP})"
+        )
+    if "in" in cond:
+        if len(cond) > 1:
+            raise InvalidInputError(f"filter field {field!r}: 'in' cannot be combined with other operators")
+        values = cond["in"]
+        if not isinstance(values, list | tuple):
+            raise InvalidInputError(f"filter field {field!r}: 'in' takes a list of values, got {_short(values)}")
+        if len(values) > MAX_IN_VALUES:
+            raise InvalidInputError(f"filter field {field!r}: 'in' takes at most {MAX_IN_VALUES} values")
+        return partial(_element_equal, values=[_check_scalar(field, v, "each 'in' value") for v in values])
+    bounds = {op: _check_scalar(field, v, f"the {op!r} bound") for op, v in cond.items()}
+    kinds = {"bool" if isinstance(v, bool) else "str" if isinstance(v, str) else "num" for v in bounds.values()}
+    if "bool" in kinds or len(kinds) > 1:
+        raise InvalidInputError(
+            f"filter field {field!r}: range bounds must be all numbers or all strings, got {_short(dict(bounds), 200)}"
+        )
+    return partial(_element_range, bounds=bounds, numeric=kinds == {"num"})
 
 
 class _LRU:

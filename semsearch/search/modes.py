@@ -32,8 +32,9 @@ from semsearch.choices import FusionMethod, Mode, check_choice
 from semsearch.errors import InvalidInputError
 from semsearch.index.lexical import top_k
 from semsearch.score_norm import normalize
-from semsearch.search.filters import compile_filter
+from semsearch.search.filters import CompiledFilter, compile_filter
 from semsearch.search.grouping import Group, Grouping, fetch_groups, group_hits
+from semsearch.search.hits import hit_of
 from semsearch.search.reader import Hit, SearchIndex
 
 if TYPE_CHECKING:
@@ -94,7 +95,7 @@ def search(
     query_vectors: np.ndarray | None,
     k: int,
     mode: Mode = DEFAULT_MODE,
-    filter: dict[str, Any] | None = None,
+    filter: dict[str, Any] | CompiledFilter | None = None,
     *,
     hybrid: HybridParams | None = None,
     offset: int = 0,
@@ -103,7 +104,8 @@ def search(
 
     ``query_vectors`` are the encoded ``queries`` (needed for dense and hybrid; optional for
     lexical, where they only fill in ``dense_score``). ``filter`` restricts results to rows whose
-    metadata match (see :mod:`semsearch.search.filters`); ``hybrid`` overrides :data:`DEFAULT_HYBRID`.
+    metadata match (see :mod:`semsearch.search.filters`; a :class:`CompiledFilter` compiled once at the edge
+    is used as it is); ``hybrid`` overrides :data:`DEFAULT_HYBRID`.
     ``offset`` skips the first results: the page ``[offset, offset + k)`` of the ranking
     (:mod:`semsearch.search.grouping` says what pages guarantee); :func:`search_groups` groups them.
     """
@@ -311,20 +313,7 @@ def _to_hits(index: SearchIndex, rows: list[list[Candidate]]) -> list[list[Hit]]
             doc = docs.get(c.iid)
             if doc is None:
                 continue
-            hits.append(
-                Hit(
-                    doc.id,
-                    doc.text,
-                    c.fused,
-                    doc.metadata,
-                    doc.iid,
-                    doc.doc_id,
-                    doc.start,
-                    doc.end,
-                    dense_score=c.dense,
-                    lexical_score=c.lexical,
-                )
-            )
+            hits.append(hit_of(doc, c.fused, dense_score=c.dense, lexical_score=c.lexical))
         out.append(hits)
     return out
 

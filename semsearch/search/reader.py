@@ -13,14 +13,23 @@ import heapq
 import logging
 import threading
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Protocol
 
 import numpy as np
 
 from semsearch.errors import CorruptIndexError
-from semsearch.index.format import SEGMENT_MANIFEST, SEGMENTS, TOMBSTONES_FILE, file_sha256, hex_sum, row_hash, sum_hex
+from semsearch.index.format import (
+    DOCS_DB,
+    IDS_FILE,
+    SEGMENT_MANIFEST,
+    SEGMENTS,
+    TOMBSTONES_FILE,
+    file_sha256,
+    hex_sum,
+    row_hash,
+    sum_hex,
+)
 from semsearch.index.layout import resolve_version_dir
 from semsearch.index.lexical import (
     CollectionStats,
@@ -33,39 +42,12 @@ from semsearch.index.lexical import (
 )
 from semsearch.index.manifest import LoadedVersion, Manifest, SegmentManifest
 from semsearch.index.segment import Segment, SegmentView, verify_segment
-from semsearch.index.sharding import segment_shard, shard_count
-from semsearch.index.store import Doc, UserId
+from semsearch.index.sharding import shard_count
+from semsearch.index.store import Doc, UserId, param_chunks
 from semsearch.search.filters import CompiledFilter, cached_iids, matching_iids
+from semsearch.search.hits import Hit, join_hits, merge_top_k
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Hit:
-    """One search result."""
-
-    id: UserId
-    text: str
-    score: float
-    metadata: dict[str, Any]
-    iid: int
-    doc_id: str | None = None
-    start: int | None = None
-    end: int | None = None
-    # Component scores, set by semsearch.search.modes (None when not computed): the bi-encoder cosine and
-    # the BM25 score (higher is better). ``score`` is the mode's own score.
-    dense_score: float | None = None
-    lexical_score: float | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"id": self.id, "text": self.text, "score": self.score, "metadata": self.metadata}
-        if self.doc_id is not None:
-            out["source"] = {"doc_id": self.doc_id, "start": self.start, "end": self.end}
-        if self.dense_score is not None:
-            out["dense_score"] = self.dense_score
-        if self.lexical_score is not None:
-            out["lexical_score"] = self.lexical_score
-        return out
 
 
 class SegmentPool:
@@ -158,16 +140,16 @@ class SearchIndex(LoadedVersion):
         pool = pool or SegmentPool()
         tombstones = _read_tombstones(directory, manifest)
         segments_dir = directory.parent.parent / SEGMENTS
-        entries = manifest.segments
+        entries = manifest.entries
         if shard is not None:
             n = shard_count(manifest.shards)
             if not 0 <= shard < n:
                 raise CorruptIndexError(f"index version {directory} has {n} shard(s); there is no shard {shard}")
-            entries = [e for e in entries if segment_shard(e) == shard]
+            entries = [e for e in entries if e.shard_or_zero == shard]
         loaded: list[Segment] = []
         try:
             for entry in entries:
-                seg = pool.acquire(segments_dir / entry["name"], entry["sha256"], mmap=mmap)
+                seg = pool.acquire(segments_dir / entry.name, entry.sha256, mmap=mmap)
                 loaded.append(seg)
                 if seg.meta.model_fingerprint != manifest.model_fingerprint or seg.meta.dimension != manifest.dimension:
                     raise CorruptIndexError(f"segment {seg.name} was written by another model than {directory} records")
@@ -224,16 +206,7 @@ class SearchIndex(LoadedVersion):
                 if len(seg_allowed) == 0:
                     continue
             parts.append(v.segment.vectors.search(q, k, seg_allowed, excluded=v.dead))
-        if not parts:
-            return np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64)
-        if len(parts) == 1:
-            return parts[0]
-        scores = np.concatenate([p[0] for p in parts], axis=1)
-        iids = np.concatenate([p[1] for p in parts], axis=1)
-        scores = np.where(iids < 0, -np.inf, scores)
-        order = np.lexsort((iids, -scores), axis=1)[:, :k] if scores.size else np.zeros((len(q), 0), np.int64)
-        top_s, top_i = np.take_along_axis(scores, order, 1), np.take_along_axis(iids, order, 1)
-        return top_s.astype(np.float32), np.where(np.isfinite(top_s), top_i, -1)
+        return merge_top_k(parts, k, len(q))
 
     def live_vectors(self) -> tuple[np.ndarray, np.ndarray]:
         """``(iids, vectors)`` of every live row, in internal-id order (a copy: for evaluation and tools)."""
@@ -325,18 +298,29 @@ class SearchIndex(LoadedVersion):
         return join_hits(scores, iids, self.docs_for({int(i) for i in iids.ravel() if i >= 0}))
 
 
-def join_hits(scores: np.ndarray, iids: np.ndarray, docs: dict[int, Doc]) -> list[list[Hit]]:
-    """(scores, ids) rows joined with their documents; ids without a document (-1 slots) are skipped."""
-    out: list[list[Hit]] = []
-    for row_scores, row_ids in zip(scores, iids, strict=True):
-        row: list[Hit] = []
-        for score, iid in zip(row_scores, row_ids, strict=True):
-            doc = docs.get(int(iid))
-            if doc is None:
-                continue
-            row.append(Hit(doc.id, doc.text, float(score), doc.metadata, doc.iid, doc.doc_id, doc.start, doc.end))
-        out.append(row)
-    return out
+class EncoderIdentity(Protocol):
+    """What identifies an encoder against an index (:class:`~semsearch.models.Encoder` is one)."""
+
+    @property
+    def fingerprint(self) -> str: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def pooling(self) -> str: ...
+
+
+def load_index(
+    path: str | Path, encoder: EncoderIdentity, pool: SegmentPool | None = None, *, mmap: bool = True
+) -> SearchIndex:
+    """Load an index version and check it against ``encoder``: the one check startup, every reload and
+    the commands apply. Segments already in ``pool`` are reused; a refused version is closed again."""
+    index = SearchIndex.load(path, mmap=mmap, check=True, pool=pool)
+    try:
+        index.check_encoder(encoder.fingerprint, encoder.name, encoder.pooling)
+    except Exception:
+        index.close()
+        raise
+    return index
 
 
 def _live_docs(view: SegmentView) -> Iterator[Doc]:
@@ -384,21 +368,21 @@ def verify(path: str | Path, full: bool = True) -> list[str]:
     problems: list[str] = []
     segments_dir = directory.parent.parent / SEGMENTS
     metas: list[tuple[Path, SegmentManifest]] = []
-    for entry in manifest.segments:
-        seg_dir = segments_dir / entry["name"]
+    for entry in manifest.entries:
+        seg_dir = segments_dir / entry.name
         if not (seg_dir / SEGMENT_MANIFEST).is_file():
-            problems.append(f"segment {entry['name']} is missing ({seg_dir})")
+            problems.append(f"segment {entry.name} is missing ({seg_dir})")
             continue
-        if file_sha256(seg_dir / SEGMENT_MANIFEST) != entry.get("sha256"):
-            problems.append(f"segment {entry['name']}: segment.json differs from the version's record (sha256)")
+        if file_sha256(seg_dir / SEGMENT_MANIFEST) != entry.sha256:
+            problems.append(f"segment {entry.name}: {SEGMENT_MANIFEST} differs from the version's record (sha256)")
         try:
             meta = SegmentManifest.read(seg_dir)
         except CorruptIndexError as e:
             problems.append(str(e))
             continue
-        problems += [f"segment {entry['name']}: {p}" for p in verify_segment(seg_dir, meta, full)]
+        problems += [f"segment {entry.name}: {p}" for p in verify_segment(seg_dir, meta, full)]
         if meta.model_fingerprint != manifest.model_fingerprint:
-            problems.append(f"segment {entry['name']} was encoded by model {meta.model_fingerprint}, not the version's")
+            problems.append(f"segment {entry.name} was encoded by model {meta.model_fingerprint}, not the version's")
         metas.append((seg_dir, meta))
     try:
         tombs = _read_tombstones(directory, manifest)
@@ -422,15 +406,13 @@ def _verify_totals(
     owned = np.zeros(len(tombs), dtype=bool)
     dead_sum = 0
     for seg_dir, _ in metas:
-        ids = np.load(seg_dir / "ids.npy", mmap_mode="r")
+        ids = np.load(seg_dir / IDS_FILE, mmap_mode="r")
         mask = np.isin(tombs, ids)
         owned |= mask
         if full and mask.any():
-            conn = sqlite3.connect(f"file:{seg_dir / 'docs.sqlite'}?mode=ro", uri=True)
-            for part in range(0, int(mask.sum()), 900):
-                chunk = tombs[mask][part : part + 900].tolist()
-                marks = ",".join("?" * len(chunk))
-                for row in conn.execute(f"SELECT ext_id, text, metadata FROM docs WHERE iid IN ({marks})", chunk):
+            conn = sqlite3.connect(f"file:{seg_dir / DOCS_DB}?mode=ro", uri=True)
+            for marks, part in param_chunks(tombs[mask].tolist()):
+                for row in conn.execute(f"SELECT ext_id, text, metadata FROM docs WHERE iid IN ({marks})", part):
                     dead_sum += row_hash(*row)
             conn.close()
     if not owned.all():

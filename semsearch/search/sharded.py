@@ -18,13 +18,12 @@ is one fan-out: every shard answers for its own rows and the answers are merged:
 The shards are reached through a :class:`Fanout`: :class:`LocalFanout` over loaded
 :class:`SearchIndex` shards (tests, tools), or a remote one (the Ray Serve ingress,
 :mod:`app.ray`). A fan-out that cannot reach a shard raises
-:class:`ShardUnavailableError`, or, when partial results are allowed, leaves that shard out and
-records it in :attr:`ShardedIndex.missing`.
+:class:`ShardUnavailableError`, or, when partial results are allowed, leaves that shard out (the
+fan-out records which: :mod:`app.ray.fanout`).
 """
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -36,7 +35,8 @@ from semsearch.index.lexical import CollectionStats
 from semsearch.index.manifest import LoadedVersion, Manifest
 from semsearch.index.store import Doc
 from semsearch.search.filters import CompiledFilter, cache_iids, cached_iids
-from semsearch.search.reader import Hit, SearchIndex, join_hits
+from semsearch.search.hits import Hit, join_hits, merge_top_k
+from semsearch.search.reader import SearchIndex
 
 
 class ShardUnavailableError(SemsearchError):
@@ -94,7 +94,6 @@ class ShardedIndex(LoadedVersion):
         self.directory = directory
         self.manifest = manifest
         self.fanout = fanout
-        self._local = threading.local()
         stats = [s for s in fanout.call("stats") if s is not None]
         if len(stats) < fanout.shards:  # the collection statistics need every shard
             raise ShardUnavailableError(f"only {len(stats)} of {fanout.shards} shards answered while loading")
@@ -106,17 +105,6 @@ class ShardedIndex(LoadedVersion):
     def segments(self) -> list[dict[str, Any]]:
         return list(self.manifest.segments)
 
-    @property
-    def missing(self) -> set[int]:
-        """Shards left out of this thread's searches since :meth:`reset_missing` (partial results)."""
-        if not hasattr(self._local, "missing"):
-            self._local.missing = set()
-        missing: set[int] = self._local.missing
-        return missing
-
-    def reset_missing(self) -> None:
-        self._local.missing = set()
-
     def close(self) -> None:
         close = getattr(self.fanout, "close", None)
         if close is not None:
@@ -125,11 +113,7 @@ class ShardedIndex(LoadedVersion):
     # ------------------------------------------------------------------ fan-out
 
     def _call(self, method: str, *args: Any) -> list[Any]:
-        answers = self.fanout.call(method, *args)
-        for s, a in enumerate(answers):
-            if a is None:
-                self.missing.add(s)
-        return [a for a in answers if a is not None]
+        return [a for a in self.fanout.call(method, *args) if a is not None]
 
     # ------------------------------------------------------------------ search primitives
 
@@ -191,22 +175,6 @@ class ShardedIndex(LoadedVersion):
 
     def hits(self, scores: np.ndarray, iids: np.ndarray) -> list[list[Hit]]:
         return join_hits(scores, iids, self.docs_for({int(i) for i in iids.ravel() if i >= 0}))
-
-
-def merge_top_k(
-    parts: Sequence[tuple[np.ndarray, np.ndarray]], k: int, n_queries: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Merge per-shard top-k ``(scores, iids)`` into the top k (ties: lower iid), as segments merge."""
-    if not parts:
-        return np.zeros((n_queries, 0), np.float32), np.zeros((n_queries, 0), np.int64)
-    if len(parts) == 1:
-        return parts[0]
-    scores = np.concatenate([p[0] for p in parts], axis=1)
-    iids = np.concatenate([p[1] for p in parts], axis=1)
-    scores = np.where(iids < 0, -np.inf, scores)
-    order = np.lexsort((iids, -scores), axis=1)[:, :k]
-    top_s, top_i = np.take_along_axis(scores, order, 1), np.take_along_axis(iids, order, 1)
-    return top_s.astype(np.float32), np.where(np.isfinite(top_s), top_i, -1)
 
 
 def load_local(path: str | Path, mmap: bool = True) -> ShardedIndex:
