@@ -1,6 +1,6 @@
 """Hot reload: follow the index root's ``current`` pointer without dropping a request.
 
-A new version is loaded and checked (:func:`app.services.load_index`: exactly the checks startup
+A new version is loaded and checked (:func:`semsearch.search.load_index`: exactly the checks startup
 applies) in a worker thread while the old one keeps serving; the segments it shares with the served
 version are reused from the segment pool (memory-mapped, not read again), so a reload costs the new
 segments only. Then one reference is swapped

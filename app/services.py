@@ -19,7 +19,7 @@ from app.settings import Settings
 from semsearch.errors import SemsearchError
 from semsearch.index import Manifest, resolve_version_dir
 from semsearch.models import Encoder, QueryCache, Reranker, prompts_of
-from semsearch.search import SearchIndex, SegmentPool
+from semsearch.search import SearchIndex, SegmentPool, load_index
 
 if TYPE_CHECKING:
     from app.writes import LiveIndex
@@ -178,21 +178,6 @@ def start_reranker(settings: Settings, encoder: Encoder, index: Any) -> Reranker
         index.close()
         raise
     return reranker
-
-
-def load_index(path: Path, encoder: Encoder, pool: SegmentPool) -> SearchIndex:
-    """Load and check an index version for ``encoder``: the one check startup and every reload apply.
-
-    Segments already in ``pool`` (held by the version being served) are reused, not read again;
-    a refused version is closed again.
-    """
-    index = SearchIndex.load(path, mmap=True, check=True, pool=pool)
-    try:
-        index.check_encoder(encoder.fingerprint, encoder.name, encoder.pooling)
-    except Exception:
-        index.close()
-        raise
-    return index
 
 
 @dataclass

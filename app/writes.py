@@ -40,7 +40,7 @@ import numpy as np
 
 from app.errors import ApiError, OverloadedError, invalid
 from app.metrics import Metrics
-from app.services import IndexHolder, index_path, load_index
+from app.services import IndexHolder, index_path
 from app.settings import Settings
 from semsearch.errors import InvalidInputError
 from semsearch.ids import id_key
@@ -62,7 +62,7 @@ from semsearch.index import (
     maybe_merge,
 )
 from semsearch.models import Encoder
-from semsearch.search import SearchIndex, SegmentPool
+from semsearch.search import SearchIndex, SegmentPool, load_index
 from semsearch.types import UserId
 
 log = logging.getLogger(__name__)

@@ -31,10 +31,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as c
 import http_bench as hb
 
-from app.services import encoder_for, load_index, set_threads
+from app.services import encoder_for, set_threads
 from app.settings import Settings
 from semsearch.models import pool_and_normalize
-from semsearch.search import SegmentPool, search
+from semsearch.search import SegmentPool, load_index, search
 
 
 def timed(fn: Any) -> tuple[float, Any]:

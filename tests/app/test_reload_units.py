@@ -18,11 +18,12 @@ import pytest
 from app.errors import ApiError
 from app.metrics import Metrics
 from app.reload import Reloader
-from app.services import IndexHolder, Services, load_index
+from app.services import IndexHolder, Services
 from semsearch.errors import InvalidInputError, ModelMismatchError
 from semsearch.index.layout import IndexRoot
 from semsearch.index.store import Record
 from semsearch.index.writer import BaseVersion, IndexWriter
+from semsearch.search import load_index
 from semsearch.search.reader import SegmentPool
 
 DIM = 8
