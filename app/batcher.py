@@ -51,7 +51,7 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -77,6 +77,11 @@ class SearchSpec:
     with_dense_scores: bool = False  # lexical hits get their cosine (``dense_score``) too, e.g. for reranking
     grouping: Grouping | None = None  # groups instead of hits (semsearch.search.grouping), from ``offset`` on
     offset: int = 0
+    compiled: CompiledFilter | None = None  # ``filter`` compiled once, when the job is submitted
+
+    @property
+    def search_filter(self) -> CompiledFilter | dict[str, Any] | None:
+        return self.compiled if self.compiled is not None else self.filter
 
     @property
     def needs_vectors(self) -> bool:
@@ -224,7 +229,9 @@ class MicroBatcher:
         holder, when collections share this batcher's encoder; default: the batcher's own)."""
         holder = indexes or self.indexes
         if spec.filter:
-            await self._match_filter(compile_filter(spec.filter), holder)
+            compiled = compile_filter(spec.filter)
+            spec = replace(spec, compiled=compiled)  # once per request, carried by the job
+            await self._match_filter(compiled, holder)
         outcome: SearchOutcome = await self._submit(
             list(queries), spec, getattr(self.encoder, "query_prompt", None) or "", holder
         )
@@ -491,7 +498,14 @@ class MicroBatcher:
             matrix = np.concatenate([vectors[i] for i in jobs]) if first.needs_vectors else None
             if first.grouping is not None:
                 groups = search_groups(
-                    index, queries, matrix, k, first.mode, first.filter, grouping=first.grouping, offset=first.offset
+                    index,
+                    queries,
+                    matrix,
+                    k,
+                    first.mode,
+                    first.search_filter,
+                    grouping=first.grouping,
+                    offset=first.offset,
                 )
                 row = 0
                 for i in jobs:
@@ -499,7 +513,7 @@ class MicroBatcher:
                     results[i] = SearchOutcome([], version, [g[:job_k] for g in groups[row : row + n]])
                     row += n
                 return
-            hits = search(index, queries, matrix, k, mode=first.mode, filter=first.filter)
+            hits = search(index, queries, matrix, k, mode=first.mode, filter=first.search_filter)
             row = 0
             for i in jobs:
                 job_k = batch[i].job.spec.k  # type: ignore[union-attr]

@@ -148,7 +148,7 @@ def search_groups(
     query_vectors: np.ndarray | None,
     k: int,
     mode: Mode = DEFAULT_MODE,
-    filter: dict[str, Any] | None = None,
+    filter: CompiledFilter | dict[str, Any] | None = None,
     *,
     grouping: Grouping,
     hybrid: HybridParams | None = None,
