@@ -195,22 +195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         index = services.indexes.current
         return version_name(index), index.count
 
-    from app import connections
-
-    cap = connections.fit_fd_limit(settings.max_connections)
-    connections.configure(connections.ConnectionLimits(cap, settings.header_timeout_s, settings.body_timeout_s))
-    common: dict[str, Any] = {
-        "host": settings.host,
-        "port": settings.port,
-        "log_config": None,
-        "log_level": settings.log_level,
-        "access_log": settings.access_log,
-        "lifespan": "on",
-        "loop": server["loop"],  # auto: uvloop and httptools when installed (uvicorn[standard], a dependency)
-        # uvicorn's parser with read deadlines and a connection cap (app/connections.py)
-        "http": connections.guarded_protocol(server["http"]),
-        "timeout_keep_alive": settings.keep_alive_s,
-    }
+    common = _uvicorn_options(settings, server)
     if server["workers"] > 1:
         return _serve_processes(settings, overrides, server["workers"], common, services, describe)
     app = create_app(settings, services=services)
@@ -233,7 +218,6 @@ def _serve_data(settings: Settings, server: dict[str, Any]) -> int:
     if refused:
         log.error("cannot start: --data does not support %s", refused)
         return 2
-    from app import connections
     from app.catalog import default_collection, scan
     from app.main import create_app
     from semsearch.errors import SemsearchError
@@ -245,22 +229,30 @@ def _serve_data(settings: Settings, server: dict[str, Any]) -> int:
     except (SemsearchError, OSError) as e:
         log.error("cannot start: %s", getattr(e, "message", e))
         return 1
+    common = _uvicorn_options(settings, server)
+    config = uvicorn.Config(create_app(settings), **common)
+    _Server(config, f"{settings.data} ({len(names)} collections, default {default or 'none'})", lambda: ("-", 0)).run()
+    return 0
+
+
+def _uvicorn_options(settings: Settings, server: dict[str, Any]) -> dict[str, Any]:
+    """uvicorn's options for the service: its parser with read deadlines and a connection cap fitted
+    under the file-descriptor limit (app/connections.py)."""
+    from app import connections
+
     cap = connections.fit_fd_limit(settings.max_connections)
     connections.configure(connections.ConnectionLimits(cap, settings.header_timeout_s, settings.body_timeout_s))
-    common: dict[str, Any] = {
+    return {
         "host": settings.host,
         "port": settings.port,
         "log_config": None,
         "log_level": settings.log_level,
         "access_log": settings.access_log,
         "lifespan": "on",
-        "loop": server["loop"],
+        "loop": server["loop"],  # auto: uvloop and httptools when installed (uvicorn[standard], a dependency)
         "http": connections.guarded_protocol(server["http"]),
         "timeout_keep_alive": settings.keep_alive_s,
     }
-    config = uvicorn.Config(create_app(settings), **common)
-    _Server(config, f"{settings.data} ({len(names)} collections, default {default or 'none'})", lambda: ("-", 0)).run()
-    return 0
 
 
 def worker_app() -> Any:

@@ -22,12 +22,12 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from app.audit import note
 from app.catalog import Catalog, Collection
-from app.deps import RuntimeDep
+from app.deps import CollectionName, RuntimeDep
 from app.errors import ApiError
 from app.keys import ANONYMOUS, Principal
 from app.runtime import Runtime
 from app.schemas import ErrorResponse
-from app.security import COLLECTION_NAME, COLLECTION_NAME_MAX, PRINCIPAL_KEY
+from app.security import PRINCIPAL_KEY
 from app.services import index_path
 from app.settings import Settings
 from semsearch.index import MANIFEST, SNAPSHOT_SUFFIXES, write_snapshot
@@ -35,15 +35,6 @@ from semsearch.index import MANIFEST, SNAPSHOT_SUFFIXES, write_snapshot
 router = APIRouter(tags=["collections"])
 
 SNAPSHOT_FILE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}\.(tar|tar\.gz|tgz)$")
-CollectionName = Annotated[
-    str,
-    PathParam(
-        pattern=COLLECTION_NAME.pattern,
-        max_length=COLLECTION_NAME_MAX,
-        description="A collection: letters, digits, `_`, `-` and single dots between them (never `..`), at most "
-        "64 characters, starting with a letter or digit.",
-    ),
-]
 SnapshotName = Annotated[str, PathParam(max_length=220, description="A file name `GET .../snapshots` listed.")]
 RESPONSES: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorResponse, "description": "Missing or wrong API key."},
