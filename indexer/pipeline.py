@@ -465,7 +465,7 @@ def run_build(opts: BuildOptions, incremental: bool = False) -> BuildResult:
 
 
 def encoder_meta(encoder: Encoder) -> EncoderMeta:
-    """What an index records of its encoder (the fields of :meth:`Manifest.encoder_meta`)."""
+    """What an index records of its encoder (:class:`~semsearch.index.EncoderMeta`, as every manifest carries it)."""
     assert encoder.max_seq_length is not None  # set once the model is loaded
     return EncoderMeta(
         model=encoder.name,
