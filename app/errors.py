@@ -194,9 +194,11 @@ def path_methods(app: Any, path: str) -> set[str]:
     methods: set[str] = set()
     for prefix, route in _leaf_routes(app.router.routes):
         regex, route_methods = getattr(route, "path_regex", None), getattr(route, "methods", None)
-        if regex is None or not route_methods or not path.startswith(prefix):
+        if regex is None or not route_methods:
             continue
-        if regex.match(path[len(prefix) :]):
+        # a prefix may hold parameters (/collections/{name}): matched as one path segment each
+        head = re.match(re.sub(r"\\\{[^}]*\\\}", "[^/]+", re.escape(prefix)), path)
+        if head is not None and regex.match(path[head.end() :]):
             methods |= set(route_methods)
     if "GET" in methods:
         methods.add("HEAD")
