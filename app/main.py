@@ -11,6 +11,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
@@ -26,13 +27,19 @@ from app.metrics import Metrics, MetricsMiddleware
 from app.routes import admin, cohere_compat, collections, documents, embed, openai_compat, rerank, search, status, web
 from app.routes.collections import collection_name
 from app.runtime import Runtime
-from app.schemas import install_openapi_limits
+from app.schemas import ErrorResponse, install_openapi_limits
 from app.security import ApiKeyMiddleware, BodyLimitMiddleware, HeadMiddleware, StrictUrlMiddleware
 from app.services import Services
 from app.settings import Settings, get_settings
 from semsearch import __version__
 
 log = logging.getLogger(__name__)
+
+# what a /collections/{name}/... route answers besides its own responses
+COLLECTION_RESPONSES: dict[int | str, dict[str, Any]] = {
+    403: {"model": ErrorResponse, "description": "The API key may not touch this collection."},
+    404: {"model": ErrorResponse, "description": "No collection of this name is served here."},
+}
 
 DESCRIPTION = """Semantic search over a semsearch index (sentence embeddings + FAISS), with optional
 cross-encoder reranking. Every error has the shape `{"error": {"code", "message", "detail"}}`, except
@@ -91,7 +98,12 @@ def create_app(
     for module in (search, documents, embed, rerank, admin, openai_compat, cohere_compat):
         app.include_router(module.router, dependencies=[Depends(use_default_collection)])
     for module in (search, documents, embed, rerank, admin):
-        app.include_router(module.router, prefix="/collections/{name}", dependencies=[Depends(use_named_collection)])
+        app.include_router(
+            module.router,
+            prefix="/collections/{name}",
+            dependencies=[Depends(use_named_collection)],
+            responses=COLLECTION_RESPONSES,
+        )
     for module in (status, collections, web):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=web.STATIC_DIR), name="static")
