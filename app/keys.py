@@ -345,14 +345,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "list":
             for e in current.keys:
                 limit = f"{e.rate_limit.per_second:g}/s burst {e.rate_limit.capacity}" if e.rate_limit else "no limit"
-                print(f"{e.name}\t{','.join(e.scopes)}\t{','.join(e.collections)}\t{limit}")  # noqa: T201
+                sys.stdout.write(f"{e.name}\t{','.join(e.scopes)}\t{','.join(e.collections)}\t{limit}\n")
             return 0
         if args.command == "remove":
             kept = [e for e in current.keys if e.name != args.name]
             if len(kept) == len(current.keys):
                 parser.exit(1, f"error: no key named {args.name!r} in {args.file}\n")
             _write_file(args.file, KeysFile(keys=kept))
-            print(f"removed key {args.name!r} from {args.file}", file=sys.stderr)  # noqa: T201
+            sys.stderr.write(f"removed key {args.name!r} from {args.file}\n")
             return 0
         secret = new_key()
         rate = None if args.rate is None else {"per_second": args.rate, "burst": args.burst}
@@ -374,8 +374,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         _write_file(args.file, updated)
     except KeyFileError as e:
         parser.exit(1, f"error: {e}\n")
-    print(secret)  # noqa: T201 - the one time the secret is shown
-    print(f"added key {args.name!r} to {args.file}; the secret above is not stored anywhere", file=sys.stderr)  # noqa: T201
+    sys.stdout.write(secret + "\n")  # the one time the secret is shown: the command's output, on stdout
+    sys.stderr.write(f"added key {args.name!r} to {args.file}; the secret above is not stored anywhere\n")
     return 0
 
 

@@ -12,7 +12,10 @@ import json
 import os
 import platform
 import random
+import re
+import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
@@ -194,3 +197,23 @@ def save(name: str, result: dict[str, Any], out: Path = RESULTS) -> Path:
     path = out / f"{name}.json"
     path.write_text(json.dumps(result, indent=2, default=str) + "\n", encoding="utf-8")
     return path
+
+
+def serve(index: Path, env: dict[str, str]) -> tuple[subprocess.Popen[str], str]:
+    """``python -m app --index INDEX`` on a free port with exactly ``env``; returns the process and its URL
+    once it serves (its later output is drained so it never blocks on a full pipe)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "app", "--index", str(index), "--port", "0"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        match = re.search(r"semsearch serving .* at (http://\S+?)/ ", line)
+        if match:
+            threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()  # type: ignore[union-attr]
+            return proc, match.group(1)
+    raise SystemExit("the server did not start")

@@ -22,7 +22,6 @@ import argparse
 import gzip
 import json
 import os
-import re
 import subprocess
 import sys
 import threading
@@ -31,7 +30,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-from _common import REPO, loadavg, machine, markdown_table, save
+from _common import REPO, loadavg, machine, markdown_table, save, serve
 
 SAMPLE = REPO / "data" / "sample" / "wordnet_glosses.jsonl.gz"
 
@@ -81,21 +80,7 @@ def start_server(args: argparse.Namespace, index: Path) -> tuple[subprocess.Pope
     if args.reranker:
         env["SEMSEARCH_RERANKER"] = args.reranker
         env["SEMSEARCH_RERANKER_BACKEND"] = args.reranker_backend
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "app", "--index", str(index), "--port", "0"],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        match = re.search(r"semsearch serving .* at (http://\S+?)/ ", line)
-        if match:
-            threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()  # type: ignore[union-attr]
-            return proc, match.group(1)
-    raise SystemExit("the server did not start")
+    return serve(index, env)
 
 
 def run_scenario(url: str, name: str, big: tuple[str, dict] | None, duration: float) -> dict:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -32,7 +31,7 @@ from typing import Any
 
 import httpx
 import numpy as np
-from _common import REPO, loadavg, machine, markdown_table, save, wordnet_glosses
+from _common import REPO, loadavg, machine, markdown_table, save, serve, wordnet_glosses
 
 
 def ensure_index(path: Path, texts: list[str]) -> Path:
@@ -61,21 +60,7 @@ def start_server(index: Path, threads: int, refresh_s: float) -> tuple[subproces
         SEMSEARCH_REFRESH_INTERVAL_S=str(refresh_s),
         PYTHONPATH=str(REPO),
     )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "app", "--index", str(index), "--port", "0"],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        match = re.search(r"semsearch serving .* at (http://\S+?)/ ", line)
-        if match:
-            threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()  # type: ignore[union-attr]
-            return proc, match.group(1)
-    raise SystemExit("the server did not start")
+    return serve(index, env)
 
 
 def pct(values: list[float], q: float) -> float:

@@ -43,9 +43,7 @@ from typing import TYPE_CHECKING, Any, Literal, Union
 
 import numpy as np
 
-from semsearch.errors import ModelLoadError
 from semsearch.models.runner import OUTPUTS, Kind, forward_parameters
-from semsearch.models.source import model_fingerprint as _fingerprint
 from semsearch.runtime import available_cores
 
 if TYPE_CHECKING:
@@ -79,15 +77,6 @@ def default_cache_dir() -> Path:
     base = os.environ.get("SEMSEARCH_CACHE_DIR")
     root = Path(base).expanduser() if base else Path.home() / ".cache" / "semsearch"
     return root / "onnx"
-
-
-def model_fingerprint(model_dir: Path) -> str:
-    """Deprecated alias (one release) of :func:`semsearch.models.source.model_fingerprint`, the one
-    fingerprint; raises ``RuntimeError`` as this module's errors do."""
-    try:
-        return _fingerprint(Path(model_dir))
-    except ModelLoadError as e:
-        raise RuntimeError(e.message) from e
 
 
 class OnnxModel:

