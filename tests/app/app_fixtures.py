@@ -102,7 +102,7 @@ def app_client(app_settings: Callable[..., Settings]) -> Iterator[TestClient]:
 class ServerProcess:
     """``python -m app`` in a subprocess; ``url`` is read from its "semsearch serving ... at URL" line."""
 
-    def __init__(self, args: list[str], env: dict[str, str]) -> None:
+    def __init__(self, args: list[str], env: dict[str, str], preexec_fn: Callable[[], Any] | None = None) -> None:
         self.lines: list[str] = []
         self.url = ""
         self._ready = threading.Event()
@@ -113,6 +113,7 @@ class ServerProcess:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
+            preexec_fn=preexec_fn,
         )
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()

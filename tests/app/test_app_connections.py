@@ -15,9 +15,6 @@ import json
 import os
 import resource
 import socket
-import subprocess
-import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,20 +35,7 @@ class LimitedServer(ServerProcess):
     """``python -m app`` with RLIMIT_NOFILE (soft and hard) set to ``FD_LIMIT`` before exec."""
 
     def __init__(self, args: list[str], env: dict[str, str]) -> None:
-        self.lines: list[str] = []
-        self.url = ""
-        self._ready = threading.Event()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "app", *args],
-            cwd=REPO,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (FD_LIMIT, FD_LIMIT)),
-        )
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
+        super().__init__(args, env, lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (FD_LIMIT, FD_LIMIT)))
 
 
 @pytest.fixture(scope="module")
